@@ -1,0 +1,1 @@
+"""The ``remamber`` command line: one thin module per command."""

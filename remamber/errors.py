@@ -1,0 +1,31 @@
+"""Errors that the CLI turns into one line on stderr and an exit code."""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_FAILURE = 1  # the work ran but something failed (a batch with bad items)
+EXIT_BAD_INPUT = 2  # the user's input or configuration is wrong
+EXIT_INTERRUPTED = 130
+
+
+class RemamberError(Exception):
+    """An error the user can fix; its message is one line, shown without a traceback."""
+
+    exit_code = EXIT_BAD_INPUT
+
+    def __init__(self, message: str, exit_code: int | None = None) -> None:
+        super().__init__(message)
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+
+class ConfigError(RemamberError):
+    """A model config or preset that cannot be built."""
+
+
+class WeightsError(RemamberError):
+    """Model weights that are missing, corrupt or do not match their config."""
+
+
+class InputError(RemamberError):
+    """A bad image, text, or data file given by the user."""

@@ -1,0 +1,6 @@
+"""Low-level operators: the selective scan and the 4-direction cross scan."""
+
+from remamber.ops.cross_scan import cross_merge, cross_scan
+from remamber.ops.selective_scan import selective_scan, selective_scan_chunked, selective_scan_ref
+
+__all__ = ["cross_merge", "cross_scan", "selective_scan", "selective_scan_chunked", "selective_scan_ref"]

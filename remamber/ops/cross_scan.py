@@ -1,0 +1,27 @@
+"""Cross scan / cross merge: the 4 scan orders of an ``h x w`` map used by SS2D.
+
+Order k of the ``l = h*w`` tokens: 0 row-major, 1 column-major, 2 and 3 the same reversed.
+``cross_merge`` is the adjoint: it maps the 4 output sequences back to row-major and sums.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+import torch
+
+
+def cross_scan(x: Tensor) -> Tensor:
+    """``(b, c, h, w) -> (b, 4, c, h*w)``."""
+    b, c, h, w = x.shape
+    rows = x.reshape(b, c, h * w)
+    cols = x.transpose(2, 3).reshape(b, c, h * w)
+    fwd = torch.stack([rows, cols], dim=1)
+    return torch.cat([fwd, fwd.flip(-1)], dim=1)
+
+
+def cross_merge(ys: Tensor, h: int, w: int) -> Tensor:
+    """``(b, 4, c, h*w) -> (b, c, h*w)``: undo each order and sum the four."""
+    b, _, c, l = ys.shape
+    fwd = ys[:, 0:2] + ys[:, 2:4].flip(-1)
+    cols = fwd[:, 1].reshape(b, c, w, h).transpose(2, 3).reshape(b, c, l)
+    return fwd[:, 0] + cols
