@@ -9,7 +9,8 @@ tokenizer (made with the ``tokenizers`` library), for models trained from nothin
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Optional
+import json
+from typing import Any, Iterable
 
 import torch
 import torch.nn as nn
@@ -77,10 +78,11 @@ def scratch_text_config(vocab_size: int, hidden: int = 128, layers: int = 2, hea
 
 
 def _config_to_dict(cfg: Any) -> dict:
+    """A Hugging Face config as plain JSON data, without bookkeeping fields."""
     d = cfg.to_dict()
-    for key in ("transformers_version", "architectures", "_name_or_path", "dtype", "torch_dtype"):
+    for key in ("transformers_version", "architectures", "_name_or_path", "dtype", "torch_dtype", "id2label", "label2id"):
         d.pop(key, None)
-    return d
+    return json.loads(json.dumps(d))
 
 
 def hf_text_model_from_config(text_config: dict) -> nn.Module:
@@ -140,8 +142,13 @@ def tokenize(tokenizer: Any, texts: list[str], max_len: int) -> tuple[Tensor, Te
     return enc["input_ids"], enc["attention_mask"], truncated
 
 
-def load_tokenizer(path_or_name: str) -> Optional[Any]:
-    """The fast tokenizer saved in a folder (or cached for a Hub name)."""
-    from transformers import AutoTokenizer
+def load_tokenizer(path_or_name: str, model_folder: bool = False) -> Any:
+    """The fast tokenizer of a Hub name or folder.
 
-    return AutoTokenizer.from_pretrained(path_or_name, use_fast=True)
+    In one of our model folders ``config.json`` is ours, not a transformers config, so the
+    tokenizer class is taken from ``tokenizer_config.json`` alone.
+    """
+    from transformers import AutoTokenizer, PretrainedConfig
+
+    extra = {"config": PretrainedConfig()} if model_folder else {}
+    return AutoTokenizer.from_pretrained(path_or_name, use_fast=True, **extra)

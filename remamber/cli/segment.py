@@ -1,0 +1,184 @@
+"""``remamber segment``: the mask of the object a phrase names, for one image or a batch."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Iterator, Optional
+
+import typer
+
+from remamber.errors import EXIT_FAILURE, InputError, RemamberError
+
+HELP = """Segment the object that TEXT names in IMAGE.
+
+Writes OUT/<image-stem>.<text-slug>.mask.png (0/255, original image size) and, unless --no-overlay, OUT/<image-stem>.<text-slug>.overlay.jpg (the image with the mask tinted and outlined).
+
+Examples:
+
+  remamber segment photo.jpg "man in red shirt"
+
+  remamber segment photo.jpg "the dog on the left" --weights owner/name --json
+
+  remamber segment --batch jobs.jsonl --out masks/     (one {"image": ..., "text": ...} per line; - reads stdin)
+
+In a batch the model loads once; a bad line or image is reported and skipped, the rest are written, and the exit code is 1 if any failed. Bad input exits with code 2.
+"""
+
+
+def _jobs_from(batch: str) -> Iterator[tuple[int, Optional[tuple[str, str]], Optional[str]]]:
+    """Yield (line number, (image, text) or None, error or None) for each non-blank line."""
+    if batch == "-":
+        lines = sys.stdin
+    else:
+        try:
+            lines = Path(batch).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise InputError(f"--batch {batch}: cannot read it ({e})") from None
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+            image, text = item["image"], item["text"]
+            if not isinstance(image, str) or not isinstance(text, str):
+                raise TypeError
+        except (json.JSONDecodeError, KeyError, TypeError):
+            yield n, None, 'not a JSON object with string fields "image" and "text"'
+            continue
+        yield n, (image, text), None
+
+
+def _output_dir(out: Path) -> Path:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".remamber-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise InputError(f"--out {out}: cannot write there ({e.strerror or e})") from None
+    return out
+
+
+def segment(
+    image: Optional[Path] = typer.Argument(None, help="Image file (JPEG, PNG, WebP, TIFF, ...).", show_default=False),
+    text: Optional[str] = typer.Argument(None, help='Phrase naming one object, e.g. "man in red shirt".', show_default=False),
+    weights: Optional[str] = typer.Option(
+        None, "--weights", "-w",
+        help="Model: a local folder, owner/name, owner/name@revision or hf://owner/name. "
+        "Default: the shipped default model.",
+        show_default=False,
+    ),
+    out: Path = typer.Option(Path("."), "--out", "-o", help="Folder for the mask and overlay files."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA if available), cpu or cuda."),
+    threshold: float = typer.Option(0.5, "--threshold", help="Mask = sigmoid(logit) > threshold."),
+    json_out: bool = typer.Option(
+        False, "--json",
+        help="Print one JSON object per result on stdout: image, text, mask, overlay, area (pixels), "
+        "mean_prob (inside the mask), rle (COCO RLE), width, height, seconds.",
+    ),
+    no_overlay: bool = typer.Option(False, "--no-overlay", help="Do not write the overlay picture."),
+    batch: Optional[str] = typer.Option(
+        None, "--batch", help='JSON Lines file of {"image": ..., "text": ...} jobs, or - for stdin.', show_default=False
+    ),
+    allow_large: bool = typer.Option(
+        False, "--allow-large", help="Read images over Pillow's decompression-bomb limit (~89 Mpx)."
+    ),
+) -> None:
+    if batch is not None and (image is not None or text is not None):
+        raise InputError("give either IMAGE TEXT or --batch FILE, not both")
+    if batch is None and (image is None or text is None):
+        raise InputError('give an IMAGE and a TEXT, e.g. remamber segment photo.jpg "man in red shirt"')
+    if batch is None and not text.strip():
+        raise InputError("the text is empty: say which object to segment")
+    if not 0.0 < threshold < 1.0:
+        raise InputError(f"--threshold must be between 0 and 1 (got {threshold})")
+    out_dir = _output_dir(out)
+    from remamber.images import load_image
+
+    first = None if batch is not None else load_image(image, allow_large=allow_large)  # fail before loading a model
+    from remamber.cli.weights import load_model
+    from remamber.predictor import Predictor, resolve_device
+
+    dev = resolve_device(device)
+    predictor = Predictor(load_model(weights, dev), dev, threshold)
+    if first is not None:
+        _emit(_run_one(predictor, str(image), text, out_dir, not no_overlay, allow_large, first), json_out)
+        return
+    failures = _run_batch(predictor, batch, out_dir, not no_overlay, allow_large, json_out)
+    if failures:
+        sys.stderr.write(f"error: {failures} item(s) failed (see above)\n")
+        raise typer.Exit(EXIT_FAILURE)
+
+
+def _run_one(
+    predictor, image_path: str, text: str, out_dir: Path, write_overlay: bool, allow_large: bool, img=None
+) -> dict:
+    import numpy as np
+    from pycocotools import mask as mask_utils
+
+    from remamber.images import load_image, save_mask, save_overlay, text_slug
+
+    start = time.perf_counter()
+    if img is None:
+        img = load_image(image_path, allow_large=allow_large)
+    pred = predictor.predict(img, text)
+    if pred.truncated:
+        sys.stderr.write(f"warning: text longer than {predictor.model.config.max_text_len} tokens was truncated: {text!r}\n")
+    stem = f"{Path(image_path).stem}.{text_slug(text)}"
+    mask_path = out_dir / f"{stem}.mask.png"
+    save_mask(mask_path, pred.mask)
+    overlay_path = None
+    if write_overlay:
+        overlay_path = out_dir / f"{stem}.overlay.jpg"
+        save_overlay(overlay_path, img, pred.mask)
+    rle = mask_utils.encode(np.asfortranarray(pred.mask.astype(np.uint8)))
+    return {
+        "image": image_path, "text": text, "mask": str(mask_path),
+        "overlay": str(overlay_path) if overlay_path else None,
+        "area": pred.area, "mean_prob": round(pred.mean_prob, 6),
+        "rle": {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")},
+        "width": img.size[0], "height": img.size[1], "seconds": round(time.perf_counter() - start, 4),
+    }
+
+
+def _emit(result: dict, json_out: bool) -> None:
+    if json_out:
+        sys.stdout.write(json.dumps(result, ensure_ascii=False) + "\n")
+        sys.stdout.flush()
+        return
+    extra = f", overlay {result['overlay']}" if result["overlay"] else ""
+    typer.echo(
+        f"{result['image']} \"{result['text']}\": mask {result['mask']}{extra} "
+        f"({result['area']} px, {result['seconds']:.2f} s)"
+    )
+
+
+def _run_batch(predictor, batch: str, out_dir: Path, write_overlay: bool, allow_large: bool, json_out: bool) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    jobs = list(_jobs_from(batch))
+    failures = 0
+    progress = Progress(
+        TextColumn("segment"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=Console(stderr=True), transient=True,
+    )
+    with progress:
+        task = progress.add_task("segment", total=len(jobs))
+        for n, job, problem in jobs:
+            if job is not None:
+                try:
+                    _emit(_run_one(predictor, job[0], job[1], out_dir, write_overlay, allow_large), json_out)
+                except RemamberError as e:
+                    problem = str(e)
+            if problem is not None:
+                failures += 1
+                progress.console.print(f"error: line {n}: {problem}", markup=False, highlight=False)
+                if json_out:
+                    failed = {"line": n, "error": problem} | ({"image": job[0], "text": job[1]} if job else {})
+                    sys.stdout.write(json.dumps(failed, ensure_ascii=False) + "\n")
+            progress.advance(task)
+    return failures

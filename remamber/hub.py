@@ -1,0 +1,186 @@
+"""Model folders: save and load them locally or through the Hugging Face Hub.
+
+A model folder is Hugging Face style: ``config.json`` (our :class:`ModelConfig`),
+``model.safetensors``, the tokenizer files and a ``README.md`` model card.  ``--weights``
+accepts a local folder, ``owner/name``, ``owner/name@revision`` or ``hf://owner/name``;
+Hub models go through ``huggingface_hub`` (its cache, ``HF_HUB_OFFLINE`` and tokens apply).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+from remamber import __version__
+from remamber.errors import ConfigError, WeightsError
+from remamber.modeling.config import ModelConfig
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+CARD_NAME = "README.md"
+HUB_PATTERNS = [
+    CONFIG_NAME, WEIGHTS_NAME, CARD_NAME, "tokenizer*", "special_tokens_map.json", "vocab*", "merges.txt",
+    "*.model", "*.onnx",
+]
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def parse_hub_spec(spec: str) -> Optional[tuple[str, Optional[str]]]:
+    """``owner/name[@rev]`` or ``hf://owner/name[@rev]`` -> ``(repo_id, revision)``; else None."""
+    explicit = spec.startswith("hf://")
+    body = spec[5:] if explicit else spec
+    repo_id, _, revision = body.partition("@")
+    if _REPO_ID.match(repo_id) and (explicit or not repo_id.startswith(".")):
+        return repo_id, revision or None
+    if explicit:
+        raise WeightsError(f"--weights {spec}: expected hf://owner/name or hf://owner/name@revision")
+    return None
+
+
+def resolve_weights(spec: str | os.PathLike) -> Path:
+    """Turn a ``--weights`` value into a local model folder, downloading from the Hub if needed."""
+    text = str(spec)
+    local = Path(text).expanduser()
+    if not text.startswith("hf://") and local.exists():
+        if not local.is_dir():
+            raise WeightsError(f"--weights {text}: not a folder (a model folder holds {CONFIG_NAME} and {WEIGHTS_NAME})")
+        return local
+    hub = parse_hub_spec(text)
+    if hub is None:
+        raise WeightsError(f"--weights {text}: no such model folder (and not a Hub id like owner/name)")
+    return _download(*hub)
+
+
+def _download(repo_id: str, revision: Optional[str]) -> Path:
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    name = repo_id + (f"@{revision}" if revision else "")
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=HUB_PATTERNS))
+    except RepositoryNotFoundError:
+        raise WeightsError(f"model {name}: no such repository on the Hugging Face Hub (or it is private: run `hf auth login`)") from None
+    except RevisionNotFoundError:
+        raise WeightsError(f"model {name}: the repository has no revision {revision!r}") from None
+    except (LocalEntryNotFoundError, EntryNotFoundError):
+        offline = " and HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else " and the Hub could not be reached"
+        raise WeightsError(
+            f"model {name} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}){offline}; "
+            f"download it on a connected machine (`hf download {repo_id}`) or pass a local folder"
+        ) from None
+    except (HfHubHTTPError, OSError) as e:
+        raise WeightsError(f"model {name}: download failed: {e}") from None
+
+
+def _read_config(folder: Path) -> ModelConfig:
+    path = folder / CONFIG_NAME
+    if not path.is_file():
+        raise WeightsError(f"{folder} is not a model folder: {CONFIG_NAME} is missing")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path} is not valid JSON: {e}") from None
+    return ModelConfig.from_dict(data)
+
+
+def _check_state(model_state: dict, state: dict, source: Path) -> None:
+    missing = sorted(set(model_state) - set(state))
+    unexpected = sorted(set(state) - set(model_state))
+    shapes = sorted(k for k in set(model_state) & set(state) if tuple(model_state[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or shapes:
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)):
+            if keys:
+                parts.append(f"{len(keys)} {label} (e.g. {keys[0]})")
+        raise WeightsError(f"weights in {source} do not match its config: {'; '.join(parts)}")
+
+
+def load_state(path: Path) -> dict:
+    """Read a safetensors file, turning a missing or corrupt file into one clear error."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise WeightsError(f"{path.parent} is not a model folder: {path.name} is missing")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise WeightsError(f"{path} is not a readable safetensors file ({e})") from None
+
+
+def load_pretrained(spec: str | os.PathLike, device: str = "cpu"):
+    """Load a :class:`ReMamber` (eval mode, tokenizer attached) from a folder or Hub id."""
+    from remamber.modeling.remamber import ReMamber
+    from remamber.modeling.text import load_tokenizer
+
+    folder = resolve_weights(spec)
+    config = _read_config(folder)
+    state = load_state(folder / WEIGHTS_NAME)
+    try:
+        tokenizer = load_tokenizer(str(folder), model_folder=True)
+    except (OSError, ValueError, TypeError) as e:
+        raise WeightsError(f"{folder}: no usable tokenizer files ({_first_line(e)})") from None
+    model = ReMamber(config, tokenizer=tokenizer)
+    _check_state(model.state_dict(), state, folder)
+    model.load_state_dict(state)
+    return model.to(device).eval()
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def model_card(config: ModelConfig, body: str = "") -> str:
+    """A minimal Hugging Face model card for a remamber model folder."""
+    return (
+        "---\nlibrary_name: remamber\ntags:\n- referring-image-segmentation\n- mamba\n- remamber\n---\n\n"
+        f"# ReMamber ({config.preset})\n\n"
+        "Referring image segmentation with ReMamber (VMamba + Mamba Twister). Use it with "
+        "[remamber](https://pypi.org/project/remamber/):\n\n"
+        "```bash\nremamber segment image.jpg \"man in red shirt\" --weights <this folder or owner/name>\n```\n\n"
+        f"- input size: {config.image_size}x{config.image_size}\n- text encoder: {config.text_encoder}\n"
+        f"- stage dims {config.dims}, depths {config.depths}, Twister depths {config.twister_depths}\n"
+        + (f"\n{body.strip()}\n" if body else "")
+    )
+
+
+def save_pretrained(model, folder: str | os.PathLike, card: Optional[str] = None) -> Path:
+    """Write ``model`` as a model folder, atomically (a half-written folder never appears)."""
+    from safetensors.torch import save_file
+
+    if model.tokenizer is None:
+        raise ConfigError("cannot save a model without a tokenizer: a model folder must rebuild its text input")
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "remamber_version": __version__})
+        (tmp / CONFIG_NAME).write_text(json.dumps(model.config.to_dict(), indent=2) + "\n", encoding="utf-8")
+        model.tokenizer.save_pretrained(str(tmp))
+        (tmp / CARD_NAME).write_text(card if card is not None else model_card(model.config), encoding="utf-8")
+        _swap_into_place(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def _swap_into_place(tmp: Path, folder: Path) -> None:
+    if not folder.exists():
+        os.replace(tmp, folder)
+        return
+    old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+    os.replace(folder, old)
+    os.replace(tmp, folder)
+    shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,105 @@
+"""Image files in and out: robust reading (EXIF, odd modes, bombs) and mask/overlay writing."""
+
+from __future__ import annotations
+
+import os
+import re
+import unicodedata
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from remamber.errors import InputError
+from remamber.io import atomic_path
+
+OVERLAY_COLOR = (255, 48, 48)
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """RGB view of any Pillow mode: 16/32-bit and float greys are rescaled, alpha is dropped."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+        if img.mode == "F":
+            top = max(float(arr.max(initial=0)), 1e-12)
+        arr = np.clip(arr / top * 255.0, 0, 255).astype(np.uint8)
+        img = Image.fromarray(arr, mode="L")
+    elif img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def load_image(path: str | os.PathLike, allow_large: bool = False) -> Image.Image:
+    """Read an image file as RGB, upright per its EXIF orientation; bad files raise InputError."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, not an image")
+    limit = Image.MAX_IMAGE_PIXELS
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            if allow_large:
+                Image.MAX_IMAGE_PIXELS = None
+            with Image.open(path) as img:
+                img.load()
+                img = ImageOps.exif_transpose(img)
+                return _to_rgb(img)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise InputError(
+            f"{path}: the image is larger than Pillow's decompression-bomb limit ({limit} pixels); "
+            "pass --allow-large if you trust it"
+        ) from None
+    except UnidentifiedImageError:
+        raise InputError(f"{path}: not an image file (Pillow cannot identify it)") from None
+    except PermissionError:
+        raise InputError(f"{path}: permission denied") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise InputError(f"{path}: the image is truncated or corrupt ({e})") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+
+
+def text_slug(text: str, max_len: int = 60) -> str:
+    """A file-name-safe slug of a phrase: ``"Man in red shirt!"`` -> ``man-in-red-shirt``."""
+    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    slug = re.sub(r"[^a-z0-9]+", "-", ascii_text.lower()).strip("-")
+    return slug[:max_len].rstrip("-") or "text"
+
+
+def save_mask(path: str | os.PathLike, mask: np.ndarray) -> None:
+    """Write a boolean mask as a 0/255 greyscale PNG, atomically."""
+    with atomic_path(path) as tmp:
+        Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(tmp, format="PNG")
+
+
+def _boundary(mask: np.ndarray, width: int) -> np.ndarray:
+    """Pixels of ``mask`` within ``width`` pixels of its edge."""
+    inner = mask.copy()
+    for _ in range(width):
+        shrunk = inner.copy()
+        shrunk[1:, :] &= inner[:-1, :]
+        shrunk[:-1, :] &= inner[1:, :]
+        shrunk[:, 1:] &= inner[:, :-1]
+        shrunk[:, :-1] &= inner[:, 1:]
+        inner = shrunk
+    return mask & ~inner
+
+
+def overlay(image: Image.Image, mask: np.ndarray, alpha: float = 0.45) -> Image.Image:
+    """The image with the mask tinted and its outline drawn."""
+    arr = np.asarray(image.convert("RGB"), dtype=np.float32)
+    color = np.array(OVERLAY_COLOR, dtype=np.float32)
+    arr[mask] = (1 - alpha) * arr[mask] + alpha * color
+    edge = _boundary(mask, max(1, round(max(mask.shape) / 300)))
+    arr[edge] = color
+    return Image.fromarray(arr.round().astype(np.uint8), mode="RGB")
+
+
+def save_overlay(path: str | os.PathLike, image: Image.Image, mask: np.ndarray) -> None:
+    """Write the overlay picture as JPEG, atomically."""
+    with atomic_path(path) as tmp:
+        overlay(image, mask).save(tmp, format="JPEG", quality=90)

@@ -1,0 +1,73 @@
+"""Fixtures for model tests: a random tiny model folder, test images, and a CLI runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class CliResult:
+    code: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(*args: str, env: dict | None = None, stdin: str | None = None, cwd: str | Path | None = None) -> CliResult:
+    """Run ``python -m remamber ARGS`` as a subprocess (the real CLI, a fresh interpreter)."""
+    full_env = dict(os.environ, **(env or {}))
+    full_env.pop("REMAMBER_DEBUG", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "remamber", *args], input=stdin, capture_output=True, text=True,
+        env=full_env, cwd=cwd, timeout=300,
+    )
+    return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+def assert_one_line_error(result: CliResult, *fragments: str, code: int = 2) -> None:
+    """A bad input: the given exit code, one 'error:' line on stderr, no traceback."""
+    assert result.code == code, (result.code, result.stderr)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in errors[0], (fragment, errors[0])
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """A random-weight tiny ReMamber (seeded), with its tokenizer."""
+    import torch
+
+    from remamber.modeling.presets import build_model
+
+    torch.manual_seed(0)
+    return build_model("tiny").eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tiny_model, tmp_path_factory) -> Path:
+    """The tiny model saved as a model folder."""
+    from remamber.hub import save_pretrained
+
+    return save_pretrained(tiny_model, tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture()
+def rgb_image(tmp_path) -> Path:
+    """A 90x120 (h x w) JPEG."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "photo.jpg"
+    Image.fromarray(rng.integers(0, 255, (90, 120, 3), dtype=np.uint8)).save(path)
+    return path

@@ -1,0 +1,118 @@
+"""Model folders: save/load round trip, Hub specs, the Hub cache offline, and broken folders."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from model_fixtures import assert_one_line_error, run_cli
+from remamber.errors import ConfigError, WeightsError
+from remamber.hub import load_pretrained, parse_hub_spec, resolve_weights, save_pretrained
+
+
+def _outputs(model):
+    torch.manual_seed(1)
+    x = torch.randn(2, 3, 128, 128)
+    ids, mask, _ = model.tokenize(["the red circle", "a small blue square below the star"])
+    with torch.inference_mode():
+        return model(x, ids, mask)
+
+
+def test_save_load_round_trip_gives_identical_outputs(tiny_model, tiny_model_dir):
+    assert sorted(p.name for p in tiny_model_dir.iterdir()) == [
+        "README.md", "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+    ]
+    loaded = load_pretrained(tiny_model_dir)
+    assert loaded.config == tiny_model.config
+    assert not loaded.training
+    assert torch.equal(_outputs(loaded), _outputs(tiny_model))
+    assert loaded.tokenize(["red circle"])[0].tolist() == tiny_model.tokenize(["red circle"])[0].tolist()
+
+
+def test_save_replaces_an_existing_folder(tiny_model, tmp_path):
+    target = tmp_path / "m"
+    save_pretrained(tiny_model, target)
+    (target / "stale.txt").write_text("old")
+    save_pretrained(tiny_model, target)
+    assert not (target / "stale.txt").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp leftovers
+
+
+@pytest.mark.parametrize(
+    "spec, expected",
+    [
+        ("owner/name", ("owner/name", None)),
+        ("owner/name@v1.0", ("owner/name", "v1.0")),
+        ("hf://owner/name", ("owner/name", None)),
+        ("hf://owner/name@abc123", ("owner/name", "abc123")),
+        ("./relative/path", None),
+        ("a/b/c", None),
+    ],
+)
+def test_parse_hub_spec(spec, expected):
+    assert parse_hub_spec(spec) == expected
+
+
+def test_missing_local_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(WeightsError, match="no such model folder"):
+        resolve_weights(str(tmp_path / "nope" / "deeper"))
+
+
+def _broken_copy(src, tmp_path, name):
+    dst = tmp_path / name
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_broken_folders_are_refused_with_one_line(tiny_model_dir, tmp_path):
+    no_weights = _broken_copy(tiny_model_dir, tmp_path, "no_weights")
+    (no_weights / "model.safetensors").unlink()
+    with pytest.raises(WeightsError, match="model.safetensors is missing"):
+        load_pretrained(no_weights)
+
+    corrupt = _broken_copy(tiny_model_dir, tmp_path, "corrupt")
+    data = (corrupt / "model.safetensors").read_bytes()
+    (corrupt / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(WeightsError, match="not a readable safetensors file"):
+        load_pretrained(corrupt)
+
+    mismatch = _broken_copy(tiny_model_dir, tmp_path, "mismatch")
+    cfg = json.loads((mismatch / "config.json").read_text())
+    cfg["dims"] = [48, 96, 192, 384]
+    (mismatch / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(WeightsError, match="do not match its config"):
+        load_pretrained(mismatch)
+
+    unknown = _broken_copy(tiny_model_dir, tmp_path, "unknown")
+    cfg = json.loads((unknown / "config.json").read_text())
+    cfg["preset"] = "tiny"
+    cfg["bogus_field"] = 1
+    (unknown / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ConfigError, match="unknown fields: bogus_field"):
+        load_pretrained(unknown)
+
+
+def _hub_cache(tmp_path, model_dir, repo="acme/tiny-remamber", revisions=("main",)):
+    """Lay out a Hugging Face hub cache holding ``model_dir`` as ``repo``."""
+    cache = tmp_path / "hub"
+    root = cache / f"models--{repo.replace('/', '--')}"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    shutil.copytree(model_dir, root / "snapshots" / commit)
+    (root / "refs").mkdir(parents=True)
+    for rev in revisions:
+        (root / "refs" / rev).write_text(commit)
+    return cache
+
+
+def test_load_through_hub_cache_offline(tiny_model_dir, tmp_path, rgb_image):
+    cache = _hub_cache(tmp_path, tiny_model_dir, revisions=("main", "v1"))
+    env = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "HF_HOME": str(tmp_path / "hf")}
+    for spec in ("acme/tiny-remamber", "hf://acme/tiny-remamber@v1"):
+        res = run_cli("segment", str(rgb_image), "red circle", "--weights", spec, "--out", str(tmp_path / "o"), "--json", env=env)
+        assert res.code == 0, res.stderr
+        assert json.loads(res.stdout)["area"] >= 0
+    missing = run_cli("segment", str(rgb_image), "red circle", "--weights", "acme/not-cached", "--out", str(tmp_path), env=env)
+    assert_one_line_error(missing, "acme/not-cached", "HF_HUB_OFFLINE")
