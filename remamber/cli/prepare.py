@@ -1,0 +1,274 @@
+"""``remamber prepare``: make a prepared dataset (RefCOCO family from REFER files, or shapes).
+
+Thin: options, help and printing; the work is in :mod:`remamber.data.prepare` and
+:mod:`remamber.data.shapes`, imported inside the commands so that ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Optional
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from remamber import paths
+from remamber.data.catalog import (
+    COCO_TRAIN2014_URL,
+    KNOWN_DATASETS,
+    LAVT_REFER_URL,
+    REFER_DATA_URL,
+    REFER_PROJECT_URL,
+    SHAPES_DEFAULT_IMAGES,
+    SHAPES_DEFAULT_SEED,
+    SHAPES_DEFAULT_SIZE,
+    SHAPES_NAME,
+    default_out,
+)
+from remamber.errors import InputError
+
+_HOME = f"${paths.DATA_HOME_ENV} (now {paths.data_home()})"
+
+SOURCES_HELP = f"""Where RefCOCO files come from:
+
+* REFER annotations -- the refer project ({REFER_PROJECT_URL}), as the LAVT instructions say ({LAVT_REFER_URL}): unzip {REFER_DATA_URL}/refcoco.zip, refcoco+.zip and refcocog.zip; each holds instances.json and refs(unc).p / refs(google).p / refs(umd).p.
+
+* COCO train2014 images -- from cocodataset.org: {COCO_TRAIN2014_URL}.
+"""
+
+LAYOUT_HELP = f"""Expected layout in the data home, {_HOME}; every path flag overrides its part:
+
+* refer/refcoco/  instances.json, refs(unc).p, refs(google).p
+
+* refer/refcoco+/  instances.json, refs(unc).p
+
+* refer/refcocog/  instances.json, refs(umd).p, refs(google).p
+
+* coco/train2014/  COCO_train2014_000000000009.jpg, ...
+
+* datasets/<name>/  the output: dataset.json (written last) and <split>.jsonl, one record per sentence
+
+With the files in place, `remamber prepare refcoco` needs no flag. A second run with the same inputs does nothing.
+"""
+
+PREPARE_HELP = f"""Make a prepared dataset for training and evaluation.
+
+refcoco, refcoco+ and refcocog convert REFER annotations + COCO train2014 images; shapes generates a synthetic dataset with referring expressions.
+
+{SOURCES_HELP}
+{LAYOUT_HELP}"""
+
+
+class _DatasetGroup(TyperGroup):
+    """The ``prepare`` group: an unknown dataset name is a one-line input error."""
+
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> Any:
+        name = args[0] if args else ""
+        if name and not name.startswith("-") and self.get_command(ctx, name) is None:
+            known = ", ".join(self.list_commands(ctx))
+            raise InputError(f"unknown dataset {name!r}; choose from: {known}")
+        return super().resolve_command(ctx, args)
+
+
+app = typer.Typer(
+    cls=_DatasetGroup,
+    help=PREPARE_HELP,
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+# --------------------------------------------------------------------------- output
+
+
+@contextlib.contextmanager
+def _progress() -> Iterator[Callable[[Iterable, int, str], Iterable]]:
+    """A ``track(items, total, description)`` with rich progress bars on stderr (terminals only)."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    console = Console(stderr=True)
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, disable=not console.is_terminal) as progress:
+
+        def track(items: Iterable, total: int, description: str) -> Iterator:
+            task = progress.add_task(description, total=total)
+            for item in items:
+                yield item
+                progress.advance(task)
+
+        yield track
+
+
+def _report(result: Any, json_out: bool) -> None:
+    """Print what was done: one JSON object with --json, else a few lines."""
+    if json_out:
+        typer.echo(json.dumps(result.to_dict(), ensure_ascii=False))
+        return
+    title = f"{result.name} ({result.split_by})"
+    if result.up_to_date:
+        typer.echo(f"{title} in {result.out} is up to date: nothing to do (--force rebuilds it)")
+        return
+    typer.echo(f"{title} prepared in {result.out}")
+    for split, s in result.splits.items():
+        counts = f"{s['samples']:>8} samples {s['refs']:>8} refs {s['images']:>7} images"
+        typer.echo(f"  {split:<8} {counts}")
+    if result.missing_images:
+        typer.echo(
+            f"  left out {result.skipped_samples} samples of {result.missing_images} missing images"
+        )
+
+
+# --------------------------------------------------------------------------- REFER datasets
+
+_JSON_HELP = "Print the result as one JSON object on stdout (status, out, splits with counts)."
+_FORCE_HELP = "Rebuild even when the output is up to date."
+
+
+def _run_refer(
+    dataset: str,
+    refer_root: Optional[Path],
+    coco_images: Optional[Path],
+    out: Optional[Path],
+    split_by: Optional[str],
+    limit: Optional[int],
+    skip_missing: bool,
+    force: bool,
+    json_out: bool,
+) -> None:
+    from remamber.data.prepare import prepare_refer
+
+    split_by = split_by or KNOWN_DATASETS[dataset].default_split_by
+    with _progress() as track:
+        result = prepare_refer(
+            refer_root or paths.refer_root(),
+            dataset,
+            coco_images or paths.coco_images(),
+            out or default_out(dataset, split_by),
+            split_by,
+            limit=limit,
+            skip_missing=skip_missing,
+            force=force,
+            track=track,
+        )
+    _report(result, json_out)
+
+
+def _refer_command(dataset: str) -> Callable[..., None]:
+    """The command for one REFER dataset; its options show that dataset's defaults."""
+    known = KNOWN_DATASETS[dataset]
+
+    def command(
+        refer_root: Optional[Path] = typer.Option(
+            None, "--refer-root", metavar="DIR",
+            help=f"Folder holding {dataset}/instances.json and {dataset}/refs(<split-by>).p.",
+            show_default=f"{paths.refer_root()}",
+        ),
+        coco_images: Optional[Path] = typer.Option(
+            None, "--coco-images", metavar="DIR",
+            help="Folder of the COCO train2014 images (COCO_train2014_*.jpg).",
+            show_default=f"{paths.coco_images()}",
+        ),
+        out: Optional[Path] = typer.Option(
+            None, "--out", "-o", metavar="DIR",
+            help="Output folder (a non-default --split-by adds _<split-by> to the default name).",
+            show_default=f"{default_out(dataset)}",
+        ),
+        split_by: Optional[str] = typer.Option(
+            None, "--split-by", metavar="|".join(known.split_bys),
+            help=f"Partition of {dataset}: {', '.join(known.split_bys)}.",
+            show_default=known.default_split_by,
+        ),
+        limit: Optional[int] = typer.Option(
+            None, "--limit", metavar="N",
+            help="Keep only the first N refs of each split (quick experiments).",
+            show_default="all",
+        ),
+        skip_missing: bool = typer.Option(
+            False, "--skip-missing",
+            help="Leave out samples whose image is missing instead of failing.",
+        ),
+        force: bool = typer.Option(False, "--force", help=_FORCE_HELP),
+        json_out: bool = typer.Option(False, "--json", help=_JSON_HELP),
+    ) -> None:
+        _run_refer(
+            dataset, refer_root, coco_images, out, split_by, limit, skip_missing, force, json_out
+        )
+
+    command.__doc__ = (
+        f"Prepare {dataset} from REFER annotations and COCO train2014 images.\n\n"
+        f"Reads <refer-root>/{dataset}/refs(<split-by>).p (a pickle of plain data; anything else "
+        f"is refused) and instances.json; masks come from polygons or RLE. Every missing input "
+        f"and every missing image is reported before any work.\n\n{SOURCES_HELP}\n{LAYOUT_HELP}"
+    )
+    return command
+
+
+for _name in KNOWN_DATASETS:
+    app.command(_name)(_refer_command(_name))
+
+
+# --------------------------------------------------------------------------- shapes
+
+
+@app.command(SHAPES_NAME)
+def shapes(
+    out: Optional[Path] = typer.Option(
+        None, "--out", "-o", metavar="DIR", help="Output folder.",
+        show_default=f"{default_out(SHAPES_NAME)}",
+    ),
+    train: int = typer.Option(
+        SHAPES_DEFAULT_IMAGES["train"], "--train", metavar="N", help="Training images."
+    ),
+    val: int = typer.Option(
+        SHAPES_DEFAULT_IMAGES["val"], "--val", metavar="N", help="Validation images."
+    ),
+    test: int = typer.Option(
+        SHAPES_DEFAULT_IMAGES["test"], "--test", metavar="N", help="Test images."
+    ),
+    seed: int = typer.Option(
+        SHAPES_DEFAULT_SEED, "--seed", metavar="S",
+        help="Random seed; the same seed gives the same bytes.",
+    ),
+    size: int = typer.Option(
+        SHAPES_DEFAULT_SIZE, "--size", metavar="PX", help="Image side in pixels (64 to 2048)."
+    ),
+    force: bool = typer.Option(False, "--force", help=_FORCE_HELP),
+    json_out: bool = typer.Option(False, "--json", help=_JSON_HELP),
+) -> None:
+    """Generate the synthetic shapes dataset: coloured shapes on noisy or textured backgrounds.
+
+    Each image has 4-7 shapes; up to 3 are referred to, each by up to 3 expressions of
+    different types -- attribute ("the big red circle"), position ("the star on the left"),
+    ordinal ("the second square from the right") and relation ("the circle left of the blue
+    star", "next to", "between") -- each checked by a resolver to name exactly one object,
+    with distractors sharing its attributes. About 7 sentences per image.
+
+    The output folder holds the REFER form (refer/shapes/refs(synthetic).p, instances.json,
+    images/*.png) and the prepared form made from it by the RefCOCO code path
+    (dataset.json, train/val/test.jsonl with an expr_type per record).
+    """
+    from remamber.data.shapes import prepare_shapes
+
+    counts = {"train": train, "val": val, "test": test}
+    with _progress() as track:
+        result = prepare_shapes(
+            out or default_out(SHAPES_NAME), counts, seed, size, force=force, track=track
+        )
+    _report(result, json_out)

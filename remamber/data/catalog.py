@@ -1,0 +1,89 @@
+"""What datasets ``remamber prepare`` knows: partitions, defaults, where files come from.
+
+Standard library only, so that the command line can show it in ``--help`` at no cost.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from remamber.errors import InputError
+from remamber.paths import prepared_dataset
+
+REFER_PROJECT_URL = "https://github.com/lichengunc/refer"
+LAVT_REFER_URL = "https://github.com/yz93/LAVT-RIS/tree/main/refer"
+REFER_DATA_URL = "https://bvisionweb1.cs.unc.edu/licheng/referit/data"
+COCO_TRAIN2014_URL = "http://images.cocodataset.org/zips/train2014.zip"
+
+
+@dataclass(frozen=True)
+class KnownDataset:
+    """A public REFER dataset: its partitions (``split_by``) and where it is downloaded."""
+
+    name: str
+    split_bys: tuple[str, ...]
+    default_split_by: str
+
+    @property
+    def url(self) -> str:
+        return f"{REFER_DATA_URL}/{self.name}.zip"
+
+
+KNOWN_DATASETS: dict[str, KnownDataset] = {
+    "refcoco": KnownDataset("refcoco", ("unc", "google"), "unc"),
+    "refcoco+": KnownDataset("refcoco+", ("unc",), "unc"),
+    "refcocog": KnownDataset("refcocog", ("umd", "google"), "umd"),
+}
+
+
+def default_split_by(dataset: str) -> str:
+    """The usual partition of ``dataset``: unc for refcoco/refcoco+, umd for refcocog."""
+    known = KNOWN_DATASETS.get(dataset)
+    if known is None:
+        raise InputError(f"no default split_by for dataset {dataset!r}; give one")
+    return known.default_split_by
+
+
+def check_split_by(dataset: str, split_by: str) -> None:
+    """Refuse a partition that a known dataset does not have (any for unknown datasets)."""
+    known = KNOWN_DATASETS.get(dataset)
+    if known is not None and split_by not in known.split_bys:
+        choices = ", ".join(known.split_bys)
+        raise InputError(f"{dataset} has no split_by {split_by!r}; choose from: {choices}")
+
+
+def annotations_hint(dataset: str, refer_root: Path) -> str:
+    """Where the REFER files of ``dataset`` come from, in one line."""
+    known = KNOWN_DATASETS.get(dataset)
+    if known is None:
+        return f"REFER annotations of {dataset!r}"
+    return (
+        f"REFER annotations: unzip {known.url} into {refer_root} "
+        f"(see {REFER_PROJECT_URL} or the LAVT instructions {LAVT_REFER_URL})"
+    )
+
+
+def images_hint() -> str:
+    """Where the COCO train2014 images come from, in one line."""
+    return (
+        f"COCO train2014 images from cocodataset.org: unzip {COCO_TRAIN2014_URL} "
+        "so that this folder holds COCO_train2014_*.jpg"
+    )
+
+
+# The synthetic dataset (remamber.data.shapes).
+SHAPES_NAME = "shapes"
+SHAPES_SPLITS = ("train", "val", "test")
+SHAPES_DEFAULT_IMAGES = {"train": 600, "val": 100, "test": 100}
+SHAPES_DEFAULT_SIZE = 256
+SHAPES_DEFAULT_SEED = 0
+
+
+def default_out(dataset: str, split_by: str | None = None) -> Path:
+    """Where ``remamber prepare <dataset>`` writes by default: ``<data home>/datasets/<name>``,
+    with ``_<split_by>`` added when the partition is not the dataset's usual one."""
+    known = KNOWN_DATASETS.get(dataset)
+    if known is None or split_by in (None, known.default_split_by):
+        return prepared_dataset(dataset)
+    return prepared_dataset(f"{dataset}_{split_by}")
