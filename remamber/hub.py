@@ -14,10 +14,11 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from remamber import __version__
 from remamber.errors import ConfigError, WeightsError
+from remamber.io import umask
 from remamber.modeling.config import ModelConfig
 
 CONFIG_NAME = "config.json"
@@ -155,8 +156,17 @@ def model_card(config: ModelConfig, body: str = "") -> str:
     )
 
 
-def save_pretrained(model, folder: str | os.PathLike, card: Optional[str] = None) -> Path:
-    """Write ``model`` as a model folder, atomically (a half-written folder never appears)."""
+def save_pretrained(
+    model,
+    folder: str | os.PathLike,
+    card: Optional[str] = None,
+    extra_files: Optional[dict[str, Callable[[Path], None]]] = None,
+) -> Path:
+    """Write ``model`` as a model folder, atomically (a half-written folder never appears).
+
+    ``extra_files`` maps file names to writers called with the path to write (e.g. the
+    trainer's state in a checkpoint); they land in the folder in the same atomic swap.
+    """
     from safetensors.torch import save_file
 
     if model.tokenizer is None:
@@ -164,12 +174,15 @@ def save_pretrained(model, folder: str | os.PathLike, card: Optional[str] = None
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    tmp.chmod(0o777 & ~umask())  # mkdtemp makes 0700
     try:
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "remamber_version": __version__})
         (tmp / CONFIG_NAME).write_text(json.dumps(model.config.to_dict(), indent=2) + "\n", encoding="utf-8")
         model.tokenizer.save_pretrained(str(tmp))
         (tmp / CARD_NAME).write_text(card if card is not None else model_card(model.config), encoding="utf-8")
+        for name, write in (extra_files or {}).items():
+            write(tmp / name)
         _swap_into_place(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -71,3 +71,12 @@ def rgb_image(tmp_path) -> Path:
     path = tmp_path / "photo.jpg"
     Image.fromarray(rng.integers(0, 255, (90, 120, 3), dtype=np.uint8)).save(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def small_shapes(tmp_path_factory) -> Path:
+    """A small prepared synthetic dataset (train/val/test) made through the real CLI."""
+    out = tmp_path_factory.mktemp("data") / "shapes"
+    res = run_cli("prepare", "shapes", "--out", str(out), "--train", "6", "--val", "2", "--test", "2", "--size", "64")
+    assert res.code == 0, res.stderr
+    return out

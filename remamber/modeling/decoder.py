@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from remamber.modeling.layers import resize_like
+from remamber.modeling.layers import BatchNorm2d, resize_like
 
 
 class ConvBN(nn.Module):
@@ -17,7 +17,7 @@ class ConvBN(nn.Module):
     def __init__(self, cin: int, cout: int, act: bool = False) -> None:
         super().__init__()
         self.conv = nn.Conv2d(cin, cout, 1, bias=False)
-        self.bn = nn.BatchNorm2d(cout)
+        self.bn = BatchNorm2d(cout)
         self.act = nn.Hardswish() if act else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
@@ -31,7 +31,7 @@ class Mixer(nn.Module):
         super().__init__()
         self.conv1 = ConvBN(cin, cin, act=True)
         self.dwconv = nn.Conv2d(cin, cin, 3, padding=1, groups=cin, bias=False)
-        self.norm = nn.BatchNorm2d(cin)
+        self.norm = BatchNorm2d(cin)
         self.act = nn.Hardswish()
         self.conv2 = ConvBN(cin, cout)
         for m in self.modules():
@@ -57,11 +57,11 @@ class ConvDecoder(nn.Module):
         self.mixer1 = Mixer(dims[1] + hidden, hidden)
         self.neck = nn.Sequential(
             nn.Conv2d(hidden + dims[0], hidden, 3, padding=1),
-            nn.BatchNorm2d(hidden),
+            BatchNorm2d(hidden),
             nn.ReLU(),
             nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True),
             nn.Conv2d(hidden, hidden, 3, padding=1),
-            nn.BatchNorm2d(hidden),
+            BatchNorm2d(hidden),
             nn.ReLU(),
             nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True),
             nn.Conv2d(hidden, 1, 3, padding=1),

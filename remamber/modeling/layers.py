@@ -77,3 +77,34 @@ def resize_like(x: Tensor, ref: Tensor) -> Tensor:
 def no_weight_decay(param_name: str, param: torch.nn.Parameter) -> bool:
     """True for parameters trained without weight decay: A_log, D, norms and biases."""
     return getattr(param, "_no_weight_decay", False) or param.dim() <= 1 or param_name.endswith(".bias")
+
+
+class BatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm whose training statistics span all processes of a distributed run.
+
+    Identical to :class:`torch.nn.BatchNorm2d` in a single process (same state dict); under
+    torch.distributed it sums the per-channel moments over ranks with a differentiable
+    all-reduce, so a DDP step equals one step on the global batch, on CPU (gloo) as on GPUs.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        import torch.distributed as dist
+
+        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+
+        c = x.shape[1]
+        local = torch.cat([x.sum(dim=(0, 2, 3)), x.square().sum(dim=(0, 2, 3)), x.new_full((1,), x.numel() / c)])
+        total = all_reduce(local)
+        n = total[-1]
+        mean = total[:c] / n
+        var = (total[c : 2 * c] / n - mean.square()).clamp(min=0.0)
+        if self.track_running_stats:
+            with torch.no_grad():
+                m = self.momentum if self.momentum is not None else 0.1
+                self.running_mean.mul_(1 - m).add_(m * mean.detach())
+                self.running_var.mul_(1 - m).add_(m * var.detach() * n / (n - 1).clamp(min=1.0))
+                self.num_batches_tracked.add_(1)
+        y = (x - mean[None, :, None, None]) * torch.rsqrt(var + self.eps)[None, :, None, None]
+        return y * self.weight[None, :, None, None] + self.bias[None, :, None, None]

@@ -1,0 +1,1 @@
+"""Training, evaluation, metrics, checkpoints and torch.distributed glue."""

@@ -1,0 +1,393 @@
+"""The trainer: AdamW + warmup/cosine, dice+BCE, AMP, accumulation, EMA, DDP, exact resume.
+
+Checkpoints (``RUNDIR/checkpoints/last`` and ``best``) are model folders plus the trainer
+state, written atomically every ``ckpt_every`` optimizer steps and at each epoch end; a run
+resumed from ``last`` replays the same data order, augmentation and RNG draws as an
+uninterrupted run, so it reaches the same weights.  ``RUNDIR/log.jsonl`` gets one JSON line
+per logged step and per validation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+import torch.nn as nn
+
+from remamber.engine import distributed as D
+from remamber.engine.checkpoint import load_trainer_state, rng_state, save_checkpoint, set_rng_state
+from remamber.engine.losses import segmentation_loss
+from remamber.engine.sampling import BatchSource, epoch_batches
+from remamber.errors import EXIT_FAILURE, ConfigError, InputError, RemamberError, WeightsError
+from remamber.modeling.layers import no_weight_decay
+
+TRAIN_CONFIG_NAME = "train_config.json"
+LOG_NAME = "log.jsonl"
+
+
+@dataclass
+class TrainConfig:
+    """Every training setting; saved as ``RUNDIR/train_config.json`` and reused by ``--resume``."""
+
+    data: str
+    out: str
+    preset: str = "tiny"
+    image_size: Optional[int] = None
+    init: Optional[str] = None
+    text_encoder: Optional[str] = None
+    freeze_text: bool = False
+    train_split: str = "train"
+    val_split: Optional[str] = "val"
+    epochs: int = 50
+    max_steps: int = 0
+    optimizer: str = "adamw"
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 5e-5
+    min_lr: float = 1e-6
+    warmup_steps: int = 0
+    weight_decay: float = 0.01
+    clip_grad: float = 0.0
+    ema: float = 0.0
+    amp: Optional[bool] = None
+    device: str = "auto"
+    workers: int = 0
+    seed: int = 0
+    limit: int = 0
+    val_every: int = 0
+    val_limit: int = 0
+    ckpt_every: int = 0
+    log_every: int = 10
+
+    def validate(self) -> None:
+        """Raise InputError on settings that cannot train."""
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "grad_accum": self.grad_accum, "log_every": self.log_every}
+        for name, value in positive.items():
+            if value < 1:
+                raise InputError(f"--{name.replace('_', '-')} must be at least 1 (got {value})")
+        if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
+            raise InputError(f"--lr must be positive and --min-lr in [0, lr] (got lr={self.lr}, min_lr={self.min_lr})")
+        if not 0.0 <= self.ema < 1.0:
+            raise InputError(f"--ema must be in [0, 1) (got {self.ema})")
+        for name in ("max_steps", "warmup_steps", "workers", "limit", "val_every", "val_limit", "ckpt_every"):
+            if getattr(self, name) < 0:
+                raise InputError(f"--{name.replace('_', '-')} must not be negative")
+        if self.optimizer not in ("adamw", "sgd"):
+            raise InputError(f"--optimizer must be adamw or sgd (got {self.optimizer!r})")
+        if self.clip_grad < 0 or self.weight_decay < 0:
+            raise InputError("--clip-grad and --weight-decay must not be negative")
+
+    def save(self, path: Path) -> None:
+        from remamber.io import write_json
+
+        write_json(path, dataclasses.asdict(self))
+
+    @classmethod
+    def load(cls, path: Path) -> "TrainConfig":
+        try:
+            return cls(**json.loads(path.read_text(encoding="utf-8")))
+        except FileNotFoundError:
+            raise InputError(f"--resume: {path.parent} has no {path.name}; is it a training run folder?") from None
+        except (TypeError, json.JSONDecodeError) as e:
+            raise InputError(f"--resume: {path} is not a valid training config ({e})") from None
+
+
+class TrainingDiverged(RemamberError):
+    """The loss became NaN or infinite."""
+
+    exit_code = EXIT_FAILURE
+
+
+class TrainingInterrupted(RemamberError):
+    """Ctrl-C: the state was saved."""
+
+    exit_code = 130
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    epochs_done: int
+    best_oiou: Optional[float]
+    last: Path
+    best: Optional[Path]
+
+
+def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
+    """Linear warmup to 1 over ``warmup`` steps, then cosine decay to ``min_ratio``."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _vocab_from(records: list[dict]) -> list[str]:
+    words: set[str] = set()
+    for r in records:
+        words.update(re.findall(r"\w+", r["sentence"].lower()))
+    return sorted(words)
+
+
+def build_training_model(cfg: TrainConfig, train_records: list[dict]):
+    """The model to train: from ``--init`` weights, or a fresh preset (pretrained text encoder)."""
+    from remamber.hub import load_pretrained
+    from remamber.modeling.presets import build_model, preset_config
+    from remamber.modeling.text import BASIC_VOCAB, SCRATCH
+
+    if cfg.init:
+        model = load_pretrained(cfg.init)
+        if cfg.image_size:
+            model.config = model.config.replace(image_size=cfg.image_size)
+        return model
+    mcfg = preset_config(cfg.preset)
+    changes: dict[str, Any] = {}
+    if cfg.image_size:
+        changes["image_size"] = cfg.image_size
+    if cfg.text_encoder:
+        changes.update(text_encoder=cfg.text_encoder, text_config=None if cfg.text_encoder != mcfg.text_encoder else mcfg.text_config)
+    mcfg = mcfg.replace(**changes) if changes else mcfg
+    if mcfg.text_encoder == SCRATCH:
+        return build_model(mcfg, vocab=sorted(set(BASIC_VOCAB) | set(_vocab_from(train_records))))
+    try:
+        return build_model(mcfg, pretrained_text=True)
+    except OSError as e:
+        raise WeightsError(
+            f"cannot load the text encoder {mcfg.text_encoder!r} ({str(e).splitlines()[0]}); it must be in the "
+            "Hugging Face cache or a local folder (or use --text-encoder scratch)"
+        ) from None
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if no_weight_decay(name, p) else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class Trainer:
+    """Owns the model, optimizer, data and run folder of one training run."""
+
+    def __init__(self, cfg: TrainConfig, resume: bool = False, console: Any = None) -> None:
+        from remamber.data.dataset import ReferringDataset, collate_fn
+        from remamber.predictor import resolve_device
+
+        cfg.validate()
+        self.cfg, self.resume, self.console = cfg, resume, console
+        self.run_dir = Path(cfg.out)
+        self.device = resolve_device(cfg.device)
+        self.distributed = D.init_distributed(self.device)
+        if self.device.type == "cuda" and self.distributed:
+            self.device = torch.device("cuda", D.local_rank())
+        self.main = D.is_main()
+        self.amp = cfg.amp if cfg.amp is not None else self.device.type == "cuda"
+        self.amp_dtype = torch.bfloat16 if (self.device.type == "cpu" or torch.cuda.is_bf16_supported()) else torch.float16
+
+        torch.manual_seed(cfg.seed)
+        probe = ReferringDataset(cfg.data, cfg.train_split, 32)
+        self.model = build_training_model(cfg, probe.records).to(self.device)
+        mcfg = self.model.config
+        kw = dict(image_size=mcfg.image_size, mean=mcfg.pixel_mean, std=mcfg.pixel_std)
+        self.train_set = ReferringDataset(cfg.data, cfg.train_split, train=True, **kw)
+        self.n_train = min(len(self.train_set), cfg.limit) if cfg.limit else len(self.train_set)
+        if self.n_train == 0:
+            raise InputError(f"split {cfg.train_split!r} of {cfg.data} has no samples")
+        self.val_set = ReferringDataset(cfg.data, cfg.val_split, **kw) if cfg.val_split else None
+        self.collate = collate_fn
+        if cfg.freeze_text:
+            self.model.text_encoder.requires_grad_(False)
+
+        self.net: nn.Module = self.model
+        if self.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        groups = _param_groups(self.model, cfg.weight_decay)
+        if cfg.optimizer == "sgd":
+            self.optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9)
+        else:
+            self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
+        self.micro_per_epoch = len(epoch_batches(self.n_train, cfg.batch_size, cfg.seed, 0, D.rank(), D.world_size()))
+        self.steps_per_epoch = math.ceil(self.micro_per_epoch / cfg.grad_accum)
+        self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
+        factor = lambda s: lr_factor(s, self.total_steps, cfg.warmup_steps, cfg.min_lr / cfg.lr)  # noqa: E731
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
+        self.scaler = torch.amp.GradScaler(enabled=self.amp and self.amp_dtype == torch.float16)
+        self.ema = None
+        if cfg.ema:
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+            self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
+        self.step, self.epoch, self.micro = 0, 0, 0  # next optimizer step; position in data
+        self.best: Optional[float] = None
+        if resume:
+            self._restore(self.run_dir / "checkpoints" / "last")
+        self._mark_boundary()
+        if not resume and self.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            cfg.save(self.run_dir / TRAIN_CONFIG_NAME)
+
+    # ------------------------------------------------------------------ state
+    def _state(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "rng": self._boundary["rng"],
+            "position": self._boundary["position"],
+            "best_oiou": self.best,
+        }
+
+    def _mark_boundary(self) -> None:
+        """Remember the data position and RNG state between two optimizer steps (what a
+        checkpoint records, so that Ctrl-C in mid-accumulation still resumes exactly)."""
+        self._boundary = {"position": {"step": self.step, "epoch": self.epoch, "micro": self.micro}, "rng": rng_state()}
+
+    def _restore(self, folder: Path) -> None:
+        state = load_trainer_state(folder)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None and state["ema"] is not None:
+            self.ema.load_state_dict(state["ema"])
+        set_rng_state(state["rng"])
+        pos = state["position"]
+        self.step, self.epoch, self.micro, self.best = pos["step"], pos["epoch"], pos["micro"], state["best_oiou"]
+
+    def _export_model(self):
+        return self.ema.module if self.ema is not None else self.model
+
+    def save(self, name: str) -> Path:
+        """Write checkpoint ``name`` (last/best) on the main process."""
+        folder = self.run_dir / "checkpoints" / name
+        if self.main:
+            save_checkpoint(folder, self._export_model(), self._state())
+        return folder
+
+    def log(self, record: dict[str, Any]) -> None:
+        if self.main:
+            with open(self.run_dir / LOG_NAME, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+
+    # ------------------------------------------------------------------ loop
+    def _batches(self, epoch: int, start: int):
+        batches = epoch_batches(self.n_train, self.cfg.batch_size, self.cfg.seed, epoch, D.rank(), D.world_size())
+        source = BatchSource(self.train_set, batches[start:], self.cfg.seed, epoch, self.collate)
+        return torch.utils.data.DataLoader(source, batch_size=None, shuffle=False, num_workers=self.cfg.workers)
+
+    def _loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        ids, mask, _ = self.model.tokenize(batch["text"])
+        images, target = batch["image"].to(self.device), batch["mask"].to(self.device)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
+            logits = self.net(images, ids.to(self.device), mask.to(self.device))
+        return segmentation_loss(logits, target)
+
+    def validate(self) -> Optional[dict[str, Any]]:
+        """Evaluate on the validation split (all ranks take part); returns the summary."""
+        if self.val_set is None:
+            return None
+        from remamber.engine.evaluate import evaluate
+
+        model = self._export_model()
+        was_training = model.training
+        summary = evaluate(
+            model.eval(), self.val_set, device=self.device, batch_size=self.cfg.batch_size,
+            limit=self.cfg.val_limit or None, progress=False,
+        ).summary
+        model.train(was_training)
+        return summary
+
+    def _after_validation(self, summary: Optional[dict[str, Any]]) -> None:
+        if summary is None:
+            return
+        self.log({"event": "val", "step": self.step, "epoch": self.epoch, "val": summary})
+        if self.best is None or summary["oIoU"] > self.best:
+            self.best = summary["oIoU"]
+            self.save("best")
+        if self.console is not None and self.main:
+            self.console.print(
+                f"step {self.step}: val oIoU {summary['oIoU']:.4f} mIoU {summary['mIoU']:.4f} "
+                f"(best {self.best:.4f})", highlight=False,
+            )
+
+    def _check_finite(self, loss: torch.Tensor) -> None:
+        bad = torch.tensor(0.0 if torch.isfinite(loss).all() else 1.0, device=self.device)
+        if D.all_reduce_sum(bad).item() > 0:
+            raise TrainingDiverged(
+                f"the loss became {loss.item()} at step {self.step} (epoch {self.epoch}); stopped. The last good "
+                f"checkpoint is {self.run_dir / 'checkpoints' / 'last'}: try a lower --lr or --clip-grad 1.0"
+            )
+
+    def fit(self, on_step: Optional[Callable[[dict], None]] = None) -> TrainResult:
+        """Train to the end (epochs or max_steps); resumable at any optimizer step."""
+        cfg = self.cfg
+        self.model.train()
+        window_start, window_images = time.perf_counter(), 0
+        try:
+            while self.step < self.total_steps and self.epoch < cfg.epochs:
+                loader = self._batches(self.epoch, self.micro)
+                accum_loss, in_accum = 0.0, 0
+                for batch in loader:
+                    last_of_step = in_accum + 1 == cfg.grad_accum or self.micro + 1 == self.micro_per_epoch
+                    sync = contextlib.nullcontext() if (last_of_step or not self.distributed) else self.net.no_sync()
+                    with sync:
+                        loss = self._loss(batch)
+                        self._check_finite(loss)
+                        n_accum = min(cfg.grad_accum, self.micro_per_epoch - (self.micro - in_accum))
+                        self.scaler.scale(loss / n_accum).backward()
+                    accum_loss += loss.item() / n_accum
+                    in_accum += 1
+                    self.micro += 1
+                    window_images += len(batch["text"]) * D.world_size()
+                    if not last_of_step:
+                        continue
+                    self._optimizer_step()
+                    record = {"step": self.step, "epoch": self.epoch, "loss": accum_loss, "lr": self.scheduler.get_last_lr()[0]}
+                    accum_loss, in_accum = 0.0, 0
+                    if self.step % cfg.log_every == 0 or self.step == self.total_steps:
+                        now = time.perf_counter()
+                        record["images_per_s"] = window_images / max(now - window_start, 1e-9)
+                        window_start, window_images = now, 0
+                        self.log(record)
+                    if on_step is not None:
+                        on_step(record)
+                    end_of_epoch = self.micro == self.micro_per_epoch
+                    if end_of_epoch:
+                        self.epoch, self.micro = self.epoch + 1, 0
+                    self._mark_boundary()
+                    if (cfg.val_every and self.step % cfg.val_every == 0) or (end_of_epoch and not cfg.val_every):
+                        self._after_validation(self.validate())
+                    if end_of_epoch or (cfg.ckpt_every and self.step % cfg.ckpt_every == 0) or self.step == self.total_steps:
+                        self.save("last")
+                    if self.step >= self.total_steps:
+                        break
+        except KeyboardInterrupt:
+            self.optimizer.zero_grad(set_to_none=True)
+            folder = self.save("last")
+            raise TrainingInterrupted(f"interrupted at step {self.step}; saved {folder}; continue with --resume") from None
+        finally:
+            D.barrier()
+        best = self.run_dir / "checkpoints" / "best"
+        return TrainResult(self.step, self.epoch, self.best, self.run_dir / "checkpoints" / "last", best if best.exists() else None)
+
+    def _optimizer_step(self) -> None:
+        if self.cfg.clip_grad:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+        self.step += 1

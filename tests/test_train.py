@@ -1,0 +1,158 @@
+"""Training: exact resume after SIGKILL, Ctrl-C, DDP == single process, NaN stop, and the parts."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from model_fixtures import assert_one_line_error, run_cli
+from remamber.engine.losses import dice_loss, segmentation_loss
+from remamber.engine.sampling import epoch_batches
+from remamber.engine.train import _param_groups, lr_factor
+
+FAST = ["--preset", "tiny", "--image-size", "64", "--batch-size", "4", "--log-every", "1", "--val-split", ""]
+
+
+def _train_args(data: Path, out: Path, *extra: str) -> list[str]:
+    return ["train", "--data", str(data), "--out", str(out), *FAST, *extra]
+
+
+def _weights(run: Path) -> dict:
+    return load_file(str(run / "checkpoints" / "last" / "model.safetensors"))
+
+
+def _assert_same_weights(a: dict, b: dict, atol: float = 1e-6) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), atol=atol, rtol=1e-5), k
+
+
+def _start(args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "remamber", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_step(run: Path, step: int, proc: subprocess.Popen, timeout: float = 240) -> None:
+    log = run / "log.jsonl"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"training ended early: {proc.stderr.read()}")
+        if log.exists():
+            steps = [json.loads(line).get("step", 0) for line in log.read_text().splitlines() if line.strip()]
+            if steps and max(steps) >= step and (run / "checkpoints" / "last" / "trainer_state.pt").exists():
+                return
+        time.sleep(0.05)
+    raise AssertionError("training did not reach the step in time")
+
+
+def test_sigkill_then_resume_reaches_the_same_weights(small_shapes, tmp_path):
+    extra = ["--epochs", "2", "--ckpt-every", "1", "--seed", "3", "--limit", "16", "--grad-accum", "1"]
+    straight = tmp_path / "straight"
+    res = run_cli(*_train_args(small_shapes, straight, *extra))
+    assert res.code == 0, res.stderr
+    killed = tmp_path / "killed"
+    proc = _start(_train_args(small_shapes, killed, *extra))
+    _wait_for_step(killed, 3, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    state = torch.load(killed / "checkpoints" / "last" / "trainer_state.pt", weights_only=True)
+    assert 1 <= state["position"]["step"] < 8  # killed mid-run
+    res = run_cli("train", "--out", str(killed), "--resume")
+    assert res.code == 0, res.stderr
+    _assert_same_weights(_weights(killed), _weights(straight))
+    final = torch.load(killed / "checkpoints" / "last" / "trainer_state.pt", weights_only=True)
+    assert final["position"] == {"step": 8, "epoch": 2, "micro": 0}
+
+
+def test_ctrl_c_saves_and_resume_continues(small_shapes, tmp_path):
+    run = tmp_path / "run"
+    proc = _start(_train_args(small_shapes, run, "--epochs", "50", "--limit", "8", "--ckpt-every", "1"))
+    _wait_for_step(run, 2, proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted at step" in err and "--resume" in err and "Traceback" not in err
+    state = torch.load(run / "checkpoints" / "last" / "trainer_state.pt", weights_only=True)
+    assert state["position"]["step"] >= 2
+    res = run_cli("eval", "--weights", str(run / "checkpoints" / "last"), "--data", str(small_shapes), "--split", "val", "--json")
+    assert res.code == 0, res.stderr  # a checkpoint is a model folder eval loads directly
+
+
+def test_ddp_two_processes_equal_one_process_with_the_global_batch(small_shapes, tmp_path):
+    """SGD with lr 1 makes the parameter change the gradient itself (AdamW's first step is
+    ~lr*sign(g), which turns rounding noise of zero gradients into +-lr)."""
+    step = ["--max-steps", "1", "--device", "cpu", "--optimizer", "sgd", "--lr", "1.0", "--min-lr", "1.0", "--weight-decay", "0"]
+    one = tmp_path / "one"
+    res = run_cli(*_train_args(small_shapes, one, *step))
+    assert res.code == 0, res.stderr
+    two = tmp_path / "two"
+    args = [a if a != "4" else "2" for a in _train_args(small_shapes, two, *step)]
+    assert "--batch-size" in args and args[args.index("--batch-size") + 1] == "2"
+    res = run_cli(*args, "--nproc", "2", env={"OMP_NUM_THREADS": "1"})
+    assert res.code == 0, res.stderr
+    _assert_same_weights(_weights(two), _weights(one), atol=1e-5)
+    logs = [json.loads(line) for line in (two / "log.jsonl").read_text().splitlines()]
+    assert len([r for r in logs if r.get("step") == 1]) == 1  # only rank 0 logs
+
+
+def test_nan_loss_stops_with_one_line_and_keeps_the_last_checkpoint(small_shapes, tmp_path):
+    run = tmp_path / "nan"
+    res = run_cli(*_train_args(small_shapes, run, "--lr", "1e30", "--min-lr", "1e30", "--epochs", "20", "--limit", "4", "--ckpt-every", "1"))
+    assert_one_line_error(res, "loss became", code=1)
+    assert (run / "checkpoints" / "last" / "model.safetensors").exists()
+
+
+def test_bad_training_inputs(small_shapes, tmp_path):
+    assert_one_line_error(run_cli(*_train_args(small_shapes, tmp_path / "r", "--preset", "huge")), "unknown preset")
+    assert_one_line_error(run_cli(*_train_args(small_shapes, tmp_path / "r", "--epochs", "0")), "--epochs")
+    assert_one_line_error(run_cli("train", "--out", str(tmp_path / "none"), "--resume"), "--resume")
+    assert_one_line_error(run_cli("train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r")), "missing")
+
+
+def test_lr_schedule_warmup_then_cosine():
+    f = [lr_factor(s, total=10, warmup=2, min_ratio=0.1) for s in range(10)]
+    assert f[0] == pytest.approx(0.5) and f[1] == pytest.approx(1.0)
+    assert f[2] == pytest.approx(1.0) and all(a >= b for a, b in zip(f[2:], f[3:]))
+    assert lr_factor(10, 10, 2, 0.1) == pytest.approx(0.1)
+
+
+def test_no_weight_decay_on_a_log_d_norms_and_biases(tiny_model):
+    decay, no_decay = _param_groups(tiny_model, 0.05)
+    names = {id(p): n for n, p in tiny_model.named_parameters()}
+    nd = {names[id(p)] for p in no_decay["params"]}
+    assert any(n.endswith("A_logs") for n in nd) and any(n.endswith(".Ds") for n in nd)
+    assert any(n.endswith("norm.weight") for n in nd) and any(n.endswith(".bias") for n in nd)
+    assert all(p.dim() > 1 and not names[id(p)].endswith(("A_logs", ".Ds")) for p in decay["params"])
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+
+
+def test_epoch_batches_cover_each_sample_once_and_shard():
+    single = epoch_batches(10, 4, seed=1, epoch=0)
+    assert sorted(i for b in single for i in b) == list(range(10))
+    assert single == epoch_batches(10, 4, seed=1, epoch=0) and single != epoch_batches(10, 4, seed=1, epoch=1)
+    shards = [epoch_batches(10, 2, seed=1, epoch=0, rank=r, world=3) for r in range(3)]
+    assert len({len(s) for s in shards}) == 1  # same number of batches per rank
+    assert set(i for s in shards for b in s for i in b) == set(range(10))
+
+
+def test_losses_on_known_values():
+    logits = torch.tensor([[[[10.0, -10.0], [10.0, -10.0]]]])
+    target = torch.tensor([[[[1.0, 0.0], [1.0, 0.0]]]])
+    assert dice_loss(logits, target).item() == pytest.approx(0.0, abs=1e-4)
+    assert dice_loss(-logits, target).item() == pytest.approx(1 - 1 / 5, abs=1e-4)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(torch.zeros(1, 1, 2, 2), target)
+    assert segmentation_loss(torch.zeros(1, 1, 2, 2), target).item() == pytest.approx(
+        (1 - (2 * 1.0 + 1) / (2.0 + 2.0 + 1)) + bce.item(), abs=1e-6
+    )
+    assert math.isclose(bce.item(), math.log(2), rel_tol=1e-6)
