@@ -116,3 +116,15 @@ def test_load_through_hub_cache_offline(tiny_model_dir, tmp_path, rgb_image):
         assert json.loads(res.stdout)["area"] >= 0
     missing = run_cli("segment", str(rgb_image), "red circle", "--weights", "acme/not-cached", "--out", str(tmp_path), env=env)
     assert_one_line_error(missing, "acme/not-cached", "HF_HUB_OFFLINE")
+
+
+def test_written_files_get_usual_permissions(tiny_model, tmp_path):
+    import os
+
+    from remamber.io import umask, write_json
+
+    write_json(tmp_path / "a.json", {"x": 1})
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o666 & ~umask()
+    folder = save_pretrained(tiny_model, tmp_path / "m")
+    assert folder.stat().st_mode & 0o777 == 0o777 & ~umask()
+    assert os.access(folder / "config.json", os.R_OK)

@@ -14,7 +14,7 @@ from typing import Optional
 import typer
 
 from remamber import __version__
-from remamber.cli import prepare, segment
+from remamber.cli import evaluate, prepare, segment, train
 from remamber.errors import EXIT_FAILURE, EXIT_INTERRUPTED, RemamberError
 
 
@@ -69,6 +69,8 @@ def _root(
 
 app.command(name="segment", help=segment.HELP, no_args_is_help=True)(segment.segment)
 app.add_typer(prepare.app, name="prepare")
+app.command(name="eval", help=evaluate.HELP, no_args_is_help=True)(evaluate.evaluate)
+app.command(name="train", help=train.HELP)(train.train)
 
 
 def _one_line(message: str) -> str:
