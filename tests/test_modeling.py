@@ -105,18 +105,7 @@ def test_truncation_is_reported(tiny_model):
 
 def test_base_parameter_counts_match_official():
     """Official ReMamber_Conv base, read off the official model (shared/DESIGN.md section 7)."""
-    model = build_model("base")
-    millions = lambda mod: sum(p.numel() for p in mod.parameters()) / 1e6  # noqa: E731
-    stages = model.encoder.stages
-    vss = millions(model.encoder.patch_embed) + sum(
-        millions(s.blocks) + (millions(s.downsample) if s.downsample is not None else 0) for s in stages
-    )
-    counts = {
-        "total": millions(model), "text": millions(model.text_encoder), "visual": model.visual_parameters() / 1e6,
-        "vss": vss, "twister": sum(millions(s.twister.blocks) for s in stages),
-        "global_text": sum(millions(s.twister.global_text) for s in stages),
-        "local_text": sum(millions(s.twister.local_text) for s in stages), "decoder": millions(model.decoder),
-    }
+    counts = {k: v / 1e6 for k, v in build_model("base").parameter_counts().items()}
     print("base parameter counts (M):", {k: round(v, 2) for k, v in counts.items()})
     official = dict(total=254.6, text=123.1, visual=131.5, vss=87.5, twister=29.1, global_text=1.5, local_text=3.9, decoder=9.5)
     for key, value in official.items():

@@ -36,7 +36,7 @@ app = typer.Typer(
     help=(
         "Referring image segmentation with ReMamber: give an image and a phrase "
         "(\"man in red shirt\"), get the mask of the object it names.\n\n"
-        "Commands: segment an image, prepare RefCOCO or a synthetic dataset."
+        "segment an image; prepare RefCOCO or a synthetic dataset; train on a CPU, a GPU or many; evaluate any split (mIoU, oIoU, P@X)."
     ),
     add_completion=False,
     no_args_is_help=True,

@@ -61,6 +61,7 @@ def train(
     freeze_text: bool = typer.Option(False, "--freeze-text", help="Do not train the text encoder."),
     epochs: int = typer.Option(50, "--epochs", help="Epochs."),
     max_steps: int = typer.Option(0, "--max-steps", help="Stop after this many optimizer steps (0: run all epochs)."),
+    time_limit: float = typer.Option(0.0, "--time-limit", help="Stop (and save) after this many minutes (0: no limit)."),
     batch_size: int = typer.Option(8, "--batch-size", "-b", help="Samples per process per micro-batch."),
     grad_accum: int = typer.Option(1, "--grad-accum", help="Micro-batches per optimizer step."),
     optimizer: str = typer.Option("adamw", "--optimizer", help="adamw (the paper's) or sgd (momentum 0.9)."),
@@ -100,7 +101,7 @@ def train(
                 raise InputError(f"no prepared dataset at {data}; run `remamber prepare {dataset}` or pass --data DIR")
         cfg = TrainConfig(
             data=str(data), out=str(out), preset=preset, image_size=image_size, init=init, text_encoder=text_encoder,
-            freeze_text=freeze_text, val_split=val_split or None, epochs=epochs, max_steps=max_steps,
+            freeze_text=freeze_text, val_split=val_split or None, epochs=epochs, max_steps=max_steps, time_limit=time_limit,
             batch_size=batch_size, grad_accum=grad_accum, optimizer=optimizer, lr=lr, min_lr=min_lr, warmup_steps=warmup_steps,
             weight_decay=weight_decay, clip_grad=clip_grad, ema=ema, amp=amp, device=device, workers=workers,
             seed=seed, limit=limit, val_every=val_every, val_limit=val_limit, ckpt_every=ckpt_every, log_every=log_every,

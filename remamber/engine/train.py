@@ -48,6 +48,7 @@ class TrainConfig:
     val_split: Optional[str] = "val"
     epochs: int = 50
     max_steps: int = 0
+    time_limit: float = 0.0
     optimizer: str = "adamw"
     batch_size: int = 8
     grad_accum: int = 1
@@ -77,7 +78,7 @@ class TrainConfig:
             raise InputError(f"--lr must be positive and --min-lr in [0, lr] (got lr={self.lr}, min_lr={self.min_lr})")
         if not 0.0 <= self.ema < 1.0:
             raise InputError(f"--ema must be in [0, 1) (got {self.ema})")
-        for name in ("max_steps", "warmup_steps", "workers", "limit", "val_every", "val_limit", "ckpt_every"):
+        for name in ("max_steps", "time_limit", "warmup_steps", "workers", "limit", "val_every", "val_limit", "ckpt_every"):
             if getattr(self, name) < 0:
                 raise InputError(f"--{name.replace('_', '-')} must not be negative")
         if self.optimizer not in ("adamw", "sgd"):
@@ -178,6 +179,7 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, resume: bool = False, console: Any = None) -> None:
         from remamber.data.dataset import ReferringDataset, collate_fn
+        from remamber.data.manifest import PreparedDataset
         from remamber.predictor import resolve_device
 
         cfg.validate()
@@ -192,8 +194,7 @@ class Trainer:
         self.amp_dtype = torch.bfloat16 if (self.device.type == "cpu" or torch.cuda.is_bf16_supported()) else torch.float16
 
         torch.manual_seed(cfg.seed)
-        probe = ReferringDataset(cfg.data, cfg.train_split, 32)
-        self.model = build_training_model(cfg, probe.records).to(self.device)
+        self.model = build_training_model(cfg, PreparedDataset.open(cfg.data).records(cfg.train_split)).to(self.device)
         mcfg = self.model.config
         kw = dict(image_size=mcfg.image_size, mean=mcfg.pixel_mean, std=mcfg.pixel_std)
         self.train_set = ReferringDataset(cfg.data, cfg.train_split, train=True, **kw)
@@ -332,7 +333,8 @@ class Trainer:
         """Train to the end (epochs or max_steps); resumable at any optimizer step."""
         cfg = self.cfg
         self.model.train()
-        window_start, window_images = time.perf_counter(), 0
+        started = time.perf_counter()
+        window_start, window_images = started, 0
         try:
             while self.step < self.total_steps and self.epoch < cfg.epochs:
                 loader = self._batches(self.epoch, self.micro)
@@ -367,9 +369,11 @@ class Trainer:
                     self._mark_boundary()
                     if (cfg.val_every and self.step % cfg.val_every == 0) or (end_of_epoch and not cfg.val_every):
                         self._after_validation(self.validate())
-                    if end_of_epoch or (cfg.ckpt_every and self.step % cfg.ckpt_every == 0) or self.step == self.total_steps:
+                    out_of_time = self._out_of_time(started)
+                    if end_of_epoch or out_of_time or (cfg.ckpt_every and self.step % cfg.ckpt_every == 0) or self.step == self.total_steps:
                         self.save("last")
-                    if self.step >= self.total_steps:
+                    if self.step >= self.total_steps or out_of_time:
+                        self.total_steps = self.step if out_of_time else self.total_steps
                         break
         except KeyboardInterrupt:
             self.optimizer.zero_grad(set_to_none=True)
@@ -379,6 +383,13 @@ class Trainer:
             D.barrier()
         best = self.run_dir / "checkpoints" / "best"
         return TrainResult(self.step, self.epoch, self.best, self.run_dir / "checkpoints" / "last", best if best.exists() else None)
+
+    def _out_of_time(self, started: float) -> bool:
+        """True once ``time_limit`` minutes have passed (all ranks agree)."""
+        if not self.cfg.time_limit:
+            return False
+        late = torch.tensor(float(time.perf_counter() - started > 60 * self.cfg.time_limit), device=self.device)
+        return D.all_reduce_sum(late).item() > 0
 
     def _optimizer_step(self) -> None:
         if self.cfg.clip_grad:

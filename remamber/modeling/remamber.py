@@ -95,6 +95,16 @@ class ReMamber(nn.Module):
             raise ConfigError("this model has no tokenizer attached")
         return tokenize(self.tokenizer, texts, self.config.max_text_len)
 
-    def visual_parameters(self) -> int:
-        """Number of parameters outside the text encoder."""
-        return sum(p.numel() for n, p in self.named_parameters() if not n.startswith("text_encoder."))
+    def parameter_counts(self) -> dict[str, int]:
+        """Parameters per part, grouped as in the official model (visual = all but the text encoder)."""
+        count = lambda *mods: sum(p.numel() for m in mods if m is not None for p in m.parameters())  # noqa: E731
+        stages = self.encoder.stages
+        total, text = count(self), count(self.text_encoder)
+        return {
+            "total": total, "text": text, "visual": total - text,
+            "vss": count(self.encoder.patch_embed, *[s.blocks for s in stages], *[s.downsample for s in stages]),
+            "twister": count(*[s.twister.blocks for s in stages]),
+            "global_text": count(*[s.twister.global_text for s in stages]),
+            "local_text": count(*[s.twister.local_text for s in stages]),
+            "decoder": count(self.decoder),
+        }
