@@ -56,6 +56,15 @@ def _scenes_and_refs(folder: Path):
 def _target_index(ref: dict) -> int:
     return ref["ann_id"] % 10  # annotation ids are image_id * 10 + object index
 
+def _expressions(folder: Path):
+    """Yield (scene, target index, sentence dict, Expression) for every generated sentence."""
+    scenes, refs = _scenes_and_refs(folder)
+    for ref in refs:
+        scene, target = scenes[ref["image_id"]], _target_index(ref)
+        for sentence in ref["sentences"]:
+            yield scene, target, sentence, Expression.from_dict(sentence["expr"])
+
+
 
 def _files(folder: Path) -> dict[str, bytes]:
     files = (p for p in folder.rglob("*") if p.is_file())
@@ -77,35 +86,27 @@ def test_same_seed_same_bytes(tmp_path):
 
 
 def test_every_expression_names_exactly_its_target(shapes_dataset):
-    scenes, refs = _scenes_and_refs(shapes_dataset)
     types = Counter()
-    for ref in refs:
-        scene, target = scenes[ref["image_id"]], _target_index(ref)
-        for sentence in ref["sentences"]:
-            expr = Expression.from_dict(sentence["expr"])
-            assert resolve(expr, scene) == [target], sentence["sent"]
-            assert resolve(expr, scene, CLEARANCE) == [target], sentence["sent"]
-            assert is_good(expr, scene, target), sentence["sent"]
-            assert sentence["expr_type"] == expr.type
-            for _, value in expr.target.items():
-                if value in ("small", "big"):
-                    continue  # rendered with synonyms (little, large)
-                assert value in sentence["sent"]
-            types[expr.type] += 1
+    for scene, target, sentence, expr in _expressions(shapes_dataset):
+        assert resolve(expr, scene) == [target], sentence["sent"]
+        assert resolve(expr, scene, CLEARANCE) == [target], sentence["sent"]
+        assert is_good(expr, scene, target), sentence["sent"]
+        assert sentence["expr_type"] == expr.type
+        for _, value in expr.target.items():
+            if value in ("small", "big"):
+                continue  # rendered with synonyms (little, large)
+            assert value in sentence["sent"]
+        types[expr.type] += 1
     assert set(types) == {"attribute", "position", "ordinal", "relation"}
 
 
 def test_no_single_word_gives_the_answer(shapes_dataset):
-    scenes, refs = _scenes_and_refs(shapes_dataset)
-    for ref in refs:
-        scene, target = scenes[ref["image_id"]], _target_index(ref)
-        for sentence in ref["sentences"]:
-            expr = Expression.from_dict(sentence["expr"])
-            for name, value in expr.target.items():  # each attribute word alone: ambiguous
-                assert len(matching(Desc(**{name: value}), scene)) >= 2, sentence["sent"]
-            if expr.type != "attribute":  # the spatial words alone do not pick the target
-                generic = Expression.from_dict({**sentence["expr"], "target": {}})
-                assert resolve(generic, scene) != [target], sentence["sent"]
+    for scene, target, sentence, expr in _expressions(shapes_dataset):
+        for name, value in expr.target.items():  # each attribute word alone: ambiguous
+            assert len(matching(Desc(**{name: value}), scene)) >= 2, sentence["sent"]
+        if expr.type != "attribute":  # the spatial words alone do not pick the target
+            generic = Expression.from_dict({**sentence["expr"], "target": {}})
+            assert resolve(generic, scene) != [target], sentence["sent"]
 
 
 def test_manifest_records_carry_expr_type(shapes_dataset):
@@ -207,12 +208,8 @@ def test_clearance_rejects_near_misses():
 
 
 def test_mirror_keeps_referent_and_matches_word_swap(shapes_dataset):
-    scenes, refs = _scenes_and_refs(shapes_dataset)
-    for ref in refs:
-        scene, target = scenes[ref["image_id"]], _target_index(ref)
-        for sentence in ref["sentences"]:
-            expr = Expression.from_dict(sentence["expr"])
-            assert resolve(mirror_expression(expr), mirror_scene(scene)) == [target]
-            text = render(expr, np.random.default_rng(0))
-            mirrored = render(mirror_expression(expr), np.random.default_rng(0))
-            assert swap_left_right(text) == mirrored
+    for scene, target, sentence, expr in _expressions(shapes_dataset):
+        assert resolve(mirror_expression(expr), mirror_scene(scene)) == [target]
+        text = render(expr, np.random.default_rng(0))
+        mirrored = render(mirror_expression(expr), np.random.default_rng(0))
+        assert swap_left_right(text) == mirrored

@@ -7,7 +7,9 @@ import sys
 import pytest
 import torch
 
-from remamber.ops import cross_merge, cross_scan, selective_scan, selective_scan_chunked, selective_scan_ref
+from remamber.ops import cross_merge, cross_scan, scan_cpu, selective_scan, selective_scan_chunked, selective_scan_ref
+
+PATHS = {"chunked": selective_scan_chunked, "fused": scan_cpu.selective_scan_fused}
 
 
 def _inputs(b, d, l, n, bc="grouped", groups=4, dtype=torch.float32, a_min=-3.0, dt_scale=1.0, seed=0):
@@ -39,13 +41,17 @@ def _max_rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()))
 @pytest.mark.parametrize("with_z", [False, True])
-def test_chunked_matches_reference_forward_backward(case, with_z):
+@pytest.mark.parametrize("path", list(PATHS))
+def test_fast_paths_match_reference_forward_backward(case, with_z, path):
+    if path == "fused" and case["bc"] == "constant":
+        assert not scan_cpu.supports(torch.zeros(1, 4, 3), torch.zeros(4, 2), torch.zeros(4, 2))
+        return
     kw = _inputs(**case)
     if not with_z:
         kw["z"] = None
     leaves = {k: v.requires_grad_() for k, v in kw.items() if v is not None}
     ref, ref_state = selective_scan_ref(**kw, delta_softplus=True, return_last_state=True)
-    out, state = selective_scan_chunked(**kw, delta_softplus=True, return_last_state=True)
+    out, state = PATHS[path](**kw, delta_softplus=True, return_last_state=True)
     assert out.shape == (case["b"], case["d"], case["l"])
     assert _max_rel(out, ref) <= 1e-5 and _max_rel(state, ref_state) <= 1e-5
     grad_out = torch.randn_like(ref)
@@ -62,14 +68,15 @@ def test_chunk_size_does_not_change_result(chunk):
     assert _max_rel(selective_scan_chunked(**kw, delta_softplus=True, chunk=chunk), ref) <= 1e-5
 
 
-def test_trained_weight_ranges_do_not_overflow():
+@pytest.mark.parametrize("path", list(PATHS))
+def test_trained_weight_ranges_do_not_overflow(path):
     """A down to -50, delta up to 5, a long sequence: exp(-cumsum) would overflow; ours must not."""
     kw = _inputs(1, 8, 4096, 16, a_min=-50.0, dt_scale=0.0)
     kw["delta"] = 5.0 * torch.rand(1, 8, 4096, generator=torch.Generator().manual_seed(1))
     kw["delta_bias"] = None
     leaves = [kw[k].requires_grad_() for k in ("u", "delta", "A", "B", "C")]
     ref = selective_scan_ref(**kw)
-    out = selective_scan_chunked(**kw)
+    out = PATHS[path](**kw)
     assert torch.isfinite(out).all()
     assert _max_rel(out, ref) <= 1e-5
     g = torch.randn_like(ref)
@@ -85,11 +92,28 @@ def test_fp64_agrees_tightly():
     assert _max_rel(out, ref) <= 1e-6  # both compute in fp32, as mamba does
 
 
-def test_dispatch_uses_pytorch_on_cpu_without_importing_mamba():
+@pytest.mark.parametrize("backend", ["auto", "torch", "ref"])
+def test_dispatch_on_cpu_never_imports_mamba(backend, monkeypatch):
+    monkeypatch.setenv("REMAMBER_SCAN", backend)
+    calls = []
+    for name in ("selective_scan_fused",):
+        monkeypatch.setattr(scan_cpu, name, lambda *a, _f=getattr(scan_cpu, name), **k: calls.append(name) or _f(*a, **k))
     kw = _inputs(1, 4, 10, 1)
     out = selective_scan(**kw, delta_softplus=True)
     assert torch.allclose(out, selective_scan_ref(**kw, delta_softplus=True), atol=1e-5, rtol=1e-5)
+    assert calls == (["selective_scan_fused"] if backend == "auto" else [])
     assert "mamba_ssm" not in sys.modules
+
+
+def test_fused_handles_long_sequences_across_chunks_and_batches():
+    kw = _inputs(3, 8, 3 * scan_cpu.CHUNK + 5, 2, groups=2)
+    leaves = [kw[k].requires_grad_() for k in ("u", "delta", "B", "C")]
+    ref = selective_scan_ref(**kw, delta_softplus=True)
+    out = scan_cpu.selective_scan_fused(**kw, delta_softplus=True)
+    assert _max_rel(out, ref) <= 1e-5
+    g = torch.randn_like(ref)
+    for a, b in zip(torch.autograd.grad(out, leaves, g), torch.autograd.grad(ref, leaves, g)):
+        assert _max_rel(a, b) <= 1e-5
 
 
 def _cross_scan_by_index(x: torch.Tensor) -> torch.Tensor:

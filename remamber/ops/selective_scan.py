@@ -7,25 +7,32 @@ or ``(b, g, n, l)`` (``g`` groups of ``d // g`` channels); ``D: (d,)``; ``z: (b,
     h_t = exp(delta_t * A) * h_{t-1} + delta_t * B_t * u_t
     y_t = <C_t, h_t> + D * u_t,      out = y * silu(z)  (when z is given)
 
-Three implementations sit behind :func:`selective_scan`:
+Four implementations sit behind :func:`selective_scan`:
 
 * :func:`selective_scan_ref` -- the plain loop over ``l``, kept as the reference for tests;
-* :func:`selective_scan_chunked` -- our PyTorch path (default off CUDA): the same recurrence
+* :func:`remamber.ops.scan_cpu.selective_scan_fused` -- fused numba kernels for CPU tensors
+  with per-step B and C (the default on CPU; forward and backward);
+* :func:`selective_scan_chunked` -- plain PyTorch (other CPU cases, or ``REMAMBER_SCAN=torch``): the same recurrence
   run inside chunks of ~sqrt(l) steps for all chunks at once, with the exact state carried
   from chunk to chunk.  It only ever multiplies by decays ``exp(delta * A) <= 1``, so it
   cannot overflow the way a scan that divides by ``exp(cumsum(delta * A))`` does;
 * mamba-ssm's CUDA kernel, used for CUDA tensors when ``mamba_ssm`` imports (lazily).
+
+``REMAMBER_SCAN=torch`` or ``ref`` forces that path on the CPU (for benchmarks and debugging).
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import os
 from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from remamber.ops import scan_cpu
 
 
 def _prepare(u: Tensor, delta: Tensor, delta_bias: Optional[Tensor], delta_softplus: bool) -> tuple[Tensor, Tensor]:
@@ -186,7 +193,7 @@ def selective_scan(
     delta_softplus: bool = False,
     return_last_state: bool = False,
 ):
-    """Selective scan, dispatched: mamba-ssm's kernel on CUDA when available, else PyTorch."""
+    """Selective scan, dispatched: mamba-ssm on CUDA, the fused kernel on CPU, else PyTorch."""
     if u.is_cuda:
         kernel = _mamba_cuda_kernel()
         if kernel is not None:
@@ -195,7 +202,10 @@ def selective_scan(
                 D=None if D is None else D.float(), z=z, delta_bias=None if delta_bias is None else delta_bias.float(),
                 delta_softplus=delta_softplus, return_last_state=return_last_state,
             )
-    return selective_scan_chunked(
-        u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias,
-        delta_softplus=delta_softplus, return_last_state=return_last_state,
-    )
+    kwargs = dict(D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus, return_last_state=return_last_state)
+    backend = os.environ.get("REMAMBER_SCAN", "auto")
+    if backend == "ref":
+        return selective_scan_ref(u, delta, A, B, C, **kwargs)
+    if backend != "torch" and scan_cpu.supports(u, B, C):
+        return scan_cpu.selective_scan_fused(u, delta, A, B, C, **kwargs)
+    return selective_scan_chunked(u, delta, A, B, C, **kwargs)

@@ -1,0 +1,115 @@
+"""Selective-scan speed: our CPU paths against the reference loop, same process, same inputs.
+
+The reference is ``selective_scan_ref`` (mamba_ssm's semantics: precompute exp(delta*A) and
+delta*B*u, loop over L); its backward is autograd through that loop. For each shape the script
+times forward and forward+backward of: the reference, the fused numba kernel (CPU default) and
+the chunked PyTorch path, checks they agree, and writes benchmarks/results/scan.json.
+
+    python benchmarks/scan.py            # all shapes of issue 5 (a few minutes on 2 cores)
+    python benchmarks/scan.py --quick    # small shapes only
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from remamber.io import write_json
+from remamber.ops import scan_cpu
+from remamber.ops.selective_scan import selective_scan_chunked, selective_scan_ref
+
+# (b, d, l, n) at ReMamber shapes: stage 1 at 480 (120x120 tokens, 4 directions x 256 channels),
+# stage 1 at 256 (64x64, 4 x 192), stage 3 at 480 with batch 8 (30x30, 4 x 512).
+SHAPES = [(1, 1024, 14400, 1), (1, 1024, 14400, 16), (1, 768, 4096, 1), (1, 768, 4096, 16), (8, 2048, 900, 1)]
+QUICK = [(1, 256, 1024, 1), (1, 256, 1024, 16)]
+PATHS = {"reference": selective_scan_ref, "fused": scan_cpu.selective_scan_fused, "chunked": selective_scan_chunked}
+
+
+def inputs(b: int, d: int, l: int, n: int, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    return dict(u=r(b, d, l), delta=r(b, d, l), A=-torch.rand(d, n, generator=g) * 4 - 0.5,
+                B=r(b, 4, n, l), C=r(b, 4, n, l), D=r(d), delta_bias=r(d) * 0.5)
+
+
+def timed(fn, repeat: int) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def bench(shape: tuple, repeat: int) -> dict:
+    kw = inputs(*shape)
+    leaves = ["u", "delta", "A", "B", "C", "D", "delta_bias"]
+    outs, row = {}, {"shape": dict(zip("bdln", shape))}
+    for name, fn in PATHS.items():
+        reps = 1 if name == "reference" else repeat
+
+        def fwd():
+            with torch.no_grad():
+                outs[name] = fn(**kw, delta_softplus=True)
+
+        def fwd_bwd():
+            args = {k: (v.clone().requires_grad_() if k in leaves else v) for k, v in kw.items()}
+            out = fn(**args, delta_softplus=True)
+            out.backward(torch.ones_like(out))
+            outs[name + "_grad_u"] = args["u"].grad
+
+        fwd()  # warm-up (numba compiles on first use)
+        row[f"{name}_forward_s"] = round(timed(fwd, reps), 4)
+        row[f"{name}_fwd_bwd_s"] = round(timed(fwd_bwd, reps), 4)
+        row[f"{name}_backward_s"] = round(max(row[f"{name}_fwd_bwd_s"] - row[f"{name}_forward_s"], 1e-6), 4)
+    ref = outs["reference"]
+    for name in ("fused", "chunked"):
+        row[f"{name}_forward_speedup"] = round(row["reference_forward_s"] / row[f"{name}_forward_s"], 1)
+        row[f"{name}_backward_speedup"] = round(row["reference_backward_s"] / row[f"{name}_backward_s"], 1)
+        row[f"{name}_max_rel_err"] = float((outs[name] - ref).abs().max() / ref.abs().max())
+        g_ref = outs["reference_grad_u"]
+        row[f"{name}_grad_u_max_rel_err"] = float((outs[name + "_grad_u"] - g_ref).abs().max() / g_ref.abs().max())
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "scan.json")
+    args = ap.parse_args()
+    rows = []
+    for shape in QUICK if args.quick else SHAPES:
+        row = bench(shape, args.repeat)
+        rows.append(row)
+        print(
+            f"{shape}: reference fwd {row['reference_forward_s']:.3f}s bwd {row['reference_backward_s']:.3f}s | "
+            f"fused fwd {row['fused_forward_s']:.4f}s (x{row['fused_forward_speedup']}) bwd {row['fused_backward_s']:.4f}s "
+            f"(x{row['fused_backward_speedup']}) | chunked x{row['chunked_forward_speedup']} / x{row['chunked_backward_speedup']} "
+            f"| max rel err {row['fused_max_rel_err']:.1e}",
+            flush=True,
+        )
+    try:
+        import mamba_ssm  # noqa: F401
+
+        mamba = "installed"
+    except Exception as e:  # noqa: BLE001 - it does not import on CPU machines
+        mamba = f"not importable here ({type(e).__name__})"
+    write_json(args.out, {
+        "command": "python benchmarks/scan.py" + (" --quick" if args.quick else ""),
+        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "numba_threads": scan_cpu.numba.get_num_threads(),
+                    "platform": platform.platform(), "processor": platform.processor(), "torch": torch.__version__},
+        "mamba_ssm": mamba,
+        "goals": {"forward_speedup": 30, "backward_speedup": 10},
+        "results": rows,
+    })
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,208 @@
+"""The fused CPU selective scan: numba kernels for forward and backward, all cores.
+
+One task per ``(batch, channel)`` row runs the recurrence along the sequence with its
+``d_state`` values in registers; nothing of size ``(b, d, n, l)`` is ever materialised.  The
+forward keeps the state at the start of every chunk of ``CHUNK`` steps; the backward walks
+the chunks in reverse, recomputes the states inside one chunk from its saved start, and runs
+the adjoint recurrence.  Same semantics and fp32 arithmetic as ``selective_scan_ref``.
+
+numba compiles the kernels on first use (cached on disk); without numba the PyTorch path in
+``selective_scan.py`` is used instead.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+
+CHUNK = 64
+
+try:
+    import numba
+    from numba import njit, prange
+except ImportError:  # pragma: no cover - numba is a dependency; keep the package importable anyway
+    numba = None
+
+AVAILABLE = numba is not None
+
+
+if AVAILABLE:
+
+    @njit(cache=True, inline="always")
+    def _delta(x: float, softplus: bool) -> float:
+        if not softplus:
+            return x
+        if x > 20.0:
+            return x
+        return math.log1p(math.exp(x))
+
+    @njit(parallel=True, cache=True)
+    def _forward(u, dt, A, B, C, D, z, bias, softplus, has_z, chunk, out, y_pre, starts, last):  # pragma: no cover
+        b, d, L = u.shape
+        n = A.shape[1]
+        per_group = d // B.shape[1]
+        for r in prange(b * d):
+            bi, di = r // d, r % d
+            gi = di // per_group
+            h = np.zeros(n, dtype=np.float32)
+            for t in range(L):
+                if t % chunk == 0:
+                    starts[bi, di, t // chunk, :] = h
+                delta = np.float32(_delta(dt[bi, di, t] + bias[di], softplus))
+                x = delta * u[bi, di, t]
+                acc = np.float32(0.0)
+                for k in range(n):
+                    h[k] = np.float32(math.exp(delta * A[di, k])) * h[k] + x * B[bi, gi, k, t]
+                    acc += h[k] * C[bi, gi, k, t]
+                y = acc + D[di] * u[bi, di, t]
+                if has_z:
+                    y_pre[bi, di, t] = y
+                    zz = z[bi, di, t]
+                    y = y * zz / (np.float32(1.0) + np.float32(math.exp(-zz)))
+                out[bi, di, t] = y
+            last[bi, di, :] = h
+
+    @njit(parallel=True, cache=True)
+    def _backward(  # pragma: no cover
+        u, dt, A, B, C, D, z, bias, softplus, has_z, chunk, starts, y_pre, gout, blocks,
+        du, ddt, dz, dA_part, dD_part, dbias_part, dB_part, dC_part,
+    ):
+        b, d, L = u.shape
+        n = A.shape[1]
+        g = B.shape[1]
+        per_group = d // g
+        per_block = (per_group + blocks - 1) // blocks
+        n_chunks = (L + chunk - 1) // chunk
+        for task in prange(b * g * blocks):
+            bi = task // (g * blocks)
+            gi = (task // blocks) % g
+            p = task % blocks
+            hs = np.zeros((chunk + 1, n), dtype=np.float32)
+            decay = np.zeros((chunk, n), dtype=np.float32)
+            deltas = np.zeros(chunk, dtype=np.float32)
+            carry = np.zeros(n, dtype=np.float32)
+            lo = gi * per_group + p * per_block
+            hi = min(lo + per_block, (gi + 1) * per_group)
+            for di in range(lo, hi):
+                carry[:] = 0.0
+                for c in range(n_chunks - 1, -1, -1):
+                    t0 = c * chunk
+                    m = min(chunk, L - t0)
+                    hs[0, :] = starts[bi, di, c, :]
+                    for j in range(m):  # recompute the states inside this chunk
+                        t = t0 + j
+                        delta = np.float32(_delta(dt[bi, di, t] + bias[di], softplus))
+                        deltas[j] = delta
+                        x = delta * u[bi, di, t]
+                        for k in range(n):
+                            a = np.float32(math.exp(delta * A[di, k]))
+                            decay[j, k] = a
+                            hs[j + 1, k] = a * hs[j, k] + x * B[bi, gi, k, t]
+                    for j in range(m - 1, -1, -1):  # adjoint recurrence
+                        t = t0 + j
+                        go = gout[bi, di, t]
+                        if has_z:
+                            zz = z[bi, di, t]
+                            sg = np.float32(1.0) / (np.float32(1.0) + np.float32(math.exp(-zz)))
+                            dz[bi, di, t] = go * y_pre[bi, di, t] * sg * (np.float32(1.0) + zz * (np.float32(1.0) - sg))
+                            dy = go * zz * sg
+                        else:
+                            dy = go
+                        ut = u[bi, di, t]
+                        delta = deltas[j]
+                        dD_part[bi, di] += dy * ut
+                        du_t = dy * D[di]
+                        ddelta = np.float32(0.0)
+                        for k in range(n):
+                            lam = carry[k] + dy * C[bi, gi, k, t]
+                            dC_part[bi, gi, p, k, t] += dy * hs[j + 1, k]
+                            a = decay[j, k]
+                            da = lam * hs[j, k] * a
+                            ddelta += da * A[di, k] + lam * B[bi, gi, k, t] * ut
+                            dA_part[bi, di, k] += da * delta
+                            dB_part[bi, gi, p, k, t] += lam * delta * ut
+                            du_t += lam * delta * B[bi, gi, k, t]
+                            carry[k] = a * lam
+                        du[bi, di, t] = du_t
+                        if softplus:
+                            xr = dt[bi, di, t] + bias[di]
+                            ddelta = ddelta / (np.float32(1.0) + np.float32(math.exp(-xr)))
+                        ddt[bi, di, t] = ddelta
+                        dbias_part[bi, di] += ddelta
+
+
+def _np(t: Tensor) -> np.ndarray:
+    return t.detach().float().contiguous().numpy()
+
+
+def _blocks(b: int, g: int, per_group: int) -> int:
+    """Split each group's channels so that there are about twice as many tasks as threads."""
+    threads = numba.get_num_threads()
+    return max(1, min(per_group, -(-2 * threads // (b * g))))
+
+
+class _FusedScan(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, softplus: bool):  # type: ignore[override]
+        b, d, L = u.shape
+        g, n = B.shape[1], A.shape[1]
+        arrays = [_np(x) for x in (u, delta, A, B, C)]
+        Dn = _np(D) if D is not None else np.zeros(d, np.float32)
+        zn = _np(z) if z is not None else np.zeros((1, 1, 1), np.float32)
+        bn = _np(delta_bias) if delta_bias is not None else np.zeros(d, np.float32)
+        out = np.empty((b, d, L), np.float32)
+        y_pre = np.empty((b, d, L), np.float32) if z is not None else np.zeros((1, 1, 1), np.float32)
+        starts = np.empty((b, d, -(-L // CHUNK), n), np.float32)
+        last = np.empty((b, d, n), np.float32)
+        _forward(*arrays, Dn, zn, bn, softplus, z is not None, CHUNK, out, y_pre, starts, last)
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias)
+        ctx.arrays = (arrays, Dn, zn, bn, starts, y_pre)
+        ctx.softplus = softplus
+        ctx.mark_non_differentiable(last_t := torch.from_numpy(last))
+        return torch.from_numpy(out).to(u.dtype), last_t
+
+    @staticmethod
+    def backward(ctx, gout, _glast):  # type: ignore[override]
+        u, delta, A, B, C, D, z, delta_bias = ctx.saved_tensors
+        (un, dtn, An, Bn, Cn), Dn, zn, bn, starts, y_pre = ctx.arrays
+        b, d, L = un.shape
+        g, n = Bn.shape[1], An.shape[1]
+        blocks = _blocks(b, g, d // g)
+        du, ddt = np.empty_like(un), np.empty_like(dtn)
+        dz = np.empty_like(un) if z is not None else np.zeros((1, 1, 1), np.float32)
+        dA_part, dD_part, dbias_part = np.zeros((b, d, n), np.float32), np.zeros((b, d), np.float32), np.zeros((b, d), np.float32)
+        dB_part = np.zeros((b, g, blocks, n, L), np.float32)
+        dC_part = np.zeros((b, g, blocks, n, L), np.float32)
+        _backward(
+            un, dtn, An, Bn, Cn, Dn, zn, bn, ctx.softplus, z is not None, CHUNK, starts, y_pre, _np(gout), blocks,
+            du, ddt, dz, dA_part, dD_part, dbias_part, dB_part, dC_part,
+        )
+        to = lambda arr, like: torch.from_numpy(arr).to(like.dtype)  # noqa: E731
+        return (
+            to(du, u), to(ddt, delta), to(dA_part.sum(0), A), to(dB_part.sum(2), B), to(dC_part.sum(2), C),
+            to(dD_part.sum(0), D) if D is not None else None, to(dz, z) if z is not None else None,
+            to(dbias_part.sum(0), delta_bias) if delta_bias is not None else None, None,
+        )
+
+
+def supports(u: Tensor, B: Tensor, C: Tensor) -> bool:
+    """The fused kernel handles CPU tensors with per-step B and C (shared or grouped)."""
+    return (
+        AVAILABLE and u.device.type == "cpu" and B.dim() in (3, 4) and C.dim() == B.dim() and B.shape == C.shape
+        and u.shape[1] % (1 if B.dim() == 3 else B.shape[1]) == 0
+    )
+
+
+def selective_scan_fused(
+    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor] = None, z: Optional[Tensor] = None,
+    delta_bias: Optional[Tensor] = None, delta_softplus: bool = False, return_last_state: bool = False,
+):
+    """Selective scan with the fused CPU kernel (see :func:`supports`); same API as the reference."""
+    if B.dim() == 3:
+        B, C = B.unsqueeze(1), C.unsqueeze(1)
+    out, last = _FusedScan.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    return (out, last) if return_last_state else out
