@@ -30,9 +30,21 @@ except ImportError:  # pragma: no cover - numba is a dependency; keep the packag
 AVAILABLE = numba is not None
 
 
+def _jit(**options):
+    """``njit`` with an on-disk cache when one can be written (read-only installs compile each run)."""
+
+    def wrap(fn):
+        try:
+            return njit(cache=True, **options)(fn)
+        except RuntimeError:  # numba found no writable cache location
+            return njit(cache=False, **options)(fn)
+
+    return wrap
+
+
 if AVAILABLE:
 
-    @njit(cache=True, inline="always")
+    @_jit(inline="always")
     def _delta(x: float, softplus: bool) -> float:
         if not softplus:
             return x
@@ -40,7 +52,7 @@ if AVAILABLE:
             return x
         return math.log1p(math.exp(x))
 
-    @njit(parallel=True, cache=True)
+    @_jit(parallel=True)
     def _forward(u, dt, A, B, C, D, z, bias, softplus, has_z, chunk, out, y_pre, starts, last):  # pragma: no cover
         b, d, L = u.shape
         n = A.shape[1]
@@ -66,7 +78,7 @@ if AVAILABLE:
                 out[bi, di, t] = y
             last[bi, di, :] = h
 
-    @njit(parallel=True, cache=True)
+    @_jit(parallel=True)
     def _backward(  # pragma: no cover
         u, dt, A, B, C, D, z, bias, softplus, has_z, chunk, starts, y_pre, gout, blocks,
         du, ddt, dz, dA_part, dD_part, dbias_part, dB_part, dC_part,

@@ -45,7 +45,7 @@ def _prepare(u: Tensor, delta: Tensor, delta_bias: Optional[Tensor], delta_softp
     return u, delta
 
 
-def _grouped(x: Tensor, batch: int, length: int) -> Tensor:
+def _grouped(x: Tensor) -> Tensor:
     """B or C as ``(b, g, n, l)``; a time-invariant ``(d, n)`` becomes ``(1, d, n, 1)``."""
     if x.dim() == 2:
         return x.float()[None, :, :, None]
@@ -78,7 +78,7 @@ def selective_scan_ref(
     b, d, length = u.shape
     u, delta = _prepare(u, delta, delta_bias, delta_softplus)
     A = A.float()
-    Bg, Cg = _grouped(B, b, length), _grouped(C, b, length)
+    Bg, Cg = _grouped(B), _grouped(C)
     g = Bg.shape[1]
     # (b, d, n, l) views of B and C, each group serving d // g channels
     Bd = Bg.repeat_interleave(d // g, dim=1) if g != d else Bg
@@ -134,7 +134,7 @@ def selective_scan_chunked(
         x = x.reshape(*x.shape[:-1], nc, T)
         return x.movedim(-1, 0).contiguous()
 
-    Bg, Cg = _grouped(B, b, length), _grouped(C, b, length)
+    Bg, Cg = _grouped(B), _grouped(C)
     gB, gC = Bg.shape[1], Cg.shape[1]
     dt_s, u_s = steps(delta), steps(u)  # (T, b, d, nc)
     B_s, C_s = steps(Bg), steps(Cg)  # (T, b|1, g, n, nc|1)
