@@ -29,3 +29,10 @@ class WeightsError(RemamberError):
 
 class InputError(RemamberError):
     """A bad image, text, or data file given by the user."""
+
+
+def check_threshold(threshold: float) -> float:
+    """The mask threshold as a float, or InputError when it is not strictly between 0 and 1."""
+    if not (isinstance(threshold, (int, float)) and 0.0 < threshold < 1.0):
+        raise InputError(f"--threshold must be between 0 and 1, exclusive (got {threshold})")
+    return float(threshold)

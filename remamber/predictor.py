@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from remamber.errors import InputError
+from remamber.errors import InputError, check_threshold
 
 
 @dataclass
@@ -46,8 +46,7 @@ class Predictor:
     """Runs a :class:`ReMamber` on PIL images: resize + normalise per its config, upsample back."""
 
     def __init__(self, model, device: str | torch.device = "cpu", threshold: float = 0.5) -> None:
-        if not 0.0 < threshold < 1.0:
-            raise InputError(f"--threshold must be between 0 and 1 (got {threshold})")
+        check_threshold(threshold)
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.threshold = threshold

@@ -15,12 +15,12 @@ from typing import Any, Optional
 import typer
 
 from remamber.data.catalog import KNOWN_DATASETS, SHAPES_NAME, default_out
-from remamber.errors import InputError
+from remamber.errors import InputError, check_threshold
 
 DATASETS = (*KNOWN_DATASETS, SHAPES_NAME)
 EVAL_SIZES = ("original", "input")
 
-HELP = f"""Evaluate a model on a split of a prepared dataset: mIoU, oIoU and P@50..P@90.
+HELP = """Evaluate a model on a split of a prepared dataset: mIoU, oIoU and P@50..P@90.
 
 Examples:
 
@@ -196,8 +196,7 @@ def evaluate(
     # ---- check everything that can be checked before loading a model
     if dataset not in DATASETS:
         raise InputError(f"--dataset {dataset!r}: unknown; choose from: {', '.join(DATASETS)}")
-    if not 0.0 < threshold < 1.0:
-        raise InputError(f"--threshold must be between 0 and 1, exclusive (got {threshold})")
+    check_threshold(threshold)
     if eval_size not in EVAL_SIZES:
         raise InputError(f"--eval-size {eval_size!r}: choose from: {', '.join(EVAL_SIZES)}")
     if batch_size < 1:

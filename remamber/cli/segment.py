@@ -10,7 +10,7 @@ from typing import Iterator, Optional
 
 import typer
 
-from remamber.errors import EXIT_FAILURE, InputError, RemamberError
+from remamber.errors import EXIT_FAILURE, InputError, RemamberError, check_threshold
 
 HELP = """Segment the object that TEXT names in IMAGE.
 
@@ -93,8 +93,7 @@ def segment(
         raise InputError('give an IMAGE and a TEXT, e.g. remamber segment photo.jpg "man in red shirt"')
     if batch is None and not text.strip():
         raise InputError("the text is empty: say which object to segment")
-    if not 0.0 < threshold < 1.0:
-        raise InputError(f"--threshold must be between 0 and 1 (got {threshold})")
+    check_threshold(threshold)
     out_dir = _output_dir(out)
     from remamber.images import load_image
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from remamber.engine import distributed
 from remamber.engine.metrics import MetricAccumulator, binarize, iou, sample_iou
-from remamber.errors import InputError
+from remamber.errors import InputError, check_threshold
 from remamber.io import atomic_open, atomic_path
 
 #: Where predictions are compared with the ground truth.
@@ -73,12 +73,6 @@ def check_eval_size(eval_size: str) -> str:
     if eval_size not in EVAL_SIZES:
         raise InputError(f"--eval-size {eval_size!r}: choose from: {', '.join(EVAL_SIZES)}")
     return eval_size
-
-
-def check_threshold(threshold: float) -> float:
-    if not (isinstance(threshold, (int, float)) and 0.0 < threshold < 1.0):
-        raise InputError(f"--threshold must be between 0 and 1, exclusive (got {threshold})")
-    return float(threshold)
 
 
 class _EvalItems(torch.utils.data.Dataset):

@@ -26,7 +26,7 @@ from remamber.engine import distributed as D
 from remamber.engine.checkpoint import load_trainer_state, rng_state, save_checkpoint, set_rng_state
 from remamber.engine.losses import segmentation_loss
 from remamber.engine.sampling import BatchSource, epoch_batches
-from remamber.errors import EXIT_FAILURE, ConfigError, InputError, RemamberError, WeightsError
+from remamber.errors import EXIT_FAILURE, InputError, RemamberError, WeightsError
 from remamber.modeling.layers import no_weight_decay
 
 TRAIN_CONFIG_NAME = "train_config.json"
@@ -178,7 +178,7 @@ class Trainer:
     """Owns the model, optimizer, data and run folder of one training run."""
 
     def __init__(self, cfg: TrainConfig, resume: bool = False, console: Any = None) -> None:
-        from remamber.data.dataset import ReferringDataset, collate_fn
+        from remamber.data.dataset import ReferringDataset
         from remamber.data.manifest import PreparedDataset
         from remamber.predictor import resolve_device
 
@@ -202,7 +202,6 @@ class Trainer:
         if self.n_train == 0:
             raise InputError(f"split {cfg.train_split!r} of {cfg.data} has no samples")
         self.val_set = ReferringDataset(cfg.data, cfg.val_split, **kw) if cfg.val_split else None
-        self.collate = collate_fn
         if cfg.freeze_text:
             self.model.text_encoder.requires_grad_(False)
 
@@ -282,8 +281,10 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def _batches(self, epoch: int, start: int):
+        from remamber.data.dataset import collate_fn
+
         batches = epoch_batches(self.n_train, self.cfg.batch_size, self.cfg.seed, epoch, D.rank(), D.world_size())
-        source = BatchSource(self.train_set, batches[start:], self.cfg.seed, epoch, self.collate)
+        source = BatchSource(self.train_set, batches[start:], self.cfg.seed, epoch, collate_fn)
         return torch.utils.data.DataLoader(source, batch_size=None, shuffle=False, num_workers=self.cfg.workers)
 
     def _loss(self, batch: dict[str, Any]) -> torch.Tensor:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 from typing import Any, Iterable
 
-import torch
 import torch.nn as nn
 from torch import Tensor
 

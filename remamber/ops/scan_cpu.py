@@ -161,7 +161,7 @@ class _FusedScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, softplus: bool):  # type: ignore[override]
         b, d, L = u.shape
-        g, n = B.shape[1], A.shape[1]
+        n = A.shape[1]
         arrays = [_np(x) for x in (u, delta, A, B, C)]
         Dn = _np(D) if D is not None else np.zeros(d, np.float32)
         zn = _np(z) if z is not None else np.zeros((1, 1, 1), np.float32)
