@@ -8,13 +8,14 @@ Hub models go through ``huggingface_hub`` (its cache, ``HF_HUB_OFFLINE`` and tok
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 from remamber import __version__
 from remamber.errors import ConfigError, WeightsError
@@ -24,8 +25,9 @@ from remamber.modeling.config import ModelConfig
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "README.md"
+TRAINING_NAME = "training.json"
 HUB_PATTERNS = [
-    CONFIG_NAME, WEIGHTS_NAME, CARD_NAME, "tokenizer*", "special_tokens_map.json", "vocab*", "merges.txt",
+    CONFIG_NAME, WEIGHTS_NAME, CARD_NAME, TRAINING_NAME, "tokenizer*", "special_tokens_map.json", "vocab*", "merges.txt",
     "*.model", "*.onnx",
 ]
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -84,7 +86,8 @@ def _download(repo_id: str, revision: Optional[str]) -> Path:
         raise WeightsError(f"model {name}: download failed: {e}") from None
 
 
-def _read_config(folder: Path) -> ModelConfig:
+def read_config(folder: Path) -> ModelConfig:
+    """The :class:`ModelConfig` of a model folder (clear errors when missing or invalid)."""
     path = folder / CONFIG_NAME
     if not path.is_file():
         raise WeightsError(f"{folder} is not a model folder: {CONFIG_NAME} is missing")
@@ -126,7 +129,7 @@ def load_pretrained(spec: str | os.PathLike, device: str = "cpu"):
     from remamber.modeling.text import load_tokenizer
 
     folder = resolve_weights(spec)
-    config = _read_config(folder)
+    config = read_config(folder)
     state = load_state(folder / WEIGHTS_NAME)
     try:
         tokenizer = load_tokenizer(str(folder), model_folder=True)
@@ -143,17 +146,57 @@ def _first_line(e: Exception) -> str:
 
 
 def model_card(config: ModelConfig, body: str = "") -> str:
-    """A minimal Hugging Face model card for a remamber model folder."""
+    """A Hugging Face model card for a remamber model folder; ``body`` (markdown) is appended."""
     return (
         "---\nlibrary_name: remamber\ntags:\n- referring-image-segmentation\n- mamba\n- remamber\n---\n\n"
         f"# ReMamber ({config.preset})\n\n"
-        "Referring image segmentation with ReMamber (VMamba + Mamba Twister). Use it with "
-        "[remamber](https://pypi.org/project/remamber/):\n\n"
-        "```bash\nremamber segment image.jpg \"man in red shirt\" --weights <this folder or owner/name>\n```\n\n"
+        "Referring image segmentation with ReMamber (VMamba + Mamba Twister): give an image and a phrase, "
+        "get the mask of the object it names. Use it with [remamber](https://pypi.org/project/remamber/):\n\n"
+        "```bash\nremamber segment image.jpg \"man in red shirt\" --weights <this folder or owner/name>\n"
+        "remamber eval --weights <this folder or owner/name> --data <prepared dataset> --split test\n```\n\n"
+        "```python\nfrom remamber.hub import load_pretrained\nfrom remamber.predictor import Predictor\n"
+        "from PIL import Image\n\npredictor = Predictor(load_pretrained(\"<this folder or owner/name>\"))\n"
+        "mask = predictor.predict(Image.open(\"image.jpg\"), \"man in red shirt\").mask  # (H, W) bool\n```\n\n"
+        "## Model\n\n"
         f"- input size: {config.image_size}x{config.image_size}\n- text encoder: {config.text_encoder}\n"
-        f"- stage dims {config.dims}, depths {config.depths}, Twister depths {config.twister_depths}\n"
+        f"- stage dims {config.dims}, depths {config.depths}, Twister depths {config.twister_depths}, "
+        f"d_state {config.d_state}\n"
         + (f"\n{body.strip()}\n" if body else "")
     )
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}"
+
+
+def metrics_table(results: list[dict]) -> str:
+    """A markdown table of ``remamber eval --json`` objects (one row per result and per type)."""
+    cols = ["mIoU", "oIoU", "P@50", "P@70", "P@90"]
+    lines = ["| data | split | samples | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 3)]
+    for r in results:
+        rows = [(r.get("split", "?"), r)] + [(f"{r.get('split', '?')}: {t}", v) for t, v in r.get("by_type", {}).items()]
+        for name, m in rows:
+            vals = " | ".join(_pct(m[c]) for c in cols)
+            lines.append(f"| {r.get('dataset', '?')} | {name} | {m['samples']} | {vals} |")
+    return "\n".join(lines)
+
+
+def training_section(training: dict) -> str:
+    """Markdown for a ``training.json`` record (written by ``remamber train`` in checkpoints)."""
+    settings = training.get("settings", {})
+    keys = ("preset", "init", "epochs", "max_steps", "batch_size", "lr", "min_lr", "warmup_steps", "weight_decay", "ema", "seed")
+    shown = ", ".join(f"{k}={settings[k]}" for k in keys if settings.get(k) not in (None, ""))
+    text = (
+        f"## Training\n\nTrained with `remamber train` on {training.get('dataset', '?')} "
+        f"({training.get('train_samples', '?')} training samples) for {training.get('step', '?')} steps "
+        f"({shown}).\n"
+    )
+    val = training.get("val")
+    if val:
+        text += f"\nValidation at step {val.get('step')} (percent):\n\n" + metrics_table(
+            [{**val, "dataset": training.get("dataset", "?")}]
+        ) + "\n"
+    return text
 
 
 def save_pretrained(
@@ -171,22 +214,35 @@ def save_pretrained(
 
     if model.tokenizer is None:
         raise ConfigError("cannot save a model without a tokenizer: a model folder must rebuild its text input")
+    with staged_folder(folder) as tmp:
+        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "remamber_version": __version__})
+        write_model_files(model, tmp, card)
+        for name, write in (extra_files or {}).items():
+            write(tmp / name)
+    return Path(folder)
+
+
+def write_model_files(model, folder: Path, card: Optional[str] = None) -> None:
+    """Write what every model folder has besides its weights: config, tokenizer and card."""
+    (folder / CONFIG_NAME).write_text(json.dumps(model.config.to_dict(), indent=2) + "\n", encoding="utf-8")
+    model.tokenizer.save_pretrained(str(folder))
+    (folder / CARD_NAME).write_text(card if card is not None else model_card(model.config), encoding="utf-8")
+
+
+@contextlib.contextmanager
+def staged_folder(folder: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``folder``; on success it replaces ``folder`` at once
+    (a half-written folder never appears under the final name)."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     tmp.chmod(0o777 & ~umask())  # mkdtemp makes 0700
     try:
-        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "remamber_version": __version__})
-        (tmp / CONFIG_NAME).write_text(json.dumps(model.config.to_dict(), indent=2) + "\n", encoding="utf-8")
-        model.tokenizer.save_pretrained(str(tmp))
-        (tmp / CARD_NAME).write_text(card if card is not None else model_card(model.config), encoding="utf-8")
-        for name, write in (extra_files or {}).items():
-            write(tmp / name)
+        yield tmp
         _swap_into_place(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return folder
 
 
 def _swap_into_place(tmp: Path, folder: Path) -> None:

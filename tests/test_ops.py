@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+import importlib
+import io
 import sys
+import warnings
 
 import pytest
 import torch
 
-from remamber.ops import cross_merge, cross_scan, scan_cpu, selective_scan, selective_scan_chunked, selective_scan_ref
+from remamber.ops import (
+    cross_merge,
+    cross_scan,
+    scan_backend,
+    scan_cpu,
+    selective_scan,
+    selective_scan_chunked,
+    selective_scan_parallel,
+    selective_scan_ref,
+)
 
-PATHS = {"chunked": selective_scan_chunked, "fused": scan_cpu.selective_scan_fused}
+scan_module = importlib.import_module("remamber.ops.selective_scan")  # the module, not its function
+PATHS = {"chunked": selective_scan_chunked, "fused": scan_cpu.selective_scan_fused, "parallel": selective_scan_parallel}
+TORCH_PATHS = {"chunked": selective_scan_chunked, "parallel": selective_scan_parallel}
 
 
 def _inputs(b, d, l, n, bc="grouped", groups=4, dtype=torch.float32, a_min=-3.0, dt_scale=1.0, seed=0):
@@ -62,13 +76,14 @@ def test_fast_paths_match_reference_forward_backward(case, with_z, path):
 
 
 @pytest.mark.parametrize("chunk", [1, 5, 64])
-def test_chunk_size_does_not_change_result(chunk):
+@pytest.mark.parametrize("path", list(TORCH_PATHS))
+def test_chunk_size_does_not_change_result(chunk, path):
     kw = _inputs(1, 4, 40, 2)
     ref = selective_scan_ref(**kw, delta_softplus=True)
-    assert _max_rel(selective_scan_chunked(**kw, delta_softplus=True, chunk=chunk), ref) <= 1e-5
+    assert _max_rel(TORCH_PATHS[path](**kw, delta_softplus=True, chunk=chunk), ref) <= 1e-5
 
 
-@pytest.mark.parametrize("path", list(PATHS))
+@pytest.mark.parametrize("path", ["chunked", "fused"])  # parallel: its own test below, all leaves
 def test_trained_weight_ranges_do_not_overflow(path):
     """A down to -50, delta up to 5, a long sequence: exp(-cumsum) would overflow; ours must not."""
     kw = _inputs(1, 8, 4096, 16, a_min=-50.0, dt_scale=0.0)
@@ -84,10 +99,29 @@ def test_trained_weight_ranges_do_not_overflow(path):
         assert torch.isfinite(a).all() and _max_rel(a, b) <= 1e-5
 
 
-def test_fp64_agrees_tightly():
+def test_parallel_trained_weight_ranges_all_gradients():
+    """A down to -50, delta up to 5 after softplus, l = 4000 (padded chunks): exact, finite grads."""
+    length = 4000
+    kw = _inputs(1, 2, length, 4, groups=2, a_min=-50.0, seed=2)  # small: the reference backward is slow
+    kw["delta"] = 10.0 * torch.rand(1, 2, length, generator=torch.Generator().manual_seed(1)) - 5.0
+    kw["delta_bias"] = 0.1 * kw["delta_bias"]
+    log_decay = torch.nn.functional.softplus(kw["delta"] + kw["delta_bias"][:, None])[:, :, None] * kw["A"][..., None]
+    assert torch.isinf(torch.exp(-log_decay.cumsum(-1))).any()  # a scan through exp(-cumsum) overflows here
+    leaves = {k: v.requires_grad_() for k, v in kw.items()}
+    ref = selective_scan_ref(**kw, delta_softplus=True)
+    out = selective_scan_parallel(**kw, delta_softplus=True)
+    assert torch.isfinite(out).all() and _max_rel(out, ref) <= 1e-5
+    g = torch.randn_like(ref)
+    g_ref = torch.autograd.grad(ref, list(leaves.values()), g)
+    for name, a, b in zip(leaves, torch.autograd.grad(out, list(leaves.values()), g), g_ref):
+        assert torch.isfinite(a).all() and _max_rel(a, b) <= 1e-5, name
+
+
+@pytest.mark.parametrize("path", list(TORCH_PATHS))
+def test_fp64_agrees_tightly(path):
     kw = _inputs(1, 4, 30, 3, dtype=torch.float64)
     ref = selective_scan_ref(**kw, delta_softplus=True)
-    out = selective_scan_chunked(**kw, delta_softplus=True)
+    out = TORCH_PATHS[path](**kw, delta_softplus=True)
     assert out.dtype == torch.float64
     assert _max_rel(out, ref) <= 1e-6  # both compute in fp32, as mamba does
 
@@ -99,10 +133,93 @@ def test_dispatch_on_cpu_never_imports_mamba(backend, monkeypatch):
     for name in ("selective_scan_fused",):
         monkeypatch.setattr(scan_cpu, name, lambda *a, _f=getattr(scan_cpu, name), **k: calls.append(name) or _f(*a, **k))
     kw = _inputs(1, 4, 10, 1)
-    out = selective_scan(**kw, delta_softplus=True)
-    assert torch.allclose(out, selective_scan_ref(**kw, delta_softplus=True), atol=1e-5, rtol=1e-5)
+    ref = selective_scan_ref(**kw, delta_softplus=True)
+    out = selective_scan(**kw, delta_softplus=True)  # no gradients wanted: never the fused kernel
+    assert torch.allclose(out, ref, atol=1e-5, rtol=1e-5) and calls == []
+    kw["u"].requires_grad_(True)
+    with torch.no_grad():
+        selective_scan(**kw, delta_softplus=True)
+    assert calls == []
+    out = selective_scan(**kw, delta_softplus=True)  # training: the fused kernel under "auto"
+    assert torch.allclose(out, ref, atol=1e-5, rtol=1e-5)
     assert calls == (["selective_scan_fused"] if backend == "auto" else [])
     assert "mamba_ssm" not in sys.modules
+
+
+def _count_parallel_calls(monkeypatch) -> list:
+    calls = []
+    real = scan_module.selective_scan_parallel
+    monkeypatch.setattr(scan_module, "selective_scan_parallel", lambda *a, **k: calls.append(1) or real(*a, **k))
+    return calls
+
+
+def test_parallel_backend_by_env_and_by_context(monkeypatch):
+    kw = _inputs(1, 4, 10, 1)
+    ref = selective_scan_ref(**kw, delta_softplus=True)
+    calls = _count_parallel_calls(monkeypatch)
+    monkeypatch.setenv("REMAMBER_SCAN", "parallel")
+    assert _max_rel(selective_scan(**kw, delta_softplus=True), ref) <= 1e-5 and len(calls) == 1
+    monkeypatch.setenv("REMAMBER_SCAN", "ref")
+    with scan_backend("parallel"):  # the block wins over the variable, and nests
+        with scan_backend("auto"):
+            selective_scan(**kw, delta_softplus=True)
+        assert len(calls) == 1
+        assert _max_rel(selective_scan(**kw, delta_softplus=True), ref) <= 1e-5 and len(calls) == 2
+    selective_scan(**kw, delta_softplus=True)  # restored: back to REMAMBER_SCAN=ref
+    assert len(calls) == 2 and scan_module.current_backend() == "ref"
+    with pytest.raises(ValueError, match="unknown scan backend"):
+        with scan_backend("cuda"):
+            pass
+    with pytest.raises(RuntimeError), scan_backend("parallel"):
+        raise RuntimeError  # restored on an exception too
+    assert scan_module.current_backend() == "ref"
+
+
+class _TinyScan(torch.nn.Module):
+    """What a Mamba block hands the scan: grouped per-step B and C, softplus on delta, D and z."""
+
+    def __init__(self, d: int = 8, n: int = 4):
+        super().__init__()
+        g = torch.Generator().manual_seed(3)
+        self.A = torch.nn.Parameter(-torch.rand(d, n, generator=g) * 10 - 1e-3)
+        self.D = torch.nn.Parameter(torch.randn(d, generator=g))
+        self.delta_bias = torch.nn.Parameter(torch.randn(d, generator=g))
+
+    def forward(self, u, delta, B, C, z):
+        return selective_scan(u, delta, self.A, B, C, self.D, z, self.delta_bias, delta_softplus=True)
+
+
+@pytest.mark.parametrize("length", [64, 60])
+def test_parallel_scan_exports_to_small_loop_free_onnx(length):
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    model, d, n, g = _TinyScan().eval(), 8, 4, 2
+    names = ["u", "delta", "B", "C", "z"]
+
+    def inputs(b, seed):
+        gen = torch.Generator().manual_seed(seed)
+        shapes = [(b, d, length), (b, d, length), (b, g, n, length), (b, g, n, length), (b, d, length)]
+        return tuple(torch.randn(*s, generator=gen) for s in shapes)
+
+    buf = io.BytesIO()
+    with scan_backend("parallel"), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about sizes read as Python ints
+        torch.onnx.export(
+            model, inputs(2, 0), buf, input_names=names, output_names=["y"],
+            dynamic_axes={k: {0: "batch"} for k in [*names, "y"]}, opset_version=17, dynamo=False,
+        )
+    graph = onnx.load_from_string(buf.getvalue())
+    onnx.checker.check_model(graph)
+    ops = [node.op_type for node in graph.graph.node]
+    assert not {"Loop", "Scan", "If"} & set(ops)
+    assert len(ops) < 200, len(ops)
+    session = ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
+    feeds = inputs(3, 1)  # another batch size, through the dynamic axis
+    (got,) = session.run(None, {k: v.numpy() for k, v in zip(names, feeds)})
+    with torch.no_grad():
+        want = selective_scan_ref(feeds[0], feeds[1], model.A, feeds[2], feeds[3], model.D, feeds[4],
+                                  model.delta_bias, delta_softplus=True)
+    assert _max_rel(torch.from_numpy(got), want) <= 1e-4
 
 
 def test_fused_handles_long_sequences_across_chunks_and_batches():

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -85,6 +84,11 @@ def test_ctrl_c_saves_and_resume_continues(small_shapes, tmp_path):
     assert "interrupted at step" in err and "--resume" in err and "Traceback" not in err
     state = torch.load(run / "checkpoints" / "last" / "trainer_state.pt", weights_only=True)
     assert state["position"]["step"] >= 2
+    record = json.loads((run / "checkpoints" / "last" / "training.json").read_text())
+    assert record["dataset"] == "shapes" and record["step"] == state["position"]["step"]
+    assert record["settings"]["limit"] == 8 and record["train_samples"] == 8
+    card = (run / "checkpoints" / "last" / "README.md").read_text()
+    assert "## Training" in card and "on shapes (8 training samples)" in card
     res = run_cli("eval", "--weights", str(run / "checkpoints" / "last"), "--data", str(small_shapes), "--split", "val", "--json")
     assert res.code == 0, res.stderr  # a checkpoint is a model folder eval loads directly
 

@@ -14,7 +14,7 @@ from typing import Optional
 import typer
 
 from remamber import __version__
-from remamber.cli import evaluate, prepare, segment, train
+from remamber.cli import evaluate, export, prepare, segment, train
 from remamber.errors import EXIT_FAILURE, EXIT_INTERRUPTED, RemamberError
 
 
@@ -36,7 +36,7 @@ app = typer.Typer(
     help=(
         "Referring image segmentation with ReMamber: give an image and a phrase "
         "(\"man in red shirt\"), get the mask of the object it names.\n\n"
-        "segment an image; prepare RefCOCO or a synthetic dataset; train on a CPU, a GPU or many; evaluate any split (mIoU, oIoU, P@X)."
+        "segment an image; prepare RefCOCO or a synthetic dataset; train on a CPU, a GPU or many; evaluate any split (mIoU, oIoU, P@X); export for the Hub or ONNX."
     ),
     add_completion=False,
     no_args_is_help=True,
@@ -71,6 +71,7 @@ app.command(name="segment", help=segment.HELP, no_args_is_help=True)(segment.seg
 app.add_typer(prepare.app, name="prepare")
 app.command(name="eval", help=evaluate.HELP, no_args_is_help=True)(evaluate.evaluate)
 app.command(name="train", help=train.HELP)(train.train)
+app.command(name="export", help=export.HELP)(export.export)
 
 
 def _one_line(message: str) -> str:

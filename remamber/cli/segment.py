@@ -98,11 +98,9 @@ def segment(
     from remamber.images import load_image
 
     first = None if batch is not None else load_image(image, allow_large=allow_large)  # fail before loading a model
-    from remamber.cli.weights import load_model
-    from remamber.predictor import Predictor, resolve_device
+    from remamber.cli.weights import load_predictor
 
-    dev = resolve_device(device)
-    predictor = Predictor(load_model(weights, dev), dev, threshold)
+    predictor = load_predictor(weights, device, threshold)
     if first is not None:
         _emit(_run_one(predictor, str(image), text, out_dir, not no_overlay, allow_large, first), json_out)
         return
@@ -125,7 +123,7 @@ def _run_one(
         img = load_image(image_path, allow_large=allow_large)
     pred = predictor.predict(img, text)
     if pred.truncated:
-        sys.stderr.write(f"warning: text longer than {predictor.model.config.max_text_len} tokens was truncated: {text!r}\n")
+        sys.stderr.write(f"warning: text longer than {predictor.config.max_text_len} tokens was truncated: {text!r}\n")
     stem = f"{Path(image_path).stem}.{text_slug(text)}"
     mask_path = out_dir / f"{stem}.mask.png"
     save_mask(mask_path, pred.mask)
@@ -148,10 +146,10 @@ def _emit(result: dict, json_out: bool) -> None:
         sys.stdout.write(json.dumps(result, ensure_ascii=False) + "\n")
         sys.stdout.flush()
         return
-    extra = f", overlay {result['overlay']}" if result["overlay"] else ""
+    extra = f" and overlay {result['overlay']}" if result["overlay"] else ""
     typer.echo(
-        f"{result['image']} \"{result['text']}\": mask {result['mask']}{extra} "
-        f"({result['area']} px, {result['seconds']:.2f} s)"
+        f"{result['image']} \"{result['text']}\": wrote mask {result['mask']}{extra} "
+        f"({result['area']} px) in {result['seconds']:.2f} s"
     )
 
 

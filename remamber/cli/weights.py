@@ -16,16 +16,37 @@ def default_weights() -> Optional[Path]:
     return DEFAULT_WEIGHTS if (DEFAULT_WEIGHTS / "config.json").is_file() else None
 
 
+def weights_or_default(weights: Optional[str]) -> str:
+    """``--weights`` as given, or the shipped default model (an error when there is none)."""
+    if weights is not None:
+        return weights
+    found = default_weights()
+    if found is None:
+        raise WeightsError(
+            "no --weights given and no default model is installed: pass --weights with a model folder "
+            "or a Hub id (owner/name); train one with `remamber train`"
+        )
+    return str(found)
+
+
 def load_model(weights: Optional[str], device):
-    """Load the model named by ``--weights`` (or the default) onto ``device``."""
+    """Load the PyTorch model named by ``--weights`` (or the default) onto ``device``."""
     from remamber.hub import load_pretrained
 
-    if weights is None:
-        found = default_weights()
-        if found is None:
-            raise WeightsError(
-                "no --weights given and no default model is installed: pass --weights with a model folder "
-                "or a Hub id (owner/name); train one with `remamber train`"
-            )
-        weights = str(found)
-    return load_pretrained(weights, device=str(device))
+    return load_pretrained(weights_or_default(weights), device=str(device))
+
+
+def load_predictor(weights: Optional[str], device: str, threshold: float):
+    """A predictor for ``--weights`` (or the default): onnxruntime for an ONNX folder, else PyTorch."""
+    from remamber.hub import read_config, resolve_weights
+    from remamber.onnx_runtime import OnnxPredictor, is_onnx_folder
+
+    folder = resolve_weights(weights_or_default(weights))
+    if is_onnx_folder(folder):
+        if device not in ("auto", "cpu"):
+            raise WeightsError(f"--device {device}: ONNX models run on the CPU here (use --device cpu or auto)")
+        return OnnxPredictor(folder, read_config(folder), threshold)
+    from remamber.predictor import Predictor, resolve_device
+
+    dev = resolve_device(device)
+    return Predictor(load_model(str(folder), dev), dev, threshold)

@@ -32,7 +32,7 @@ from remamber.data.catalog import check_split_by, default_split_by, images_hint
 from remamber.data.masks import segmentation_to_rle
 from remamber.data.refer import ReferData, ReferFiles
 from remamber.errors import InputError
-from remamber.io import write_json
+from remamber.io import file_sha256, write_json
 
 T = TypeVar("T")
 
@@ -184,15 +184,6 @@ def _count_sentences(groups: dict[str, list[dict]]) -> int:
 
 def _sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file's bytes, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _source(path: Path, out: Path) -> dict[str, str]:

@@ -1,22 +1,24 @@
 """Training checkpoints: a model folder that segment/eval load directly, plus the trainer state.
 
 ``RUNDIR/checkpoints/{last,best}/`` each hold ``config.json``, ``model.safetensors`` (EMA
-weights when EMA is on), tokenizer files, a model card and ``trainer_state.pt``: raw weights,
+weights when EMA is on), tokenizer files, a model card and ``trainer_state.pt``
+(``training.json`` too: what the model card's training section shows): raw weights,
 optimizer, scheduler, grad scaler, EMA, RNG states and the data position.  The state file is
 read back with ``torch.load(weights_only=True)``: tensors and plain containers only.
 """
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
 
 from remamber.errors import InputError
-from remamber.hub import save_pretrained
+from remamber.hub import TRAINING_NAME, model_card, save_pretrained, training_section
 
 STATE_NAME = "trainer_state.pt"
 
@@ -50,10 +52,15 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(folder: Path, model, trainer_state: dict[str, Any], card: Optional[str] = None) -> Path:
-    """Write a checkpoint folder atomically (model folder + trainer state)."""
+def save_checkpoint(folder: Path, model, trainer_state: dict[str, Any], training: dict[str, Any]) -> Path:
+    """Write a checkpoint folder atomically: model folder, trainer state and ``training.json``
+    (dataset, settings, progress and the latest validation; the model card shows it)."""
     return save_pretrained(
-        model, folder, card=card, extra_files={STATE_NAME: lambda path: torch.save(trainer_state, path)}
+        model, folder, card=model_card(model.config, training_section(training)),
+        extra_files={
+            STATE_NAME: lambda path: torch.save(trainer_state, path),
+            TRAINING_NAME: lambda path: path.write_text(json.dumps(training, indent=2) + "\n", encoding="utf-8"),
+        },
     )
 
 

@@ -227,6 +227,7 @@ class Trainer:
             self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
         self.step, self.epoch, self.micro = 0, 0, 0  # next optimizer step; position in data
         self.best: Optional[float] = None
+        self.last_val: Optional[dict[str, Any]] = None  # summary of the latest validation
         if resume:
             self._restore(self.run_dir / "checkpoints" / "last")
         self._mark_boundary()
@@ -271,8 +272,17 @@ class Trainer:
         """Write checkpoint ``name`` (last/best) on the main process."""
         folder = self.run_dir / "checkpoints" / name
         if self.main:
-            save_checkpoint(folder, self._export_model(), self._state())
+            save_checkpoint(folder, self._export_model(), self._state(), self._training_record())
         return folder
+
+    def _training_record(self) -> dict[str, Any]:
+        """What ``training.json`` in a checkpoint says: data, settings, progress, validation."""
+        from remamber.data.manifest import PreparedDataset
+
+        return {
+            "dataset": PreparedDataset.open(self.cfg.data).name, "train_samples": self.n_train,
+            "step": self.step, "epoch": self.epoch, "settings": dataclasses.asdict(self.cfg), "val": self.last_val,
+        }
 
     def log(self, record: dict[str, Any]) -> None:
         if self.main:
@@ -313,6 +323,7 @@ class Trainer:
         if summary is None:
             return
         self.log({"event": "val", "step": self.step, "epoch": self.epoch, "val": summary})
+        self.last_val = {"split": self.cfg.val_split, "step": self.step, **summary}
         if self.best is None or summary["oIoU"] > self.best:
             self.best = summary["oIoU"]
             self.save("best")

@@ -79,9 +79,9 @@ class SS2D(nn.Module):
         b, d, h, w = x.shape
         K, R, N, L = K_DIRECTIONS, self.dt_rank, self.d_state, h * w
         xs = cross_scan(x).reshape(b, K * d, L)
-        x_dbl = F.conv1d(xs, self.x_proj_weight.reshape(-1, d, 1), groups=K).view(b, K, R + 2 * N, L)
+        x_dbl = F.conv1d(xs, self.x_proj_weight.flatten(0, 1)[..., None], groups=K).view(b, K, R + 2 * N, L)
         dts, Bs, Cs = torch.split(x_dbl, [R, N, N], dim=2)
-        dts = F.conv1d(dts.reshape(b, K * R, L), self.dt_projs_weight.reshape(K * d, R, 1), groups=K)
+        dts = F.conv1d(dts.reshape(b, K * R, L), self.dt_projs_weight.flatten(0, 1)[..., None], groups=K)
         ys = selective_scan(
             xs, dts, -torch.exp(self.A_logs.float()), Bs.contiguous(), Cs.contiguous(), self.Ds.float(),
             delta_bias=self.dt_projs_bias.reshape(-1).float(), delta_softplus=True,

@@ -16,6 +16,9 @@ import torch.nn as nn
 from torch import Tensor
 
 from remamber.errors import ConfigError
+from remamber.tokens import load_tokenizer, tokenize
+
+__all__ = ["TextEncoder", "load_tokenizer", "tokenize"]
 
 SCRATCH = "scratch"
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[BOS]", "[EOS]"]
@@ -131,23 +134,3 @@ class TextEncoder(nn.Module):
             m = attention_mask.to(words.dtype).unsqueeze(-1)
             pooled = (words * m).sum(1) / m.sum(1).clamp(min=1.0)
         return words, pooled
-
-
-def tokenize(tokenizer: Any, texts: list[str], max_len: int) -> tuple[Tensor, Tensor, list[bool]]:
-    """Pad/truncate ``texts`` to ``max_len`` tokens; also say which ones were truncated."""
-    full = tokenizer(texts, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
-    truncated = [len(ids) > max_len for ids in full]
-    enc = tokenizer(texts, padding="max_length", truncation=True, max_length=max_len, return_tensors="pt")
-    return enc["input_ids"], enc["attention_mask"], truncated
-
-
-def load_tokenizer(path_or_name: str, model_folder: bool = False) -> Any:
-    """The fast tokenizer of a Hub name or folder.
-
-    In one of our model folders ``config.json`` is ours, not a transformers config, so the
-    tokenizer class is taken from ``tokenizer_config.json`` alone.
-    """
-    from transformers import AutoTokenizer, PretrainedConfig
-
-    extra = {"config": PretrainedConfig()} if model_folder else {}
-    return AutoTokenizer.from_pretrained(path_or_name, use_fast=True, **extra)

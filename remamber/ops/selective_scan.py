@@ -7,27 +7,37 @@ or ``(b, g, n, l)`` (``g`` groups of ``d // g`` channels); ``D: (d,)``; ``z: (b,
     h_t = exp(delta_t * A) * h_{t-1} + delta_t * B_t * u_t
     y_t = <C_t, h_t> + D * u_t,      out = y * silu(z)  (when z is given)
 
-Four implementations sit behind :func:`selective_scan`:
+Five implementations sit behind :func:`selective_scan`:
 
 * :func:`selective_scan_ref` -- the plain loop over ``l``, kept as the reference for tests;
 * :func:`remamber.ops.scan_cpu.selective_scan_fused` -- fused numba kernels for CPU tensors
-  with per-step B and C (the default on CPU; forward and backward);
+  with per-step B and C (the default on CPU when gradients are needed; forward and backward);
 * :func:`selective_scan_chunked` -- plain PyTorch (other CPU cases, or ``REMAMBER_SCAN=torch``): the same recurrence
   run inside chunks of ~sqrt(l) steps for all chunks at once, with the exact state carried
   from chunk to chunk.  It only ever multiplies by decays ``exp(delta * A) <= 1``, so it
   cannot overflow the way a scan that divides by ``exp(cumsum(delta * A))`` does;
+* :func:`selective_scan_parallel` -- plain PyTorch with no Python loop over time, for ONNX
+  export: the sequence is cut into chunks; inside a chunk every state is a decay-weighted sum
+  of the drives, the weights coming from a lower-triangular matrix of partial sums of
+  ``delta * A`` (built by a masked cumsum, so each exponent is a sum of non-positive terms and
+  nothing is ever subtracted); the same matrix over the chunk totals gives the state entering
+  each chunk.  A fixed number of tensor ops whatever ``l``; memory ``O(b*d*n*(l*T + (l/T)^2))``;
 * mamba-ssm's CUDA kernel, used for CUDA tensors when ``mamba_ssm`` imports (lazily).
 
-``REMAMBER_SCAN=torch`` or ``ref`` forces that path on the CPU (for benchmarks and debugging).
+``REMAMBER_SCAN=torch`` or ``ref`` forces that path on the CPU (for benchmarks and debugging);
+``REMAMBER_SCAN=parallel``, or a ``with scan_backend("parallel"):`` block (which takes precedence
+over the variable), selects the loop-free path on every device, CUDA included.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -97,6 +107,12 @@ def selective_scan_ref(
 
 def _chunk_len(length: int) -> int:
     return max(1, int(math.ceil(math.sqrt(length))))
+
+
+def _parallel_chunk_len(length: int) -> int:
+    """Chunk length of the loop-free scan: its work per channel is about ``l*T + (l/T)**2``,
+    least near ``T = (2l)**(1/3)``."""
+    return max(1, int(round((2 * length) ** (1 / 3))))
 
 
 def selective_scan_chunked(
@@ -171,6 +187,74 @@ def selective_scan_chunked(
     return (out, last) if return_last_state else out
 
 
+def _segsum_weights(a: Tensor) -> Tensor:
+    """``exp`` of the segment sums of ``a`` (``..., T``) as a lower-triangular ``(..., T, T)`` matrix.
+
+    Entry ``[t, s]`` is ``exp(a[s+1] + ... + a[t])`` for ``s <= t`` and 0 above the diagonal.  The
+    sums come from a cumsum of ``a`` repeated along a new axis with the entries ``r <= s`` masked
+    to 0, so they are sums of non-positive terms (never a difference of two long prefix sums), and
+    the upper triangle is zeroed after ``exp``: no ``-inf`` enters the graph or its gradient.
+    """
+    above, on_or_above = _upper_masks(int(a.shape[-1]), a.device)
+    sums = a[..., :, None].masked_fill(on_or_above, 0.0).cumsum(-2)  # [t, s] = sum_{s<r<=t} a[r]
+    return torch.exp(sums).masked_fill(above, 0.0)
+
+
+def _upper_masks(T: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Boolean ``(T, T)`` masks of ``s > t`` and ``s >= t``, built outside autograd and tracing."""
+    # from numpy, so that an ONNX trace stores them as two constants rather than mask-building ops
+    above = torch.from_numpy(np.triu(np.ones((T, T), dtype=bool), 1)).to(device)
+    return above, above | torch.from_numpy(np.eye(T, dtype=bool)).to(device)
+
+
+def selective_scan_parallel(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Optional[Tensor] = None,
+    z: Optional[Tensor] = None,
+    delta_bias: Optional[Tensor] = None,
+    delta_softplus: bool = False,
+    return_last_state: bool = False,
+    chunk: Optional[int] = None,
+):
+    """Loop-free selective scan (chunked segment sums); exports to ONNX as a small fixed graph.
+
+    With log-decays ``a = delta * A <= 0`` and drives ``x = delta * B * u``, the sequence is
+    padded (``delta = 0``: decay 1, drive 0) to ``K`` chunks of ``T`` steps.  Inside each chunk
+    ``h = W(a) @ x`` from a zero state, ``W`` being the segment-sum weights; ``W`` of the chunk
+    totals applied to the chunk end states gives the exact state at the end of every chunk,
+    which, decayed by ``exp(cumsum(a))`` inside the next chunk, is added before ``y`` is read.
+
+    Sizes other than the batch are read as Python ints (constants in an ONNX trace), and only
+    ``reshape(-1, ...)`` is used to regroup, so the exported graph keeps a dynamic batch axis.
+    """
+    dtype = u.dtype
+    d, length, n = int(u.shape[1]), int(u.shape[2]), int(A.shape[1])
+    u, delta = _prepare(u, delta, delta_bias, delta_softplus)
+    T = chunk or _parallel_chunk_len(length)
+    K = -(-length // T)
+    pad = (0, K * T - length)
+    Bg, Cg = _grouped(B), _grouped(C)
+    gB, gC = int(Bg.shape[1]), int(Cg.shape[1])
+    a = delta[:, :, None, :] * A.float()[:, :, None]  # (b, d, n, l) log-decays, <= 0
+    x = ((delta * u).reshape(-1, gB, d // gB, 1, length) * Bg[:, :, None]).reshape(-1, d, n, length)
+    if pad[1]:  # (on a and x only: fewer pad nodes in an ONNX graph)
+        a, x = F.pad(a, pad), F.pad(x, pad)
+    a, x = a.reshape(-1, d, n, K, T), x.reshape(-1, d, n, K, T)
+
+    h = (_segsum_weights(a) @ x[..., None]).squeeze(-1)  # states inside each chunk from a zero start
+    ends = (_segsum_weights(a.sum(-1)) @ h[..., -1:]).squeeze(-1)  # (b, d, n, K): exact chunk end states
+    shift = torch.from_numpy(np.eye(K, k=1, dtype=np.float32)).to(ends.device)
+    entering = ends @ shift  # entering[k] = ends[k - 1], entering[0] = 0 (exact: one term times 1)
+    h = (h + torch.exp(a.cumsum(-1)) * entering[..., None]).reshape(-1, gC, d // gC, n, K * T)[..., :length]
+    y = (h * Cg[:, :, None]).sum(-2).reshape(-1, d, length)
+    out = _finish(y, u, D, z, dtype)
+    return (out, ends[..., -1]) if return_last_state else out
+
+
 @functools.lru_cache(maxsize=1)
 def _mamba_cuda_kernel() -> Optional[Callable]:
     """mamba-ssm's fused CUDA selective scan, or None when it does not import."""
@@ -179,6 +263,32 @@ def _mamba_cuda_kernel() -> Optional[Callable]:
     except Exception:  # not installed, or no CUDA build / triton on this machine
         return None
     return selective_scan_fn
+
+
+BACKENDS = ("auto", "torch", "ref", "parallel")
+_backend_override: Optional[str] = None  # set by scan_backend(); consulted before REMAMBER_SCAN
+
+
+@contextlib.contextmanager
+def scan_backend(name: str) -> Iterator[None]:
+    """Use scan backend ``name`` (one of :data:`BACKENDS`) inside the block, e.g. for ONNX export.
+
+    The choice is a module-level setting (it takes precedence over ``REMAMBER_SCAN``), so it holds
+    for every thread while the block runs; blocks nest and the previous choice is restored on exit.
+    """
+    global _backend_override
+    if name not in BACKENDS:
+        raise ValueError(f"unknown scan backend {name!r}; expected one of {', '.join(BACKENDS)}")
+    previous, _backend_override = _backend_override, name
+    try:
+        yield
+    finally:
+        _backend_override = previous
+
+
+def current_backend() -> str:
+    """The scan backend in force: the innermost :func:`scan_backend` block, else ``REMAMBER_SCAN``."""
+    return _backend_override or os.environ.get("REMAMBER_SCAN", "auto")
 
 
 def selective_scan(
@@ -193,7 +303,16 @@ def selective_scan(
     delta_softplus: bool = False,
     return_last_state: bool = False,
 ):
-    """Selective scan, dispatched: mamba-ssm on CUDA, the fused kernel on CPU, else PyTorch."""
+    """Selective scan, dispatched: mamba-ssm on CUDA; on CPU the fused kernel when gradients are
+    needed (training) and the chunked PyTorch path otherwise (inference).
+
+    Backend ``parallel`` (see :func:`scan_backend`) selects :func:`selective_scan_parallel` on
+    every device; ``torch`` and ``ref`` apply on the CPU only.
+    """
+    kwargs = dict(D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus, return_last_state=return_last_state)
+    backend = current_backend()
+    if backend == "parallel":
+        return selective_scan_parallel(u, delta, A, B, C, **kwargs)
     if u.is_cuda:
         kernel = _mamba_cuda_kernel()
         if kernel is not None:
@@ -202,10 +321,17 @@ def selective_scan(
                 D=None if D is None else D.float(), z=z, delta_bias=None if delta_bias is None else delta_bias.float(),
                 delta_softplus=delta_softplus, return_last_state=return_last_state,
             )
-    kwargs = dict(D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus, return_last_state=return_last_state)
-    backend = os.environ.get("REMAMBER_SCAN", "auto")
     if backend == "ref":
         return selective_scan_ref(u, delta, A, B, C, **kwargs)
-    if backend != "torch" and scan_cpu.supports(u, B, C):
+    if backend != "torch" and scan_cpu.supports(u, B, C) and _needs_grad(u, delta, A, B, C, D, z, delta_bias):
         return scan_cpu.selective_scan_fused(u, delta, A, B, C, **kwargs)
     return selective_scan_chunked(u, delta, A, B, C, **kwargs)
+
+
+def _needs_grad(*tensors: Optional[Tensor]) -> bool:
+    """Whether autograd will differentiate through this call.
+
+    Without gradients the chunked PyTorch path is as fast as the fused kernel in forward
+    (benchmarks/scan.py) and needs no JIT warm-up, which costs seconds on a CLI's first call.
+    """
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)

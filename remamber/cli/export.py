@@ -1,0 +1,149 @@
+"""``remamber export``: a Hub-ready model folder (and its upload), or an ONNX folder."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from remamber.errors import InputError
+
+HELP = """Export a model folder for others: --format hub (clean folder + model card, optionally pushed to the Hugging Face Hub) or --format onnx (model.onnx for onnxruntime); or convert an official ReMamber checkpoint (--from-official).
+
+hub: OUT gets config.json, model.safetensors, the tokenizer files, training.json (when the source is a `remamber train` checkpoint) and a README.md model card with usage, training data and settings, and the evaluation tables of any --metrics files (`remamber eval --json > m.json`). --push-to-hub owner/name uploads OUT (HF_TOKEN or `hf auth login`); with --dry-run it only lists what would be uploaded.
+
+--from-official CKPT.pth: convert a checkpoint released by the ReMamber authors (ReMamber_Conv; --variant mamba is not supported yet) into a model folder at OUT (hub format; no WEIGHTS argument). It is read weights-only (no code in the file runs), the architecture is read off the tensor shapes, and every tensor must fit. The tokenizer defaults to openai/clip-vit-large-patch14 from the Hugging Face cache; --tokenizer names another (Hub id or folder).
+
+onnx: OUT gets model.onnx (inputs image (n, 3, S, S) float32, input_ids and attention_mask (n, T) int64; output logits (n, 1, S, S); dynamic batch), config.json, the tokenizer files and a card. The selective scan is exported loop-free (chunked segment sums), so the graph stays small. --verify runs onnxruntime on sample inputs and reports the largest difference to PyTorch. `remamber segment --weights OUT` then runs it with onnxruntime.
+
+Examples:
+
+  remamber export runs/tiny/checkpoints/best --format hub --out export/my-model --metrics test.json
+
+  remamber export export/my-model --format hub --out export/my-model --push-to-hub me/remamber-tiny --dry-run
+
+  remamber export --format onnx --out export/tiny-onnx --verify      (the shipped default model)
+
+  remamber export --from-official ReMamber_Conv.pth --out export/remamber-conv-official
+"""
+
+FORMATS = ("hub", "onnx")
+VARIANTS = ("conv", "mamba")
+
+
+def export(
+    weights: Optional[str] = typer.Argument(
+        None, help="Model folder or Hub id to export. Default: the shipped default model.", show_default=False
+    ),
+    fmt: str = typer.Option("hub", "--format", "-f", help="hub or onnx."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (replaced atomically).", show_default=False),
+    metrics: list[Path] = typer.Option(
+        [], "--metrics", help="`remamber eval --json` output to show in the model card (repeatable).", show_default=False
+    ),
+    notes: Optional[Path] = typer.Option(
+        None, "--notes", help="Markdown file appended to the model card (limits, intended use, ...).", show_default=False
+    ),
+    push_to_hub: Optional[str] = typer.Option(
+        None, "--push-to-hub", help="Upload the exported folder to this Hub repository (owner/name).", show_default=False
+    ),
+    private: bool = typer.Option(False, "--private", help="Create the Hub repository as private."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="With --push-to-hub: list what would be uploaded, send nothing."),
+    verify: bool = typer.Option(False, "--verify", help="onnx: compare onnxruntime with PyTorch on sample inputs."),
+    opset: int = typer.Option(17, "--opset", help="onnx: ONNX opset version."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object: format, out, files, bytes, and the verify/push results."),
+    from_official: Optional[Path] = typer.Option(
+        None, "--from-official", help="Convert this official ReMamber .pth checkpoint into a model folder at --out.",
+        show_default=False,
+    ),
+    variant: str = typer.Option("conv", "--variant", help="--from-official: the official model, conv (ReMamber_Conv) or mamba."),
+    tokenizer: Optional[str] = typer.Option(
+        None, "--tokenizer", help="--from-official: tokenizer (Hub id or folder). Default: openai/clip-vit-large-patch14.",
+        show_default=False,
+    ),
+) -> None:
+    if fmt not in FORMATS:
+        raise InputError(f"--format {fmt!r}: choose hub or onnx")
+    if out is None:
+        raise InputError("--out is required: the folder to write the exported model to")
+    if (dry_run or private) and push_to_hub is None:
+        raise InputError("--dry-run and --private go with --push-to-hub owner/name")
+    if variant not in VARIANTS:
+        raise InputError(f"--variant {variant!r}: choose conv or mamba")
+    if from_official is None and (variant != "conv" or tokenizer is not None):
+        raise InputError("--variant and --tokenizer go with --from-official CKPT.pth")
+    from remamber.cli.weights import weights_or_default
+
+    if from_official is not None:
+        if weights is not None:
+            raise InputError("give either WEIGHTS (a model folder to export) or --from-official CKPT.pth, not both")
+        if fmt != "hub":
+            raise InputError(
+                "--from-official writes a model folder (--format hub); export that folder with --format onnx afterwards"
+            )
+        from remamber.export.hub import read_metrics
+        from remamber.export.official import convert_official
+
+        folder = convert_official(
+            from_official, variant, out, tokenizer=tokenizer, metrics=read_metrics(list(metrics)), notes=_read_notes(notes),
+        )
+        result: dict = {"format": fmt, "source": str(from_official), "variant": variant}
+    else:
+        source = weights_or_default(weights)
+        result = {"format": fmt, "source": source}
+        folder = _export(source, fmt, out, metrics, notes, opset, verify, result)
+    files = sorted(p.name for p in folder.iterdir() if p.is_file())
+    result.update(out=str(folder), files=files, bytes=sum((folder / f).stat().st_size for f in files))
+    if push_to_hub is not None:
+        from remamber.export.hub import push_to_hub as push
+
+        upload = push(folder, push_to_hub, private=private, dry_run=dry_run)
+        result["push"] = {"repo": upload.repo_id, "files": upload.files, "bytes": upload.bytes, "dry_run": dry_run, "url": upload.url}
+    if json_out:
+        sys.stdout.write(json.dumps(result) + "\n")
+        return
+    _print(result)
+
+
+def _read_notes(notes: Optional[Path]) -> str:
+    if notes is None:
+        return ""
+    try:
+        return Path(notes).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"--notes {notes}: cannot read it ({e})") from None
+
+
+def _export(source: str, fmt: str, out: Path, metrics: list[Path], notes: Optional[Path], opset: int, verify: bool, result: dict) -> Path:
+    """Export a model folder as hub or onnx; onnx adds its verification report to ``result``."""
+    if fmt == "hub":
+        from remamber.export.hub import export_hub
+
+        folder = export_hub(source, out, metrics, notes)
+    else:
+        if metrics or notes:
+            raise InputError("--metrics and --notes go with --format hub")
+        from remamber.export.onnx import export_onnx
+
+        folder, report = export_onnx(source, out, opset=opset, verify=verify)
+        result.update(report)
+    return folder
+
+
+def _print(result: dict) -> None:
+    typer.echo(f"wrote {result['out']} ({result['format']}): {len(result['files'])} files, {result['bytes'] / 1e6:.2f} MB")
+    if "max_abs_diff" in result:
+        typer.echo(
+            f"verify: onnxruntime vs PyTorch max |diff| {result['max_abs_diff']:.2e} on logits "
+            f"({result['verify_samples']} samples)"
+        )
+    if "onnx_nodes" in result:
+        typer.echo(f"graph: {result['onnx_nodes']} nodes, model.onnx {result['onnx_bytes'] / 1e6:.2f} MB")
+    push = result.get("push")
+    if push:
+        verb = "would upload" if push["dry_run"] else "uploaded"
+        typer.echo(f"{verb} to {push['repo']}: {', '.join(push['files'])} ({push['bytes'] / 1e6:.2f} MB)")
+        if push["url"]:
+            typer.echo(push["url"])

@@ -1,0 +1,1 @@
+"""``remamber export``: model folders for the Hub and ONNX folders for onnxruntime."""

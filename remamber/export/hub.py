@@ -1,0 +1,107 @@
+"""Hub-ready model folders and their upload with huggingface_hub."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from remamber.errors import EXIT_FAILURE, InputError, WeightsError
+from remamber.hub import (
+    HUB_PATTERNS, TRAINING_NAME, load_pretrained, metrics_table, model_card, resolve_weights,
+    save_pretrained, training_section,
+)
+
+
+def read_metrics(paths: list[Path]) -> list[dict]:
+    """``remamber eval --json`` outputs (one JSON object per file)."""
+    results = []
+    for path in paths:
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise InputError(f"--metrics {path}: not a readable JSON file ({e})") from None
+        if not isinstance(data, dict) or not {"samples", "mIoU", "oIoU"} <= set(data):
+            raise InputError(f"--metrics {path}: not the output of `remamber eval --json`")
+        results.append(data)
+    return results
+
+
+def export_card(config, training: Optional[dict], metrics: list[dict], notes: str = "") -> str:
+    """The model card: usage, model, training (when known), evaluation (when given), notes."""
+    parts = [training_section(training)] if training else []
+    if metrics:
+        parts.append("## Evaluation\n\nWith `remamber eval` (percent; oIoU = sum I / sum U):\n\n" + metrics_table(metrics) + "\n")
+    if notes.strip():
+        parts.append(notes.strip() + "\n")
+    return model_card(config, "\n".join(parts))
+
+
+def export_hub(weights: str, out: Path, metrics: list[Path] = (), notes: Optional[Path] = None) -> Path:
+    """Write a clean model folder (config, safetensors, tokenizer, card, training record) to ``out``."""
+    source = resolve_weights(weights)
+    model = load_pretrained(source)
+    training = None
+    if (source / TRAINING_NAME).is_file():
+        training = json.loads((source / TRAINING_NAME).read_text(encoding="utf-8"))
+    text = ""
+    if notes is not None:
+        try:
+            text = Path(notes).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise InputError(f"--notes {notes}: cannot read it ({e})") from None
+    card = export_card(model.config, training, read_metrics(list(metrics)), text)
+    extra = {}
+    if training is not None:
+        extra[TRAINING_NAME] = lambda p: p.write_text(json.dumps(training, indent=2) + "\n", encoding="utf-8")
+    return save_pretrained(model, out, card=card, extra_files=extra)
+
+
+@dataclass
+class Upload:
+    """What a push sends: files (relative paths) and their total size in bytes."""
+
+    repo_id: str
+    files: list[str]
+    bytes: int
+    url: Optional[str] = None  # the commit URL after a real push
+
+
+def upload_plan(folder: Path, repo_id: str) -> Upload:
+    """The files of ``folder`` that a push uploads (the Hub patterns; no trainer state)."""
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise WeightsError(f"{folder} is not a model folder (no config.json)")
+    files = sorted(
+        str(p.relative_to(folder)) for p in folder.rglob("*")
+        if p.is_file() and any(fnmatch.fnmatch(p.name, pat) for pat in HUB_PATTERNS)
+    )
+    return Upload(repo_id, files, sum((folder / f).stat().st_size for f in files))
+
+
+def push_to_hub(folder: Path, repo_id: str, private: bool = False, dry_run: bool = False) -> Upload:
+    """Upload a model folder to ``repo_id`` (created if needed); ``dry_run`` only lists the files."""
+    plan = upload_plan(folder, repo_id)
+    if dry_run:
+        return plan
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    api = HfApi(token=os.environ.get("HF_TOKEN") or None)
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        info = api.upload_folder(
+            repo_id=repo_id, folder_path=str(folder), allow_patterns=plan.files,
+            commit_message="Upload remamber model",
+        )
+    except HfHubHTTPError as e:
+        raise WeightsError(f"push to {repo_id} failed: {str(e).splitlines()[0]}", exit_code=EXIT_FAILURE) from None
+    except Exception as e:  # no network: httpx / requests connection errors
+        raise WeightsError(
+            f"push to {repo_id} failed: cannot reach the Hub ({type(e).__name__}: {e})", exit_code=EXIT_FAILURE
+        ) from None
+    plan.url = str(getattr(info, "commit_url", info))
+    return plan

@@ -1,0 +1,87 @@
+"""Export a model to ONNX: one graph from (image, input_ids, attention_mask) to mask logits.
+
+The selective scan is exported through its loop-free form (``scan_backend("parallel")``:
+segment sums inside chunks and across chunks), so no Python loop unrolls into the graph.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from remamber.errors import WeightsError
+from remamber.hub import load_pretrained, model_card, staged_folder, write_model_files
+from remamber.onnx_runtime import INPUT_NAMES, ONNX_NAME, OUTPUT_NAME, OnnxPredictor
+
+SAMPLE_TEXTS = ["the red circle on the left", "man in red shirt"]
+
+ONNX_NOTES = """## ONNX
+
+This folder holds `model.onnx` (exported with `remamber export --format onnx`): inputs `image`
+(n, 3, S, S) float32 normalised as in `config.json`, `input_ids` and `attention_mask` (n, T) int64
+from the tokenizer here, padded to T = `max_text_len`; output `logits` (n, 1, S, S). The batch
+size is dynamic. `remamber segment --weights <this folder>` runs it with onnxruntime.
+"""
+
+
+def _require_onnx():
+    if importlib.util.find_spec("onnx") is None or importlib.util.find_spec("onnxruntime") is None:
+        raise WeightsError("--format onnx needs onnx and onnxruntime: pip install 'remamber[onnx]'")
+    import onnx
+
+    return onnx
+
+
+def sample_inputs(model, n: int = 2, seed: int = 0) -> tuple[Any, Any, Any]:
+    """A random image batch and tokenized phrases for tracing and checking."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    size = model.config.image_size
+    images = torch.randn(n, 3, size, size, generator=gen)
+    ids, mask, _ = model.tokenize([SAMPLE_TEXTS[i % len(SAMPLE_TEXTS)] for i in range(n)])
+    return images, ids, mask
+
+
+def export_onnx(weights: str, out: Path, opset: int = 17, verify: bool = False) -> tuple[Path, dict]:
+    """Write an ONNX model folder; with ``verify``, compare onnxruntime with PyTorch."""
+    import torch
+
+    from remamber.ops.selective_scan import scan_backend
+
+    onnx = _require_onnx()
+    model = load_pretrained(weights).eval()
+    inputs = sample_inputs(model)
+    axes = {name: {0: "batch"} for name in (*INPUT_NAMES, OUTPUT_NAME)}
+    report: dict[str, Any] = {}
+    with staged_folder(out) as tmp:
+        path = tmp / ONNX_NAME
+        with scan_backend("parallel"), torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer warnings about Python values in shapes
+            torch.onnx.export(
+                model, inputs, str(path), input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
+                dynamic_axes=axes, opset_version=opset, dynamo=False,
+            )
+        graph = onnx.load(str(path))
+        onnx.checker.check_model(graph)
+        report.update(onnx_nodes=len(graph.graph.node), onnx_bytes=path.stat().st_size, opset=opset)
+        write_model_files(model, tmp, model_card(model.config, ONNX_NOTES))
+        if verify:
+            report.update(verify_model(model, OnnxPredictor(tmp, model.config)))
+    return Path(out), report
+
+
+def verify_model(model, predictor: OnnxPredictor, n: int = 3) -> dict:
+    """Largest |logit difference| between onnxruntime and PyTorch on ``n`` random samples."""
+    import torch
+
+    images, ids, mask = sample_inputs(model, n=n, seed=1)
+    with torch.no_grad():
+        ref = model(images, ids, mask).numpy()
+    feeds = dict(zip(INPUT_NAMES, (images.numpy(), ids.numpy().astype(np.int64), mask.numpy().astype(np.int64))))
+    (got,) = predictor.session.run([OUTPUT_NAME], feeds)
+    return {"max_abs_diff": float(np.abs(got - ref).max()), "verify_samples": n}

@@ -1,0 +1,64 @@
+"""Run an exported ``model.onnx`` folder with onnxruntime: the same predictions, no torch.
+
+An ONNX model folder (``remamber export --format onnx``) holds ``model.onnx`` (inputs
+``image`` ``(n, 3, S, S)`` float32, ``input_ids`` and ``attention_mask`` ``(n, T)`` int64;
+output ``logits`` ``(n, 1, S, S)``), our ``config.json`` and the tokenizer files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from remamber.errors import WeightsError, check_threshold
+from remamber.modeling.config import ModelConfig
+from remamber.pixels import Prediction, clean_texts, model_input, to_prediction
+from remamber.tokens import load_tokenizer, tokenize
+
+ONNX_NAME = "model.onnx"
+INPUT_NAMES = ("image", "input_ids", "attention_mask")
+OUTPUT_NAME = "logits"
+
+
+def is_onnx_folder(folder: Path) -> bool:
+    """A folder with ``model.onnx`` and no PyTorch weights is run with onnxruntime."""
+    return (folder / ONNX_NAME).is_file() and not (folder / "model.safetensors").is_file()
+
+
+class OnnxPredictor:
+    """The :class:`remamber.predictor.Predictor` interface over an onnxruntime session (CPU)."""
+
+    def __init__(self, folder: Path, config: ModelConfig, threshold: float = 0.5) -> None:
+        check_threshold(threshold)
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise WeightsError(
+                f"{folder} is an ONNX model: install onnxruntime (pip install 'remamber[onnx]') to run it"
+            ) from None
+        try:
+            self.session = ort.InferenceSession(str(folder / ONNX_NAME), providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own exception types for bad files
+            raise WeightsError(f"{folder / ONNX_NAME} is not a loadable ONNX model ({str(e).splitlines()[0]})") from None
+        try:
+            self.tokenizer = load_tokenizer(str(folder), model_folder=True)
+        except (OSError, ValueError, TypeError) as e:
+            raise WeightsError(f"{folder}: no usable tokenizer files ({e})") from None
+        self.config = config
+        self.threshold = threshold
+
+    def logits(self, images: list[Image.Image], texts: list[str]) -> tuple[np.ndarray, list[bool]]:
+        """Mask logits ``(n, S, S)`` at the input size for image/phrase pairs."""
+        cfg = self.config
+        ids, mask, truncated = tokenize(self.tokenizer, clean_texts(texts), cfg.max_text_len, return_tensors="np")
+        x = np.stack([model_input(im, cfg.image_size, cfg.pixel_mean, cfg.pixel_std) for im in images])
+        feeds = dict(zip(INPUT_NAMES, (x, ids.astype(np.int64), mask.astype(np.int64))))
+        (out,) = self.session.run([OUTPUT_NAME], feeds)
+        return out[:, 0], truncated
+
+    def predict(self, image: Image.Image, text: str) -> Prediction:
+        """Segment the object ``text`` names in ``image``."""
+        logits, truncated = self.logits([image], [text])
+        return to_prediction(logits[0], image.size, self.threshold, truncated[0])

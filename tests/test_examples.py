@@ -1,0 +1,79 @@
+"""The shipped default model on the README's examples, and the examples' own ground truth."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from model_fixtures import run_cli
+from remamber.cli.weights import default_weights
+from remamber.data.masks import decode_rle
+from remamber.data.shapes import generate_image
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+ENTRIES = json.loads((EXAMPLES / "examples.json").read_text())
+CHECKED = "the big yellow object"  # the quick start's example
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / max((a | b).sum(), 1))
+
+
+def test_examples_are_the_generator_output_with_exact_masks():
+    for index in range(4):
+        gen = generate_image(2024, "test", index)
+        with Image.open(EXAMPLES / f"shapes-{index + 1}.png") as im:
+            assert np.array_equal(np.asarray(im), gen.image)
+    for entry in ENTRIES:
+        mask = decode_rle(entry["mask"])
+        with Image.open(EXAMPLES / entry["image"]) as im:
+            assert mask.shape == (im.height, im.width) and mask.any()
+    assert {e["expr_type"] for e in ENTRIES} == {"attribute", "position", "ordinal", "relation"}
+    assert CHECKED in {e["text"] for e in ENTRIES}
+
+
+@pytest.fixture(scope="module")
+def default_model_results(tmp_path_factory):
+    assert default_weights() is not None, "the shipped default model is missing from weights/"
+    out = tmp_path_factory.mktemp("examples")
+    jobs = out / "jobs.jsonl"
+    jobs.write_text("\n".join(json.dumps({"image": str(EXAMPLES / e["image"]), "text": e["text"]}) for e in ENTRIES))
+    res = run_cli("segment", "--batch", str(jobs), "--out", str(out), "--json")  # no --weights: the default model
+    assert res.code == 0, res.stderr
+    results = [json.loads(line) for line in res.stdout.splitlines()]
+    assert [r["text"] for r in results] == [e["text"] for e in ENTRIES]
+    return out, results
+
+
+def test_segment_without_weights_runs_every_example(default_model_results):
+    _, results = default_model_results
+    for entry, result in zip(ENTRIES, results):
+        with Image.open(result["mask"]) as mask, Image.open(EXAMPLES / entry["image"]) as image:
+            assert mask.size == image.size
+        assert result["seconds"] > 0
+
+
+def test_segment_prints_where_it_wrote_and_how_long(tmp_path):
+    res = run_cli("segment", str(EXAMPLES / "shapes-3.png"), CHECKED, "--out", str(tmp_path))
+    assert res.code == 0, res.stderr
+    mask = tmp_path / "shapes-3.the-big-yellow-object.mask.png"
+    overlay = tmp_path / "shapes-3.the-big-yellow-object.overlay.jpg"
+    assert f"wrote mask {mask} and overlay {overlay}" in res.stdout and res.stdout.rstrip().endswith(" s")
+    assert mask.is_file() and overlay.is_file()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the shipped CPU-trained model is not yet good enough (test oIoU 0.23; IoU 0.47 on this example); "
+    "remove this mark when a better default model ships",
+)
+def test_default_model_mask_matches_the_ground_truth(default_model_results):
+    _, results = default_model_results
+    entry, result = next((e, r) for e, r in zip(ENTRIES, results) if e["text"] == CHECKED)
+    with Image.open(result["mask"]) as im:
+        predicted = np.asarray(im) > 127
+    assert _iou(predicted, decode_rle(entry["mask"]).astype(bool)) >= 0.8

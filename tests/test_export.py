@@ -1,0 +1,170 @@
+"""``remamber export``: Hub folders (and a push that sends nothing in tests), ONNX folders that
+onnxruntime runs with the PyTorch model's outputs, and the errors of both."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from model_fixtures import assert_one_line_error, run_cli
+from remamber.errors import WeightsError
+
+EVAL_JSON = {
+    "samples": 10, "mIoU": 0.5, "oIoU": 0.625, "P@50": 0.4, "P@60": 0.3, "P@70": 0.2, "P@80": 0.1, "P@90": 0.0,
+    "dataset": "shapes", "split": "test",
+    "by_type": {"attribute": {"samples": 4, "mIoU": 0.75, "oIoU": 0.8125, "P@50": 1.0, "P@60": 0.5, "P@70": 0.5, "P@80": 0.25, "P@90": 0.0}},
+}
+
+
+@pytest.fixture()
+def checkpoint_like(tiny_model_dir, tmp_path):
+    """A copy of the tiny model folder with a trainer state and training record, like a checkpoint."""
+    import shutil
+
+    folder = tmp_path / "ckpt"
+    shutil.copytree(tiny_model_dir, folder)
+    (folder / "trainer_state.pt").write_bytes(b"not for the hub")
+    record = {"dataset": "shapes", "train_samples": 123, "step": 40, "epoch": 1,
+              "settings": {"preset": "tiny", "batch_size": 8, "lr": 0.001, "seed": 0}, "val": None}
+    (folder / "training.json").write_text(json.dumps(record))
+    return folder
+
+
+def test_export_hub_writes_a_clean_folder_with_a_card(checkpoint_like, tmp_path):
+    from remamber.hub import load_pretrained, load_state
+
+    metrics = tmp_path / "test.json"
+    metrics.write_text(json.dumps(EVAL_JSON))
+    out = tmp_path / "hub"
+    res = run_cli("export", str(checkpoint_like), "--format", "hub", "--out", str(out), "--metrics", str(metrics), "--json")
+    assert res.code == 0, res.stderr
+    result = json.loads(res.stdout)
+    assert set(result["files"]) == {"README.md", "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "training.json"}
+    card = (out / "README.md").read_text()
+    assert "123 training samples" in card and "40 steps" in card and "batch_size=8" in card
+    assert "| shapes | test | 10 | 50.00 | 62.50 |" in card
+    assert "| shapes | test: attribute | 4 | 75.00 | 81.25 |" in card
+    assert "remamber segment" in card and "load_pretrained" in card
+    a, b = load_state(checkpoint_like / "model.safetensors"), load_state(out / "model.safetensors")
+    assert a.keys() == b.keys() and all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
+    load_pretrained(out)  # loads
+
+
+def test_push_dry_run_lists_files_and_sends_nothing(checkpoint_like):
+    nowhere = {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_TOKEN": "hf_test"}  # any request would fail
+    res = run_cli(
+        "export", str(checkpoint_like), "--out", str(checkpoint_like.parent / "x"), "--push-to-hub", "me/model",
+        "--dry-run", env=nowhere,
+    )
+    assert res.code == 0, res.stderr
+    assert "would upload to me/model" in res.stdout
+    assert "model.safetensors" in res.stdout and "trainer_state.pt" not in res.stdout
+
+
+def test_push_uploads_the_planned_files(checkpoint_like, monkeypatch):
+    import huggingface_hub
+
+    from remamber.export.hub import push_to_hub
+
+    calls = {}
+
+    class FakeApi:
+        def __init__(self, token=None):
+            calls["token"] = token
+
+        def create_repo(self, repo_id, private, exist_ok):
+            calls["create"] = (repo_id, private, exist_ok)
+
+        def upload_folder(self, repo_id, folder_path, allow_patterns, commit_message):
+            calls["upload"] = (repo_id, folder_path, sorted(allow_patterns))
+            return "https://huggingface.co/me/model/commit/abc"
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    upload = push_to_hub(checkpoint_like, "me/model", private=True)
+    assert calls["create"] == ("me/model", True, True)
+    assert calls["upload"][2] == upload.files and "trainer_state.pt" not in upload.files
+    assert "training.json" in upload.files and upload.url.endswith("/abc")
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--format", "gif", "--out", "x"], "--format 'gif'"),
+        (["--format", "hub"], "--out is required"),
+        (["--out", "x", "--dry-run"], "--push-to-hub"),
+    ],
+)
+def test_bad_export_options_are_one_line_errors(tiny_model_dir, args, fragment):
+    assert_one_line_error(run_cli("export", str(tiny_model_dir), *args), fragment)
+
+
+def test_push_needs_a_model_folder(tmp_path):
+    from remamber.export.hub import upload_plan
+
+    with pytest.raises(WeightsError, match="not a model folder"):
+        upload_plan(tmp_path, "me/model")
+
+
+# --------------------------------------------------------------------------- ONNX
+
+
+@pytest.fixture(scope="module")
+def onnx_export(tiny_model_dir, tmp_path_factory):
+    pytest.importorskip("onnxruntime")
+    out = tmp_path_factory.mktemp("onnx") / "tiny-onnx"
+    res = run_cli("export", str(tiny_model_dir), "--format", "onnx", "--out", str(out), "--verify", "--json")
+    assert res.code == 0, res.stderr
+    return out, json.loads(res.stdout)
+
+
+def test_onnx_export_is_small_loop_free_and_verified(onnx_export):
+    import onnx
+
+    out, result = onnx_export
+    assert set(result["files"]) >= {"model.onnx", "config.json", "tokenizer.json", "README.md"}
+    assert "model.safetensors" not in result["files"]
+    assert result["max_abs_diff"] <= 1e-4
+    graph = onnx.load(str(out / "model.onnx")).graph
+    ops = {node.op_type for node in graph.node}
+    assert not ops & {"Loop", "Scan", "If"}
+    assert len(graph.node) == result["onnx_nodes"] < 6000
+    assert [i.name for i in graph.input] == ["image", "input_ids", "attention_mask"]
+    assert graph.input[0].type.tensor_type.shape.dim[0].dim_param  # dynamic batch
+
+
+def test_onnx_predictor_matches_pytorch(onnx_export, tiny_model_dir):
+    from remamber.hub import load_pretrained, read_config
+    from remamber.onnx_runtime import OnnxPredictor
+    from remamber.predictor import Predictor
+
+    out, _ = onnx_export
+    rng = np.random.default_rng(3)
+    images = [Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)) for h, w in ((90, 120), (200, 150), (64, 64))]
+    texts = ["the red circle", "the second big square from the left", "a"]
+    torch_pred, onnx_pred = Predictor(load_pretrained(tiny_model_dir)), OnnxPredictor(out, read_config(out))
+    for image, text in zip(images, texts):
+        a, b = torch_pred.predict(image, text), onnx_pred.predict(image, text)
+        assert a.probs.shape == b.probs.shape == (image.size[1], image.size[0])
+        assert np.abs(a.probs - b.probs).max() < 1e-5
+    la, _ = torch_pred.logits(images, texts)
+    lb, _ = onnx_pred.logits(images, texts)  # a batch of 3 through the dynamic batch axis
+    assert np.abs(la.numpy() - lb).max() < 1e-4
+
+
+def test_segment_runs_an_onnx_folder(onnx_export, rgb_image, tmp_path):
+    out, _ = onnx_export
+    res = run_cli("segment", str(rgb_image), "the red circle", "--weights", str(out), "--out", str(tmp_path), "--json")
+    assert res.code == 0, res.stderr
+    assert json.loads(res.stdout)["width"] == 120
+    assert_one_line_error(
+        run_cli("segment", str(rgb_image), "x", "--weights", str(out), "--device", "cuda"), "ONNX models run on the CPU"
+    )
+
+
+def test_push_without_network_is_one_line_error(checkpoint_like, tmp_path):
+    nowhere = {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_TOKEN": "hf_test"}
+    res = run_cli("export", str(checkpoint_like), "--out", str(tmp_path / "x"), "--push-to-hub", "me/model", env=nowhere)
+    assert_one_line_error(res, "push to me/model failed", code=1)
