@@ -36,3 +36,8 @@ def check_threshold(threshold: float) -> float:
     if not (isinstance(threshold, (int, float)) and 0.0 < threshold < 1.0):
         raise InputError(f"--threshold must be between 0 and 1, exclusive (got {threshold})")
     return float(threshold)
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (its type name when the message is empty)."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]

@@ -126,23 +126,16 @@ def load_state(path: Path) -> dict:
 def load_pretrained(spec: str | os.PathLike, device: str = "cpu"):
     """Load a :class:`ReMamber` (eval mode, tokenizer attached) from a folder or Hub id."""
     from remamber.modeling.remamber import ReMamber
-    from remamber.modeling.text import load_tokenizer
+    from remamber.tokens import folder_tokenizer
 
     folder = resolve_weights(spec)
     config = read_config(folder)
     state = load_state(folder / WEIGHTS_NAME)
-    try:
-        tokenizer = load_tokenizer(str(folder), model_folder=True)
-    except (OSError, ValueError, TypeError) as e:
-        raise WeightsError(f"{folder}: no usable tokenizer files ({_first_line(e)})") from None
+    tokenizer = folder_tokenizer(folder)
     model = ReMamber(config, tokenizer=tokenizer)
     _check_state(model.state_dict(), state, folder)
     model.load_state_dict(state)
     return model.to(device).eval()
-
-
-def _first_line(e: Exception) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 def model_card(config: ModelConfig, body: str = "") -> str:

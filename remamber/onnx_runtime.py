@@ -12,10 +12,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from remamber.errors import WeightsError, check_threshold
+from remamber.errors import WeightsError, check_threshold, first_line
+from remamber.hub import WEIGHTS_NAME
 from remamber.modeling.config import ModelConfig
 from remamber.pixels import Prediction, clean_texts, model_input, to_prediction
-from remamber.tokens import load_tokenizer, tokenize
+from remamber.tokens import folder_tokenizer, tokenize
 
 ONNX_NAME = "model.onnx"
 INPUT_NAMES = ("image", "input_ids", "attention_mask")
@@ -24,7 +25,7 @@ OUTPUT_NAME = "logits"
 
 def is_onnx_folder(folder: Path) -> bool:
     """A folder with ``model.onnx`` and no PyTorch weights is run with onnxruntime."""
-    return (folder / ONNX_NAME).is_file() and not (folder / "model.safetensors").is_file()
+    return (folder / ONNX_NAME).is_file() and not (folder / WEIGHTS_NAME).is_file()
 
 
 class OnnxPredictor:
@@ -41,11 +42,8 @@ class OnnxPredictor:
         try:
             self.session = ort.InferenceSession(str(folder / ONNX_NAME), providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own exception types for bad files
-            raise WeightsError(f"{folder / ONNX_NAME} is not a loadable ONNX model ({str(e).splitlines()[0]})") from None
-        try:
-            self.tokenizer = load_tokenizer(str(folder), model_folder=True)
-        except (OSError, ValueError, TypeError) as e:
-            raise WeightsError(f"{folder}: no usable tokenizer files ({e})") from None
+            raise WeightsError(f"{folder / ONNX_NAME} is not a loadable ONNX model ({first_line(e)})") from None
+        self.tokenizer = folder_tokenizer(folder)
         self.config = config
         self.threshold = threshold
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+
+from remamber.errors import WeightsError, first_line
 
 
 def tokenize(tokenizer: Any, texts: list[str], max_len: int, return_tensors: str = "pt") -> tuple[Any, Any, list[bool]]:
@@ -23,3 +26,11 @@ def load_tokenizer(path_or_name: str, model_folder: bool = False) -> Any:
 
     extra = {"config": PretrainedConfig()} if model_folder else {}
     return AutoTokenizer.from_pretrained(path_or_name, use_fast=True, **extra)
+
+
+def folder_tokenizer(folder: Path) -> Any:
+    """The tokenizer saved in one of our model folders (a clear error when its files are unusable)."""
+    try:
+        return load_tokenizer(str(folder), model_folder=True)
+    except (OSError, ValueError, TypeError) as e:
+        raise WeightsError(f"{folder}: no usable tokenizer files ({first_line(e)})") from None

@@ -74,8 +74,12 @@ def export(
         raise InputError(f"--variant {variant!r}: choose conv or mamba")
     if from_official is None and (variant != "conv" or tokenizer is not None):
         raise InputError("--variant and --tokenizer go with --from-official CKPT.pth")
+    if fmt == "onnx" and from_official is None and (metrics or notes is not None):
+        raise InputError("--metrics and --notes go with --format hub")
     from remamber.cli.weights import weights_or_default
+    from remamber.export.hub import read_metrics, read_notes
 
+    card_metrics, card_notes = read_metrics(list(metrics)), read_notes(notes)
     if from_official is not None:
         if weights is not None:
             raise InputError("give either WEIGHTS (a model folder to export) or --from-official CKPT.pth, not both")
@@ -83,17 +87,14 @@ def export(
             raise InputError(
                 "--from-official writes a model folder (--format hub); export that folder with --format onnx afterwards"
             )
-        from remamber.export.hub import read_metrics
         from remamber.export.official import convert_official
 
-        folder = convert_official(
-            from_official, variant, out, tokenizer=tokenizer, metrics=read_metrics(list(metrics)), notes=_read_notes(notes),
-        )
+        folder = convert_official(from_official, variant, out, tokenizer=tokenizer, metrics=card_metrics, notes=card_notes)
         result: dict = {"format": fmt, "source": str(from_official), "variant": variant}
     else:
         source = weights_or_default(weights)
         result = {"format": fmt, "source": source}
-        folder = _export(source, fmt, out, metrics, notes, opset, verify, result)
+        folder = _export(source, fmt, out, card_metrics, card_notes, opset, verify, result)
     files = sorted(p.name for p in folder.iterdir() if p.is_file())
     result.update(out=str(folder), files=files, bytes=sum((folder / f).stat().st_size for f in files))
     if push_to_hub is not None:
@@ -107,24 +108,13 @@ def export(
     _print(result)
 
 
-def _read_notes(notes: Optional[Path]) -> str:
-    if notes is None:
-        return ""
-    try:
-        return Path(notes).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"--notes {notes}: cannot read it ({e})") from None
-
-
-def _export(source: str, fmt: str, out: Path, metrics: list[Path], notes: Optional[Path], opset: int, verify: bool, result: dict) -> Path:
+def _export(source: str, fmt: str, out: Path, metrics: list[dict], notes: str, opset: int, verify: bool, result: dict) -> Path:
     """Export a model folder as hub or onnx; onnx adds its verification report to ``result``."""
     if fmt == "hub":
         from remamber.export.hub import export_hub
 
         folder = export_hub(source, out, metrics, notes)
     else:
-        if metrics or notes:
-            raise InputError("--metrics and --notes go with --format hub")
         from remamber.export.onnx import export_onnx
 
         folder, report = export_onnx(source, out, opset=opset, verify=verify)

@@ -9,7 +9,6 @@ read back with ``torch.load(weights_only=True)``: tensors and plain containers o
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import torch
 
 from remamber.errors import InputError
 from remamber.hub import TRAINING_NAME, model_card, save_pretrained, training_section
+from remamber.io import write_json
 
 STATE_NAME = "trainer_state.pt"
 
@@ -59,7 +59,7 @@ def save_checkpoint(folder: Path, model, trainer_state: dict[str, Any], training
         model, folder, card=model_card(model.config, training_section(training)),
         extra_files={
             STATE_NAME: lambda path: torch.save(trainer_state, path),
-            TRAINING_NAME: lambda path: path.write_text(json.dumps(training, indent=2) + "\n", encoding="utf-8"),
+            TRAINING_NAME: lambda path: write_json(path, training),
         },
     )
 

@@ -26,7 +26,7 @@ from remamber.engine import distributed as D
 from remamber.engine.checkpoint import load_trainer_state, rng_state, save_checkpoint, set_rng_state
 from remamber.engine.losses import segmentation_loss
 from remamber.engine.sampling import BatchSource, epoch_batches
-from remamber.errors import EXIT_FAILURE, InputError, RemamberError, WeightsError
+from remamber.errors import EXIT_FAILURE, InputError, RemamberError, WeightsError, first_line
 from remamber.modeling.layers import no_weight_decay
 
 TRAIN_CONFIG_NAME = "train_config.json"
@@ -161,7 +161,7 @@ def build_training_model(cfg: TrainConfig, train_records: list[dict]):
         return build_model(mcfg, pretrained_text=True)
     except OSError as e:
         raise WeightsError(
-            f"cannot load the text encoder {mcfg.text_encoder!r} ({str(e).splitlines()[0]}); it must be in the "
+            f"cannot load the text encoder {mcfg.text_encoder!r} ({first_line(e)}); it must be in the "
             "Hugging Face cache or a local folder (or use --text-encoder scratch)"
         ) from None
 

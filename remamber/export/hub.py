@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from remamber.errors import EXIT_FAILURE, InputError, WeightsError
+from remamber.errors import EXIT_FAILURE, InputError, WeightsError, first_line
+from remamber.io import write_json
 from remamber.hub import (
-    HUB_PATTERNS, TRAINING_NAME, load_pretrained, metrics_table, model_card, resolve_weights,
+    CONFIG_NAME, HUB_PATTERNS, TRAINING_NAME, load_pretrained, metrics_table, model_card, resolve_weights,
     save_pretrained, training_section,
 )
 
@@ -30,9 +31,20 @@ def read_metrics(paths: list[Path]) -> list[dict]:
     return results
 
 
-def export_card(config, training: Optional[dict], metrics: list[dict], notes: str = "") -> str:
-    """The model card: usage, model, training (when known), evaluation (when given), notes."""
-    parts = [training_section(training)] if training else []
+def read_notes(path: Optional[Path]) -> str:
+    """The markdown of ``--notes`` ("" when not given)."""
+    if path is None:
+        return ""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"--notes {path}: cannot read it ({e})") from None
+
+
+def export_card(config, first: str, metrics: list[dict], notes: str = "") -> str:
+    """The model card: usage, model, ``first`` (where the weights come from: training or source,
+    markdown, may be empty), evaluation (when given), notes."""
+    parts = [first] if first else []
     if metrics:
         parts.append("## Evaluation\n\nWith `remamber eval` (percent; oIoU = sum I / sum U):\n\n" + metrics_table(metrics) + "\n")
     if notes.strip():
@@ -40,23 +52,16 @@ def export_card(config, training: Optional[dict], metrics: list[dict], notes: st
     return model_card(config, "\n".join(parts))
 
 
-def export_hub(weights: str, out: Path, metrics: list[Path] = (), notes: Optional[Path] = None) -> Path:
-    """Write a clean model folder (config, safetensors, tokenizer, card, training record) to ``out``."""
+def export_hub(weights: str, out: Path, metrics: list[dict] = (), notes: str = "") -> Path:
+    """Write a clean model folder (config, safetensors, tokenizer, card, training record) to ``out``;
+    ``metrics`` (``remamber eval --json`` objects) and ``notes`` (markdown) go into the card."""
     source = resolve_weights(weights)
     model = load_pretrained(source)
     training = None
     if (source / TRAINING_NAME).is_file():
         training = json.loads((source / TRAINING_NAME).read_text(encoding="utf-8"))
-    text = ""
-    if notes is not None:
-        try:
-            text = Path(notes).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise InputError(f"--notes {notes}: cannot read it ({e})") from None
-    card = export_card(model.config, training, read_metrics(list(metrics)), text)
-    extra = {}
-    if training is not None:
-        extra[TRAINING_NAME] = lambda p: p.write_text(json.dumps(training, indent=2) + "\n", encoding="utf-8")
+    card = export_card(model.config, training_section(training) if training else "", list(metrics), notes)
+    extra = {TRAINING_NAME: lambda p: write_json(p, training)} if training is not None else {}
     return save_pretrained(model, out, card=card, extra_files=extra)
 
 
@@ -73,8 +78,8 @@ class Upload:
 def upload_plan(folder: Path, repo_id: str) -> Upload:
     """The files of ``folder`` that a push uploads (the Hub patterns; no trainer state)."""
     folder = Path(folder)
-    if not (folder / "config.json").is_file():
-        raise WeightsError(f"{folder} is not a model folder (no config.json)")
+    if not (folder / CONFIG_NAME).is_file():
+        raise WeightsError(f"{folder} is not a model folder (no {CONFIG_NAME})")
     files = sorted(
         str(p.relative_to(folder)) for p in folder.rglob("*")
         if p.is_file() and any(fnmatch.fnmatch(p.name, pat) for pat in HUB_PATTERNS)
@@ -98,7 +103,7 @@ def push_to_hub(folder: Path, repo_id: str, private: bool = False, dry_run: bool
             commit_message="Upload remamber model",
         )
     except HfHubHTTPError as e:
-        raise WeightsError(f"push to {repo_id} failed: {str(e).splitlines()[0]}", exit_code=EXIT_FAILURE) from None
+        raise WeightsError(f"push to {repo_id} failed: {first_line(e)}", exit_code=EXIT_FAILURE) from None
     except Exception as e:  # no network: httpx / requests connection errors
         raise WeightsError(
             f"push to {repo_id} failed: cannot reach the Hub ({type(e).__name__}: {e})", exit_code=EXIT_FAILURE

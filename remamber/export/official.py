@@ -35,7 +35,7 @@ import re
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from remamber.errors import InputError, WeightsError
+from remamber.errors import InputError, WeightsError, first_line
 from remamber.io import file_sha256
 
 VARIANTS = ("conv", "mamba")
@@ -126,10 +126,6 @@ def ours_to_official(key: str, text_prefix: str = "text_encoder.model.", legacy:
 # ----------------------------------------------------------------------------- reading
 
 
-def _first_line(e: Exception) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
-
-
 def load_official_state(path: Union[str, os.PathLike]) -> dict:
     """The official model's state dict from a ``.pth`` file, loaded with ``weights_only=True``.
 
@@ -145,7 +141,7 @@ def load_official_state(path: Union[str, os.PathLike]) -> dict:
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "weights only load failed" not in str(e).lower():
-            raise WeightsError(f"{path}: not a readable PyTorch checkpoint ({_first_line(e)})") from None
+            raise WeightsError(f"{path}: not a readable PyTorch checkpoint ({first_line(e)})") from None
         found = re.search(r"GLOBAL ([\w.]+)", str(e))
         what = f"the global {found.group(1)}" if found else "objects other than tensors and plain containers"
         raise WeightsError(
@@ -153,7 +149,7 @@ def load_official_state(path: Union[str, os.PathLike]) -> dict:
             f"(only tensors, plain containers and argparse.Namespace are allowed)"
         ) from None
     except Exception as e:  # zip / pickle / storage errors of a file that is not a checkpoint
-        raise WeightsError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {_first_line(e)})") from None
+        raise WeightsError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {first_line(e)})") from None
     state = obj
     if isinstance(state, dict):
         for key in ("model", "state_dict"):
@@ -349,7 +345,7 @@ def resolve_tokenizer(tokenizer: Any = None) -> Any:
             return load_tokenizer(str(local), model_folder=True)
         return load_tokenizer(name)
     except Exception as e:  # OSError (not cached, offline), ValueError, connection errors
-        first = _first_line(e)
+        first = first_line(e)
         if local.is_dir():
             raise WeightsError(f"--tokenizer {name}: no usable tokenizer files in this folder ({first})") from None
         raise WeightsError(
@@ -428,15 +424,12 @@ def convert_official(
     ViT-L/14 tokenizer, from the Hugging Face cache when offline).  ``metrics`` (``remamber eval
     --json`` objects) and ``notes`` (markdown) go into the model card.
     """
-    from remamber.hub import metrics_table, model_card, save_pretrained
+    from remamber.export.hub import export_card
+    from remamber.hub import save_pretrained
 
     _check_variant(variant)
     if out is None:
         raise InputError("--out is required: the folder to write the converted model to")
     model = build_from_official(ckpt_path, variant, tokenizer=tokenizer, image_size=image_size)
-    parts = [source_section(Path(ckpt_path), variant)]
-    if metrics:
-        parts.append("## Evaluation\n\nWith `remamber eval` (percent; oIoU = sum I / sum U):\n\n" + metrics_table(metrics) + "\n")
-    if notes.strip():
-        parts.append(notes.strip() + "\n")
-    return save_pretrained(model, out, card=model_card(model.config, "\n".join(parts)))
+    card = export_card(model.config, source_section(Path(ckpt_path), variant), metrics or [], notes)
+    return save_pretrained(model, out, card=card)

@@ -11,9 +11,9 @@ from remamber.modeling.text import (
     SCRATCH,
     build_scratch_tokenizer,
     load_pretrained_text_model,
-    load_tokenizer,
     scratch_text_config,
 )
+from remamber.tokens import load_tokenizer
 
 # The text tower of openai/clip-vit-large-patch14, so that ``base`` builds offline (random weights).
 CLIP_L14_TEXT = dict(

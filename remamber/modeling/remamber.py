@@ -13,7 +13,8 @@ from remamber.errors import ConfigError
 from remamber.modeling.config import ModelConfig
 from remamber.modeling.decoder import ConvDecoder
 from remamber.modeling.layers import trunc_normal_init
-from remamber.modeling.text import TextEncoder, hf_text_model_from_config, tokenize
+from remamber.modeling.text import TextEncoder, hf_text_model_from_config
+from remamber.tokens import tokenize
 from remamber.modeling.twister import TwisterLayer
 from remamber.modeling.vss import Downsample, PatchEmbed, VSSBlock
 

@@ -16,9 +16,6 @@ import torch.nn as nn
 from torch import Tensor
 
 from remamber.errors import ConfigError
-from remamber.tokens import load_tokenizer, tokenize
-
-__all__ = ["TextEncoder", "load_tokenizer", "tokenize"]
 
 SCRATCH = "scratch"
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[BOS]", "[EOS]"]
