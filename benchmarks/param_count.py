@@ -12,7 +12,7 @@ from pathlib import Path
 from remamber.io import write_json
 from remamber.modeling.presets import PRESETS, build_model
 
-OFFICIAL_BASE_M = dict(total=254.6, text=123.1, visual=131.5, vss=87.5, twister=29.1, global_text=1.5, local_text=3.9, decoder=9.5)
+OFFICIAL_BASE_M = dict(total=254.6, text=123.1, visual=131.5, backbone=87.5, twister=29.1, global_text=1.5, local_text=3.9, decoder=9.5)
 
 
 def main() -> None:

@@ -154,8 +154,18 @@ def model_card(config: ModelConfig, body: str = "") -> str:
         f"- input size: {config.image_size}x{config.image_size}\n- text encoder: {config.text_encoder}\n"
         f"- stage dims {config.dims}, depths {config.depths}, Twister depths {config.twister_depths}, "
         f"d_state {config.d_state}\n"
+        + _variant_line(config)
         + (f"\n{body.strip()}\n" if body else "")
     )
+
+
+def _variant_line(config: ModelConfig) -> str:
+    """``- variant: ...`` naming the settings that differ from the default model (empty if none)."""
+    default = ModelConfig()
+    changed = [f"{k} {getattr(config, k)}" for k in ("fusion", "scan", "interaction", "backbone") if getattr(config, k) != getattr(default, k)]
+    if config.fusion == "hmnet":
+        changed.append(f"recap_every {config.recap_every}")
+    return f"- variant: {', '.join(changed)}\n" if changed else ""
 
 
 def _pct(x: float) -> str:

@@ -107,7 +107,7 @@ def test_base_parameter_counts_match_official():
     """Official ReMamber_Conv base, read off the official model (shared/DESIGN.md section 7)."""
     counts = {k: v / 1e6 for k, v in build_model("base").parameter_counts().items()}
     print("base parameter counts (M):", {k: round(v, 2) for k, v in counts.items()})
-    official = dict(total=254.6, text=123.1, visual=131.5, vss=87.5, twister=29.1, global_text=1.5, local_text=3.9, decoder=9.5)
+    official = dict(total=254.6, text=123.1, visual=131.5, backbone=87.5, twister=29.1, global_text=1.5, local_text=3.9, decoder=9.5)
     for key, value in official.items():
         assert round(counts[key], 1) == value, (key, counts[key])
 

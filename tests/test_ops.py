@@ -134,15 +134,16 @@ def test_dispatch_on_cpu_never_imports_mamba(backend, monkeypatch):
         monkeypatch.setattr(scan_cpu, name, lambda *a, _f=getattr(scan_cpu, name), **k: calls.append(name) or _f(*a, **k))
     kw = _inputs(1, 4, 10, 1)
     ref = selective_scan_ref(**kw, delta_softplus=True)
-    out = selective_scan(**kw, delta_softplus=True)  # no gradients wanted: never the fused kernel
+    with torch.no_grad():  # small inference call: the chunked path (no JIT compilation)
+        out = selective_scan(**kw, delta_softplus=True)
     assert torch.allclose(out, ref, atol=1e-5, rtol=1e-5) and calls == []
-    kw["u"].requires_grad_(True)
-    with torch.no_grad():
+    monkeypatch.setattr(scan_module, "FUSED_MIN_INFERENCE", 40)
+    with torch.no_grad():  # large enough inference call
         selective_scan(**kw, delta_softplus=True)
-    assert calls == []
-    out = selective_scan(**kw, delta_softplus=True)  # training: the fused kernel under "auto"
+    kw["u"].requires_grad_(True)
+    out = selective_scan(**kw, delta_softplus=True)  # training
     assert torch.allclose(out, ref, atol=1e-5, rtol=1e-5)
-    assert calls == (["selective_scan_fused"] if backend == "auto" else [])
+    assert calls == (["selective_scan_fused"] * 2 if backend == "auto" else [])
     assert "mamba_ssm" not in sys.modules
 
 

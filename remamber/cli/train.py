@@ -17,6 +17,8 @@ Defaults follow the paper: AdamW, lr 5e-5, cosine decay (after optional linear w
 
 RUNDIR gets train_config.json, log.jsonl (one JSON line per logged step and per validation) and checkpoints/last and checkpoints/best (best validation oIoU): model folders that `remamber segment` and `remamber eval` load directly, plus the optimizer, scheduler, RNG and data-order state. `--resume` continues a run exactly (same weights as an uninterrupted run); Ctrl-C saves and exits; a NaN loss stops the run and keeps the last good checkpoint.
 
+Variants (saved in the model's config.json): --fusion, --scan and --interaction (the paper's Tables 1, 3 and 4), --backbone (MambaOut, MambaVision); benchmarks/ablation.py trains them side by side.
+
 Several GPUs or processes: `remamber train --nproc K ...`, or `torchrun --nproc_per_node=K -m remamber train ...` (multi-node too). --batch-size is per process.
 
 Examples:
@@ -58,6 +60,11 @@ def train(
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Input size (multiple of 32). Default: the preset's.", show_default=False),
     init: Optional[str] = typer.Option(None, "--init", help="Start from these weights (folder or Hub id) instead of a fresh preset.", show_default=False),
     text_encoder: Optional[str] = typer.Option(None, "--text-encoder", help="Hugging Face text model (Hub id or folder), or 'scratch'. Default: the preset's.", show_default=False),
+    fusion: Optional[str] = typer.Option(None, "--fusion", help="Text fusion: twister (default), attention, in-context, film or hmnet.", show_default=False),
+    scan: Optional[str] = typer.Option(None, "--scan", help="Twister scan order: channel-spatial (default), spatial-channel, parallel, channel or spatial.", show_default=False),
+    interaction: Optional[str] = typer.Option(None, "--interaction", help="Twister text maps: both (default), global or local.", show_default=False),
+    backbone: Optional[str] = typer.Option(None, "--backbone", help="Stage blocks: vss (VMamba, default), mambaout (gated CNN) or mambavision.", show_default=False),
+    recap_every: Optional[int] = typer.Option(None, "--recap-every", help="hmnet fusion: image tokens between text recaps (default 64).", show_default=False),
     freeze_text: bool = typer.Option(False, "--freeze-text", help="Do not train the text encoder."),
     epochs: int = typer.Option(50, "--epochs", help="Epochs."),
     max_steps: int = typer.Option(0, "--max-steps", help="Stop after this many optimizer steps (0: run all epochs)."),
@@ -101,7 +108,7 @@ def train(
                 raise InputError(f"no prepared dataset at {data}; run `remamber prepare {dataset}` or pass --data DIR")
         cfg = TrainConfig(
             data=str(data), out=str(out), preset=preset, image_size=image_size, init=init, text_encoder=text_encoder,
-            freeze_text=freeze_text, val_split=val_split or None, epochs=epochs, max_steps=max_steps, time_limit=time_limit,
+            fusion=fusion, scan=scan, interaction=interaction, backbone=backbone, recap_every=recap_every, freeze_text=freeze_text, val_split=val_split or None, epochs=epochs, max_steps=max_steps, time_limit=time_limit,
             batch_size=batch_size, grad_accum=grad_accum, optimizer=optimizer, lr=lr, min_lr=min_lr, warmup_steps=warmup_steps,
             weight_decay=weight_decay, clip_grad=clip_grad, ema=ema, amp=amp, device=device, workers=workers,
             seed=seed, limit=limit, val_every=val_every, val_limit=val_limit, ckpt_every=ckpt_every, log_every=log_every,

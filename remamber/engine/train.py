@@ -30,6 +30,8 @@ from remamber.errors import EXIT_FAILURE, InputError, RemamberError, WeightsErro
 from remamber.modeling.layers import no_weight_decay
 
 TRAIN_CONFIG_NAME = "train_config.json"
+# Architecture variant settings a training run may set on a fresh preset (see ModelConfig).
+VARIANT_FIELDS = ("fusion", "scan", "interaction", "backbone", "recap_every")
 LOG_NAME = "log.jsonl"
 
 
@@ -43,6 +45,11 @@ class TrainConfig:
     image_size: Optional[int] = None
     init: Optional[str] = None
     text_encoder: Optional[str] = None
+    fusion: Optional[str] = None
+    scan: Optional[str] = None
+    interaction: Optional[str] = None
+    backbone: Optional[str] = None
+    recap_every: Optional[int] = None
     freeze_text: bool = False
     train_split: str = "train"
     val_split: Optional[str] = "val"
@@ -143,13 +150,18 @@ def build_training_model(cfg: TrainConfig, train_records: list[dict]):
     from remamber.modeling.presets import build_model, preset_config
     from remamber.modeling.text import BASIC_VOCAB, SCRATCH
 
+    variant = {k: getattr(cfg, k) for k in VARIANT_FIELDS if getattr(cfg, k) is not None}
     if cfg.init:
         model = load_pretrained(cfg.init)
+        clash = sorted(k for k, v in variant.items() if getattr(model.config, k) != v)
+        if clash:
+            flags = ", ".join(f"--{k.replace('_', '-')}" for k in clash)
+            raise InputError(f"{flags} would change the architecture of the --init weights; drop the flag or start from a preset")
         if cfg.image_size:
             model.config = model.config.replace(image_size=cfg.image_size)
         return model
     mcfg = preset_config(cfg.preset)
-    changes: dict[str, Any] = {}
+    changes: dict[str, Any] = dict(variant)
     if cfg.image_size:
         changes["image_size"] = cfg.image_size
     if cfg.text_encoder:

@@ -12,12 +12,22 @@ CONFIG_FORMAT = 1
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 
+# Variant choices (the paper's Tables 1, 3, 4 and the seed papers' designs); the first is the default.
+FUSIONS = ("twister", "attention", "in-context", "film", "hmnet")
+SCANS = ("channel-spatial", "spatial-channel", "parallel", "channel", "spatial")
+INTERACTIONS = ("both", "global", "local")
+BACKBONES = ("vss", "mambaout", "mambavision")
+
 
 @dataclass
 class ModelConfig:
     """Everything needed to rebuild a ReMamber model (the weights come separately).
 
-    The defaults are the official ReMamber_Conv "base" configuration.
+    The defaults are the official ReMamber_Conv "base" configuration.  ``fusion``, ``scan``,
+    ``interaction`` and ``backbone`` pick a variant (see :mod:`remamber.modeling.fusion` and
+    :mod:`remamber.modeling.backbones`); ``twister_depths`` is the number of fusion blocks per
+    stage whatever the fusion, and ``recap_every`` the image tokens between text recaps of
+    the ``hmnet`` fusion.
     """
 
     preset: str = "base"
@@ -36,6 +46,11 @@ class ModelConfig:
     channel_scan_size: int = 16
     local_hidden: int = 512
     decoder: str = "conv"
+    fusion: str = "twister"
+    scan: str = "channel-spatial"
+    interaction: str = "both"
+    backbone: str = "vss"
+    recap_every: int = 64
     decoder_dim: int = 512
     text_encoder: str = "openai/clip-vit-large-patch14"
     text_config: Optional[dict] = None
@@ -66,6 +81,13 @@ class ModelConfig:
             raise ConfigError(f"config: image_size must be a multiple of 32 (got {self.image_size})")
         if self.decoder != "conv":
             raise ConfigError(f"config: unknown decoder {self.decoder!r} (known: conv)")
+        for name, choices in (("fusion", FUSIONS), ("scan", SCANS), ("interaction", INTERACTIONS), ("backbone", BACKBONES)):
+            if getattr(self, name) not in choices:
+                raise ConfigError(f"config: unknown {name} {getattr(self, name)!r} (known: {', '.join(choices)})")
+        if self.fusion != "twister" and (self.scan != SCANS[0] or self.interaction != INTERACTIONS[0]):
+            raise ConfigError("config: scan and interaction apply to the twister fusion only")
+        if self.recap_every < 1:
+            raise ConfigError("config: recap_every must be positive")
         if self.text_pooling not in ("pooler", "mean", "first"):
             raise ConfigError(f"config: text_pooling must be pooler, mean or first (got {self.text_pooling!r})")
         if self.dt_rank != "auto" and not isinstance(self.dt_rank, int):

@@ -1,4 +1,4 @@
-"""The ReMamber model: text encoder, VMamba encoder with a Twister layer per stage, conv decoder."""
+"""The ReMamber model: text encoder, VMamba encoder with a Twister (or other fusion) layer per stage, conv decoder."""
 
 from __future__ import annotations
 
@@ -15,31 +15,38 @@ from remamber.modeling.decoder import ConvDecoder
 from remamber.modeling.layers import trunc_normal_init
 from remamber.modeling.text import TextEncoder, hf_text_model_from_config
 from remamber.tokens import tokenize
-from remamber.modeling.twister import TwisterLayer
-from remamber.modeling.vss import Downsample, PatchEmbed, VSSBlock
+from remamber.modeling.backbones import build_blocks
+from remamber.modeling.fusion import build_fusion
+from remamber.modeling.vss import Downsample, PatchEmbed
 
 
 class Stage(nn.Module):
-    """VSS blocks, then the Twister layer that fuses text, then (except last) a downsample."""
+    """Backbone blocks, then the layer that fuses text, then (except last) a downsample.
+
+    The fusion layer is the module ``twister`` for the Twister (the official name, so that
+    official weights map one to one) and ``fusion`` for the other variants.
+    """
 
     def __init__(self, cfg: ModelConfig, i: int, drop_paths: list[float]) -> None:
         super().__init__()
         dim = cfg.dims[i]
-        ssm = dict(d_state=cfg.d_state, ssm_ratio=cfg.ssm_ratio, dt_rank=cfg.dt_rank, d_conv=cfg.d_conv, conv_bias=cfg.conv_bias)
-        self.blocks = nn.ModuleList(VSSBlock(dim, mlp_ratio=cfg.mlp_ratio, drop_path=p, **ssm) for p in drop_paths)
-        self.twister = TwisterLayer(
-            dim, cfg.twister_depths[i], cfg.text_dim, cfg.local_hidden, cfg.max_text_len,
-            channel_scan_size=cfg.channel_scan_size, **ssm,
-        )
+        self.blocks = build_blocks(cfg, i, drop_paths)
+        self.fusion_name = "twister" if cfg.fusion == "twister" else "fusion"
+        self.add_module(self.fusion_name, build_fusion(cfg, i))
         self.downsample = Downsample(dim, cfg.dims[i + 1]) if i + 1 < len(cfg.dims) else None
         trunc_normal_init(self.blocks)
         if self.downsample is not None:
             trunc_normal_init(self.downsample)
 
-    def forward(self, x: Tensor, words: Tensor, pooled: Tensor) -> Tensor:
+    @property
+    def fusion_layer(self) -> nn.Module:
+        """The stage's text fusion layer, whatever its kind."""
+        return getattr(self, self.fusion_name)
+
+    def forward(self, x: Tensor, words: Tensor, pooled: Tensor, mask: Tensor) -> Tensor:
         for blk in self.blocks:
             x = blk(x)
-        return self.twister(x, words, pooled)
+        return self.fusion_layer(x, words, pooled, mask)
 
 
 class ReMamberEncoder(nn.Module):
@@ -55,11 +62,11 @@ class ReMamberEncoder(nn.Module):
             Stage(cfg, i, rates[starts[i] : starts[i] + cfg.depths[i]]) for i in range(4)
         )
 
-    def forward(self, images: Tensor, words: Tensor, pooled: Tensor) -> list[Tensor]:
+    def forward(self, images: Tensor, words: Tensor, pooled: Tensor, mask: Tensor) -> list[Tensor]:
         x = self.patch_embed(images)
         feats = []
         for stage in self.stages:
-            x = stage(x, words, pooled)
+            x = stage(x, words, pooled, mask)
             feats.append(x)
             if stage.downsample is not None:
                 x = stage.downsample(x)
@@ -84,7 +91,7 @@ class ReMamber(nn.Module):
 
     def forward(self, images: Tensor, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         words, pooled = self.text_encoder(input_ids, attention_mask)
-        feats = self.encoder(images, words, pooled)
+        feats = self.encoder(images, words, pooled, attention_mask)
         logits = self.decoder(feats)
         if logits.shape[-2:] != images.shape[-2:]:
             logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=True)
@@ -97,15 +104,23 @@ class ReMamber(nn.Module):
         return tokenize(self.tokenizer, texts, self.config.max_text_len)
 
     def parameter_counts(self) -> dict[str, int]:
-        """Parameters per part, grouped as in the official model (visual = all but the text encoder)."""
+        """Parameters per part, grouped as in the official model (visual = all but the text encoder).
+
+        ``backbone``: stem, stage blocks and downsampling; ``fusion``: the fusion layers, of which
+        (for the Twister) ``twister`` are the blocks and ``global_text`` / ``local_text`` the guidance.
+        """
         count = lambda *mods: sum(p.numel() for m in mods if m is not None for p in m.parameters())  # noqa: E731
         stages = self.encoder.stages
+        fusions = [s.fusion_layer for s in stages]
         total, text = count(self), count(self.text_encoder)
-        return {
+        out = {
             "total": total, "text": text, "visual": total - text,
-            "vss": count(self.encoder.patch_embed, *[s.blocks for s in stages], *[s.downsample for s in stages]),
-            "twister": count(*[s.twister.blocks for s in stages]),
-            "global_text": count(*[s.twister.global_text for s in stages]),
-            "local_text": count(*[s.twister.local_text for s in stages]),
+            "backbone": count(self.encoder.patch_embed, *[s.blocks for s in stages], *[s.downsample for s in stages]),
+            "fusion": count(*fusions),
             "decoder": count(self.decoder),
         }
+        if self.config.fusion == "twister":
+            out["twister"] = count(*[f.blocks for f in fusions])
+            out["global_text"] = count(*[getattr(f, "global_text", None) for f in fusions])
+            out["local_text"] = count(*[getattr(f, "local_text", None) for f in fusions])
+        return out

@@ -1,7 +1,7 @@
 """The Mamba Twister: text-image fusion by a channel scan and a spatial scan over a hybrid cube.
 
-Per stage with ``C`` channels: a global text feature ``ReLU(Linear(pooled))`` broadcast over the
-map and a local one from the image-word correlation map are stacked with the image feature
+Per stage with ``C`` channels (default ``interaction="both"``): a global text feature
+``ReLU(Linear(pooled))`` broadcast over the map and a local one from the image-word correlation map are stacked with the image feature
 into a ``3C`` hybrid cube; a 1-D scan along the 3C channels (positions of the cube resized to
 ``s x s`` are its features) is added back, and an SS2D maps the cube to ``C`` channels that
 are added to the image feature.
@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from remamber.modeling.layers import DropPath, LayerNorm2d
+from remamber.modeling.layers import DropPath, LayerNorm2d, Linear2d
 from remamber.modeling.ss2d import SS2D
 
 
@@ -53,33 +53,52 @@ class LocalTextInteraction(nn.Module):
 
 
 class Twister(nn.Module):
-    """Channel scan then spatial scan over the hybrid cube ``[image, global, local]``."""
+    """Channel scan and spatial scan over the hybrid cube, in one of the paper's orders (Table 3).
+
+    ``channel-spatial`` (default): ``ss2d(cube + channel(cube))``; ``spatial-channel``:
+    ``y + channel(y)`` with ``y = ss2d(cube)``; ``parallel``: ``ss2d(cube) + reduce(channel(cube))``;
+    ``channel``: ``reduce(cube + channel(cube))``; ``spatial``: ``ss2d(cube)``.  ``reduce`` is a
+    linear map of the cube's ``n_maps * C`` channels to ``C``.
+    """
 
     def __init__(
         self, dim: int, d_state: int, ssm_ratio: float, dt_rank: int | str, d_conv: int, conv_bias: bool,
-        channel_scan_size: int,
+        channel_scan_size: int, n_maps: int = 3, order: str = "channel-spatial",
     ) -> None:
         super().__init__()
-        self.s = channel_scan_size
-        self.ss1d = SS2D(self.s**2, d_state, ssm_ratio, dt_rank, d_conv, conv_bias, gate=True)
-        self.ss2d = SS2D(dim, d_state, ssm_ratio, dt_rank, d_conv, conv_bias, gate=False, d_in=3 * dim)
+        self.s, self.order = channel_scan_size, order
+        ssm = dict(d_state=d_state, ssm_ratio=ssm_ratio, dt_rank=dt_rank, d_conv=d_conv, conv_bias=conv_bias)
+        if order != "spatial":
+            self.ss1d = SS2D(self.s**2, gate=True, **ssm)
+        if order != "channel":
+            self.ss2d = SS2D(dim, gate=False, d_in=n_maps * dim, **ssm)
+        if order in ("parallel", "channel"):
+            self.reduce = Linear2d(n_maps * dim, dim, bias=False)
 
     def channel_scan(self, cube: Tensor) -> Tensor:
-        """Scan along the 3C channels; the ``s*s`` resized positions are the scan's features."""
-        b, c3, h, w = cube.shape
+        """Scan along the channels; the ``s*s`` resized positions are the scan's features."""
+        b, c, h, w = cube.shape
         s = self.s
         small = F.interpolate(cube, size=(s, s), mode="bilinear", align_corners=False)
-        seq = small.reshape(b, c3, s * s).transpose(1, 2).unsqueeze(2)  # (b, s*s, 1, 3C)
-        out = self.ss1d(seq).squeeze(2).transpose(1, 2).reshape(b, c3, s, s)
+        seq = small.reshape(b, c, s * s).transpose(1, 2).unsqueeze(2)  # (b, s*s, 1, c)
+        out = self.ss1d(seq).squeeze(2).transpose(1, 2).reshape(b, c, s, s)
         return F.interpolate(out, size=(h, w), mode="bilinear", align_corners=False)
 
     def forward(self, cube: Tensor) -> Tensor:
-        cube = cube + self.channel_scan(cube)
+        if self.order == "channel-spatial":
+            return self.ss2d(cube + self.channel_scan(cube))
+        if self.order == "spatial-channel":
+            y = self.ss2d(cube)
+            return y + self.channel_scan(y)
+        if self.order == "parallel":
+            return self.ss2d(cube) + self.reduce(self.channel_scan(cube))
+        if self.order == "channel":
+            return self.reduce(cube + self.channel_scan(cube))
         return self.ss2d(cube)
 
 
 class TwisterBlock(nn.Module):
-    """Normalise image and both text maps, twist, and add residuals to all three."""
+    """Normalise the image and text maps, twist, and add residuals to all of them."""
 
     def __init__(self, dim: int, drop_path: float = 0.0, **twister_kwargs) -> None:
         super().__init__()
@@ -87,24 +106,37 @@ class TwisterBlock(nn.Module):
         self.mixer = Twister(dim, **twister_kwargs)
         self.drop_path = DropPath(drop_path)
 
-    def forward(self, img: Tensor, glob: Tensor, local: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        img_n, glob_n, local_n = self.norm(img), self.norm(glob), self.norm(local)
-        out = self.mixer(torch.cat([img_n, glob_n, local_n], dim=1))
-        return img + self.drop_path(out), glob + glob_n, local + local_n
+    def forward(self, img: Tensor, *texts: Tensor) -> tuple[Tensor, ...]:
+        normed = [self.norm(m) for m in (img, *texts)]
+        out = self.mixer(torch.cat(normed, dim=1))
+        return (img + self.drop_path(out), *(t + n for t, n in zip(texts, normed[1:])))
 
 
 class TwisterLayer(nn.Module):
-    """A stack of Twister blocks fed by the stage's text guidance; returns the twisted image."""
+    """A stack of Twister blocks fed by the stage's text guidance; returns the twisted image.
 
-    def __init__(self, dim: int, depth: int, text_dim: int, local_hidden: int, n_words: int, **twister_kwargs) -> None:
+    ``interaction`` picks the text maps of the cube (Table 4): ``both`` (global and local),
+    ``global`` or ``local``; ``order`` the scan order (Table 3).
+    """
+
+    def __init__(
+        self, dim: int, depth: int, text_dim: int, local_hidden: int, n_words: int,
+        interaction: str = "both", order: str = "channel-spatial", **ssm_kwargs,
+    ) -> None:
         super().__init__()
-        self.global_text = GlobalTextGuidance(text_dim, dim)
-        self.local_text = LocalTextInteraction(dim, text_dim, local_hidden, n_words)
-        self.blocks = nn.ModuleList(TwisterBlock(dim, **twister_kwargs) for _ in range(depth))
+        if interaction in ("both", "global"):
+            self.global_text = GlobalTextGuidance(text_dim, dim)
+        if interaction in ("both", "local"):
+            self.local_text = LocalTextInteraction(dim, text_dim, local_hidden, n_words)
+        n_maps = 1 + (interaction == "both") + 1
+        self.blocks = nn.ModuleList(TwisterBlock(dim, n_maps=n_maps, order=order, **ssm_kwargs) for _ in range(depth))
 
-    def forward(self, img: Tensor, words: Tensor, pooled: Tensor) -> Tensor:
-        glob = self.global_text(pooled, img)
-        local = self.local_text(img, words)
+    def forward(self, img: Tensor, words: Tensor, pooled: Tensor, mask: Tensor | None = None) -> Tensor:
+        texts = []
+        if hasattr(self, "global_text"):
+            texts.append(self.global_text(pooled, img))
+        if hasattr(self, "local_text"):
+            texts.append(self.local_text(img, words))
         for blk in self.blocks:
-            img, glob, local = blk(img, glob, local)
+            img, *texts = blk(img, *texts)
         return img

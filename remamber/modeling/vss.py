@@ -1,4 +1,4 @@
-"""VMamba's visual state-space pieces: patch embedding, VSS block, downsampling."""
+"""VMamba's visual state-space pieces: patch embedding, VSS block (a residual block), downsampling."""
 
 from __future__ import annotations
 
@@ -36,8 +36,29 @@ class Downsample(nn.Sequential):
         super().__init__(nn.Identity(), nn.Conv2d(dim, out_dim, 3, stride=2, padding=1), nn.Identity(), LayerNorm2d(out_dim))
 
 
-class VSSBlock(nn.Module):
-    """``x + SS2D(norm(x))`` then ``x + MLP(norm2(x))``, each branch with stochastic depth."""
+class ResidualBlock(nn.Module):
+    """``x + op(norm(x))`` then ``x + MLP(norm2(x))`` (no MLP when ``mlp_ratio`` is 0), each
+    branch with stochastic depth: the block of VMamba and of MambaVision."""
+
+    def __init__(self, dim: int, op: nn.Module, mlp_ratio: float, drop_path: float = 0.0) -> None:
+        super().__init__()
+        self.norm = LayerNorm2d(dim)
+        self.op = op
+        self.drop_path = DropPath(drop_path)
+        self.mlp = None
+        if mlp_ratio > 0:
+            self.norm2 = LayerNorm2d(dim)
+            self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.drop_path(self.op(self.norm(x)))
+        if self.mlp is not None:
+            x = x + self.drop_path(self.mlp(self.norm2(x)))
+        return x
+
+
+class VSSBlock(ResidualBlock):
+    """VMamba's VSS block: a :class:`ResidualBlock` whose mixer is an SS2D."""
 
     def __init__(
         self,
@@ -50,17 +71,4 @@ class VSSBlock(nn.Module):
         mlp_ratio: float,
         drop_path: float = 0.0,
     ) -> None:
-        super().__init__()
-        self.norm = LayerNorm2d(dim)
-        self.op = SS2D(dim, d_state, ssm_ratio, dt_rank, d_conv, conv_bias, gate=False)
-        self.drop_path = DropPath(drop_path)
-        self.mlp = None
-        if mlp_ratio > 0:
-            self.norm2 = LayerNorm2d(dim)
-            self.mlp = Mlp(dim, int(dim * mlp_ratio))
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = x + self.drop_path(self.op(self.norm(x)))
-        if self.mlp is not None:
-            x = x + self.drop_path(self.mlp(self.norm2(x)))
-        return x
+        super().__init__(dim, SS2D(dim, d_state, ssm_ratio, dt_rank, d_conv, conv_bias, gate=False), mlp_ratio, drop_path)

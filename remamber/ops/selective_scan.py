@@ -11,7 +11,7 @@ Five implementations sit behind :func:`selective_scan`:
 
 * :func:`selective_scan_ref` -- the plain loop over ``l``, kept as the reference for tests;
 * :func:`remamber.ops.scan_cpu.selective_scan_fused` -- fused numba kernels for CPU tensors
-  with per-step B and C (the default on CPU when gradients are needed; forward and backward);
+  with per-step B and C (the default on CPU; forward and backward);
 * :func:`selective_scan_chunked` -- plain PyTorch (other CPU cases, or ``REMAMBER_SCAN=torch``): the same recurrence
   run inside chunks of ~sqrt(l) steps for all chunks at once, with the exact state carried
   from chunk to chunk.  It only ever multiplies by decays ``exp(delta * A) <= 1``, so it
@@ -303,8 +303,8 @@ def selective_scan(
     delta_softplus: bool = False,
     return_last_state: bool = False,
 ):
-    """Selective scan, dispatched: mamba-ssm on CUDA; on CPU the fused kernel when gradients are
-    needed (training) and the chunked PyTorch path otherwise (inference).
+    """Selective scan, dispatched: mamba-ssm on CUDA; on CPU the fused kernel for training and
+    large inference calls (see :func:`_worth_compiling`), else the chunked PyTorch path.
 
     Backend ``parallel`` (see :func:`scan_backend`) selects :func:`selective_scan_parallel` on
     every device; ``torch`` and ``ref`` apply on the CPU only.
@@ -323,15 +323,20 @@ def selective_scan(
             )
     if backend == "ref":
         return selective_scan_ref(u, delta, A, B, C, **kwargs)
-    if backend != "torch" and scan_cpu.supports(u, B, C) and _needs_grad(u, delta, A, B, C, D, z, delta_bias):
+    if backend != "torch" and scan_cpu.supports(u, B, C) and _worth_compiling(u, A, delta, B, C, D, z, delta_bias):
         return scan_cpu.selective_scan_fused(u, delta, A, B, C, **kwargs)
     return selective_scan_chunked(u, delta, A, B, C, **kwargs)
 
 
-def _needs_grad(*tensors: Optional[Tensor]) -> bool:
-    """Whether autograd will differentiate through this call.
+# Without gradients, scans smaller than this many state updates run the chunked PyTorch path:
+# the fused kernel is several times faster, but its one-time JIT compilation (seconds, cached on
+# disk afterwards) is not worth it for a small model's first CLI call.
+FUSED_MIN_INFERENCE = 1 << 22
 
-    Without gradients the chunked PyTorch path is as fast as the fused kernel in forward
-    (benchmarks/scan.py) and needs no JIT warm-up, which costs seconds on a CLI's first call.
-    """
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+def _worth_compiling(u: Tensor, A: Tensor, *others: Optional[Tensor]) -> bool:
+    """The fused kernel for every training call, and for inference calls of at least
+    :data:`FUSED_MIN_INFERENCE` state updates (``b * d * l * n``)."""
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (u, A, *others)):
+        return True
+    return u.numel() * A.shape[1] >= FUSED_MIN_INFERENCE
