@@ -128,7 +128,7 @@ class TwisterLayer(nn.Module):
             self.global_text = GlobalTextGuidance(text_dim, dim)
         if interaction in ("both", "local"):
             self.local_text = LocalTextInteraction(dim, text_dim, local_hidden, n_words)
-        n_maps = 1 + (interaction == "both") + 1
+        n_maps = 3 if interaction == "both" else 2  # the image plus one or both text maps
         self.blocks = nn.ModuleList(TwisterBlock(dim, n_maps=n_maps, order=order, **ssm_kwargs) for _ in range(depth))
 
     def forward(self, img: Tensor, words: Tensor, pooled: Tensor, mask: Tensor | None = None) -> Tensor:
