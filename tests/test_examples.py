@@ -66,14 +66,26 @@ def test_segment_prints_where_it_wrote_and_how_long(tmp_path):
     assert mask.is_file() and overlay.is_file()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the shipped CPU-trained model is not yet good enough (test oIoU 0.23; IoU 0.47 on this example); "
-    "remove this mark when a better default model ships",
-)
 def test_default_model_mask_matches_the_ground_truth(default_model_results):
     _, results = default_model_results
     entry, result = next((e, r) for e, r in zip(ENTRIES, results) if e["text"] == CHECKED)
     with Image.open(result["mask"]) as im:
         predicted = np.asarray(im) > 127
     assert _iou(predicted, decode_rle(entry["mask"]).astype(bool)) >= 0.8
+
+
+def test_default_model_reads_the_words(default_model_results):
+    """Sentences naming different objects of one image get different masks (an earlier default
+    model gave nearly the same mask for every sentence)."""
+    _, results = default_model_results
+    masks = {}
+    for entry, result in zip(ENTRIES, results):
+        with Image.open(result["mask"]) as im:
+            masks[entry["text"]] = np.asarray(im) > 127
+    pairs = [
+        (a, b) for i, a in enumerate(ENTRIES) for b in ENTRIES[i + 1 :]
+        if a["image"] == b["image"] and not (decode_rle(a["mask"]) & decode_rle(b["mask"])).any()
+    ]
+    assert len(pairs) >= 6
+    for a, b in pairs:
+        assert _iou(masks[a["text"]], masks[b["text"]]) < 0.5, (a["text"], b["text"])

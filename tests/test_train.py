@@ -120,6 +120,7 @@ def test_nan_loss_stops_with_one_line_and_keeps_the_last_checkpoint(small_shapes
 def test_bad_training_inputs(small_shapes, tmp_path):
     assert_one_line_error(run_cli(*_train_args(small_shapes, tmp_path / "r", "--preset", "huge")), "unknown preset")
     assert_one_line_error(run_cli(*_train_args(small_shapes, tmp_path / "r", "--epochs", "0")), "--epochs")
+    assert_one_line_error(run_cli(*_train_args(small_shapes, tmp_path / "r", "--text-lr-scale", "0")), "--text-lr-scale")
     assert_one_line_error(run_cli("train", "--out", str(tmp_path / "none"), "--resume"), "--resume")
     assert_one_line_error(run_cli("train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r")), "missing")
 
@@ -132,13 +133,25 @@ def test_lr_schedule_warmup_then_cosine():
 
 
 def test_no_weight_decay_on_a_log_d_norms_and_biases(tiny_model):
-    decay, no_decay = _param_groups(tiny_model, 0.05)
+    groups = _param_groups(tiny_model, 0.05)
+    decay = [p for g in groups if g["weight_decay"] == 0.05 for p in g["params"]]
+    no_decay = [p for g in groups if g["weight_decay"] == 0.0 for p in g["params"]]
+    assert len(decay) + len(no_decay) == len(list(tiny_model.parameters()))
     names = {id(p): n for n, p in tiny_model.named_parameters()}
-    nd = {names[id(p)] for p in no_decay["params"]}
+    nd = {names[id(p)] for p in no_decay}
     assert any(n.endswith("A_logs") for n in nd) and any(n.endswith(".Ds") for n in nd)
     assert any(n.endswith("norm.weight") for n in nd) and any(n.endswith(".bias") for n in nd)
-    assert all(p.dim() > 1 and not names[id(p)].endswith(("A_logs", ".Ds")) for p in decay["params"])
-    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    assert all(p.dim() > 1 and not names[id(p)].endswith(("A_logs", ".Ds")) for p in decay)
+
+
+def test_text_encoder_learning_rate_scale(tiny_model):
+    groups = _param_groups(tiny_model, 0.05, lr=1e-3, text_lr_scale=0.1)
+    text = {id(p) for p in tiny_model.text_encoder.parameters()}
+    for g in groups:
+        in_text = {id(p) in text for p in g["params"]}
+        assert len(in_text) == 1  # a group is all text encoder or none of it
+        assert g["lr"] == pytest.approx(1e-4 if in_text == {True} else 1e-3)
+    assert sum(len(g["params"]) for g in groups) == len(list(tiny_model.parameters()))
 
 
 def test_epoch_batches_cover_each_sample_once_and_shard():

@@ -66,6 +66,7 @@ def train(
     backbone: Optional[str] = typer.Option(None, "--backbone", help="Stage blocks: vss (VMamba, default), mambaout (gated CNN) or mambavision.", show_default=False),
     recap_every: Optional[int] = typer.Option(None, "--recap-every", help="hmnet fusion: image tokens between text recaps (default 64).", show_default=False),
     freeze_text: bool = typer.Option(False, "--freeze-text", help="Do not train the text encoder."),
+    text_lr_scale: float = typer.Option(1.0, "--text-lr-scale", help="Learning rate of the text encoder, as a multiple of --lr (e.g. 0.1 for a scratch or pretrained text encoder)."),
     epochs: int = typer.Option(50, "--epochs", help="Epochs."),
     max_steps: int = typer.Option(0, "--max-steps", help="Stop after this many optimizer steps (0: run all epochs)."),
     time_limit: float = typer.Option(0.0, "--time-limit", help="Stop (and save) after this many minutes (0: no limit)."),
@@ -108,7 +109,7 @@ def train(
                 raise InputError(f"no prepared dataset at {data}; run `remamber prepare {dataset}` or pass --data DIR")
         cfg = TrainConfig(
             data=str(data), out=str(out), preset=preset, image_size=image_size, init=init, text_encoder=text_encoder,
-            fusion=fusion, scan=scan, interaction=interaction, backbone=backbone, recap_every=recap_every, freeze_text=freeze_text, val_split=val_split or None, epochs=epochs, max_steps=max_steps, time_limit=time_limit,
+            fusion=fusion, scan=scan, interaction=interaction, backbone=backbone, recap_every=recap_every, freeze_text=freeze_text, text_lr_scale=text_lr_scale, val_split=val_split or None, epochs=epochs, max_steps=max_steps, time_limit=time_limit,
             batch_size=batch_size, grad_accum=grad_accum, optimizer=optimizer, lr=lr, min_lr=min_lr, warmup_steps=warmup_steps,
             weight_decay=weight_decay, clip_grad=clip_grad, ema=ema, amp=amp, device=device, workers=workers,
             seed=seed, limit=limit, val_every=val_every, val_limit=val_limit, ckpt_every=ckpt_every, log_every=log_every,

@@ -51,6 +51,7 @@ class TrainConfig:
     backbone: Optional[str] = None
     recap_every: Optional[int] = None
     freeze_text: bool = False
+    text_lr_scale: float = 1.0
     train_split: str = "train"
     val_split: Optional[str] = "val"
     epochs: int = 50
@@ -90,6 +91,8 @@ class TrainConfig:
                 raise InputError(f"--{name.replace('_', '-')} must not be negative")
         if self.optimizer not in ("adamw", "sgd"):
             raise InputError(f"--optimizer must be adamw or sgd (got {self.optimizer!r})")
+        if self.text_lr_scale <= 0:
+            raise InputError(f"--text-lr-scale must be positive (got {self.text_lr_scale}); use --freeze-text to keep the text encoder fixed")
         if self.clip_grad < 0 or self.weight_decay < 0:
             raise InputError("--clip-grad and --weight-decay must not be negative")
 
@@ -178,12 +181,18 @@ def build_training_model(cfg: TrainConfig, train_records: list[dict]):
         ) from None
 
 
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    decay, no_decay = [], []
+def _param_groups(model: nn.Module, weight_decay: float, lr: float = 1.0, text_lr_scale: float = 1.0) -> list[dict]:
+    """Optimizer groups: weight decay or not (none on A_log, D, norms, biases), and the text
+    encoder at ``text_lr_scale`` times the rate of the rest; empty groups are left out."""
+    groups: dict[tuple[bool, bool], list] = {(d, t): [] for t in (False, True) for d in (True, False)}
     for name, p in model.named_parameters():
         if p.requires_grad:
-            (no_decay if no_weight_decay(name, p) else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            groups[(not no_weight_decay(name, p), name.startswith("text_encoder."))].append(p)
+    return [
+        {"params": ps, "weight_decay": weight_decay if decay else 0.0, "lr": lr * (text_lr_scale if text else 1.0)}
+        for (decay, text), ps in groups.items()
+        if ps
+    ]
 
 
 class Trainer:
@@ -221,7 +230,7 @@ class Trainer:
         if self.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
-        groups = _param_groups(self.model, cfg.weight_decay)
+        groups = _param_groups(self.model, cfg.weight_decay, cfg.lr, cfg.text_lr_scale)
         if cfg.optimizer == "sgd":
             self.optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9)
         else:

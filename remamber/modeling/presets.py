@@ -10,6 +10,7 @@ from remamber.modeling.remamber import ReMamber
 from remamber.modeling.text import (
     SCRATCH,
     build_scratch_tokenizer,
+    init_scratch_word_embeddings,
     load_pretrained_text_model,
     scratch_text_config,
 )
@@ -69,7 +70,9 @@ def build_model(config: ModelConfig | str, pretrained_text: bool = False, vocab:
         tokenizer = build_scratch_tokenizer(vocab) if vocab else build_scratch_tokenizer()
         if cfg.text_config is None or cfg.text_config.get("vocab_size") != len(tokenizer):
             cfg = cfg.replace(text_config=scratch_text_config(len(tokenizer), max_len=cfg.max_text_len))
-        return ReMamber(cfg, tokenizer=tokenizer)
+        model = ReMamber(cfg, tokenizer=tokenizer)
+        init_scratch_word_embeddings(model.text_encoder.model)
+        return model
     if pretrained_text:
         text_model, text_config = load_pretrained_text_model(cfg.text_encoder)
         cfg = cfg.replace(text_config=text_config)

@@ -76,6 +76,17 @@ def scratch_text_config(vocab_size: int, hidden: int = 128, layers: int = 2, hea
     return _config_to_dict(cfg)
 
 
+def init_scratch_word_embeddings(model: nn.Module, std: float = 1.0) -> None:
+    """Word embeddings drawn from N(0, std^2) instead of CLIP's N(0, 0.02^2).
+
+    Trained from nothing, CLIP-sized embeddings move by a large fraction of their size at
+    every AdamW step, and the image side cannot keep up with the changing words: on
+    ``shapes``, tiny's masks then ignore the sentence. Unit-scale embeddings stay put long
+    enough to be read (benchmarks/results/learning_check.json).
+    """
+    nn.init.normal_(model.get_input_embeddings().weight, 0.0, std)
+
+
 def _config_to_dict(cfg: Any) -> dict:
     """A Hugging Face config as plain JSON data, without bookkeeping fields."""
     d = cfg.to_dict()

@@ -1,10 +1,10 @@
 """The fused CPU selective scan: numba kernels for forward and backward, all cores.
 
 One task per ``(batch, channel)`` row runs the recurrence along the sequence with its
-``d_state`` values in registers; nothing of size ``(b, d, n, l)`` is ever materialised.  The
-forward computes the ``exp`` and ``softplus`` of a chunk of steps at once with an inline
-polynomial (vectorised, unlike a libm call; within 2 ulp of ``expf``) before the recurrence.  The
-forward keeps the state at the start of every chunk of ``CHUNK`` steps; the backward walks
+``d_state`` values in registers; nothing of size ``(b, d, n, l)`` is ever materialised.  Both
+passes compute the ``softplus``, its derivative and the ``exp`` of a chunk of steps at once with
+an inline polynomial (vectorised, unlike a libm call; within 2 ulp of ``expf``) before the
+recurrence, so the backward recomputes exactly the forward's states.  The forward keeps the state at the start of every chunk of ``CHUNK`` steps; the backward walks
 the chunks in reverse, recomputes the states inside one chunk from its saved start, and runs
 the adjoint recurrence.  Same semantics and fp32 arithmetic as ``selective_scan_ref``.
 
@@ -46,14 +46,6 @@ def _jit(**options):
 
 if AVAILABLE:
 
-    @_jit(inline="always")
-    def _delta(x: float, softplus: bool) -> float:
-        if not softplus:
-            return x
-        if x > 20.0:
-            return x
-        return math.log1p(math.exp(x))
-
     # exp(x) = p * 2**k with p from Cephes' expf polynomial on [-ln2/2, ln2/2]; no libm call, so
     # the loops below that use it vectorise (SIMD), and 2**k is written as float bits.
     _LOG2E, _LN2_HI, _LN2_LO = np.float32(1.4426950408889634), np.float32(0.693359375), np.float32(-2.12194440e-4)
@@ -81,6 +73,27 @@ if AVAILABLE:
             q = q * s2 + c
         return np.float32(2.0) * s * q
 
+    @_jit(inline="always", fastmath=True)
+    def _chunk_steps(dt_row, bias, A_row, t0, m, softplus, deltas, sig, scale, scale_bits, decay, decay_bits):  # pragma: no cover
+        """Steps ``t0 .. t0+m`` of one row at once (SIMD): ``deltas = softplus(dt + bias)`` as
+        ``max(v, 0) + log1p(exp(-|v|))``, ``sig`` its derivative ``sigmoid(v)``, and the decays
+        ``exp(delta * A)``. ``scale`` / ``decay`` are written through their int32 views."""
+        for j in range(m):
+            v = dt_row[t0 + j] + bias
+            if softplus:
+                p, bits = _exp_parts(-abs(v))
+                scale_bits[j] = bits
+                e = p * scale[j]  # exp(-|v|)
+                s = np.float32(1.0) / (np.float32(1.0) + e)
+                sig[j] = s if v >= np.float32(0.0) else e * s
+                v = max(v, np.float32(0.0)) + _log1p_unit(e)
+            deltas[j] = v
+        for j in range(m):
+            for k in range(A_row.shape[0]):
+                p, bits = _exp_parts(deltas[j] * A_row[k])
+                decay_bits[j, k] = bits
+                decay[j, k] = p * decay[j, k]
+
     @_jit(parallel=True, fastmath=True)
     def _forward(u, dt, A, Bt, Ct, D, z, bias, softplus, has_z, chunk, out, y_pre, starts, last):  # pragma: no cover
         """Per row and chunk of ``chunk`` steps: the decays and drives of every step at once
@@ -93,25 +106,14 @@ if AVAILABLE:
             gi = di // per_group
             h = np.zeros(n, dtype=np.float32)
             decay = np.empty((chunk, n), dtype=np.float32)
-            decay_bits = decay.view(np.int32)
             scale = np.empty(chunk, dtype=np.float32)
-            scale_bits = scale.view(np.int32)
             deltas = np.empty(chunk, dtype=np.float32)
+            sig = np.empty(chunk, dtype=np.float32)
+            scale_bits, decay_bits = scale.view(np.int32), decay.view(np.int32)
             for t0 in range(0, L, chunk):
                 m = min(chunk, L - t0)
                 starts[bi, di, t0 // chunk, :] = h
-                for j in range(m):  # delta = softplus(dt + bias) = max(v, 0) + log1p(exp(-|v|))
-                    v = dt[bi, di, t0 + j] + bias[di]
-                    if softplus:
-                        p, bits = _exp_parts(-abs(v))
-                        scale_bits[j] = bits
-                        v = max(v, np.float32(0.0)) + _log1p_unit(p * scale[j])
-                    deltas[j] = v
-                for j in range(m):  # decays exp(delta * A)
-                    for k in range(n):
-                        p, bits = _exp_parts(deltas[j] * A[di, k])
-                        decay_bits[j, k] = bits
-                        decay[j, k] = p * decay[j, k]
+                _chunk_steps(dt[bi, di], bias[di], A[di], t0, m, softplus, deltas, sig, scale, scale_bits, decay, decay_bits)
                 for j in range(m):  # the recurrence
                     t = t0 + j
                     x = deltas[j] * u[bi, di, t]
@@ -127,7 +129,7 @@ if AVAILABLE:
                     out[bi, di, t] = y
             last[bi, di, :] = h
 
-    @_jit(parallel=True)
+    @_jit(parallel=True, fastmath=True)
     def _backward(  # pragma: no cover
         u, dt, A, B, C, D, z, bias, softplus, has_z, chunk, starts, y_pre, gout, blocks,
         du, ddt, dz, dA_part, dD_part, dbias_part, dB_part, dC_part,
@@ -145,6 +147,9 @@ if AVAILABLE:
             hs = np.zeros((chunk + 1, n), dtype=np.float32)
             decay = np.zeros((chunk, n), dtype=np.float32)
             deltas = np.zeros(chunk, dtype=np.float32)
+            sig = np.zeros(chunk, dtype=np.float32)
+            scale = np.zeros(chunk, dtype=np.float32)
+            scale_bits, decay_bits = scale.view(np.int32), decay.view(np.int32)
             carry = np.zeros(n, dtype=np.float32)
             lo = gi * per_group + p * per_block
             hi = min(lo + per_block, (gi + 1) * per_group)
@@ -154,15 +159,12 @@ if AVAILABLE:
                     t0 = c * chunk
                     m = min(chunk, L - t0)
                     hs[0, :] = starts[bi, di, c, :]
+                    _chunk_steps(dt[bi, di], bias[di], A[di], t0, m, softplus, deltas, sig, scale, scale_bits, decay, decay_bits)
                     for j in range(m):  # recompute the states inside this chunk
                         t = t0 + j
-                        delta = np.float32(_delta(dt[bi, di, t] + bias[di], softplus))
-                        deltas[j] = delta
-                        x = delta * u[bi, di, t]
+                        x = deltas[j] * u[bi, di, t]
                         for k in range(n):
-                            a = np.float32(math.exp(delta * A[di, k]))
-                            decay[j, k] = a
-                            hs[j + 1, k] = a * hs[j, k] + x * B[bi, gi, k, t]
+                            hs[j + 1, k] = decay[j, k] * hs[j, k] + x * B[bi, gi, k, t]
                     for j in range(m - 1, -1, -1):  # adjoint recurrence
                         t = t0 + j
                         go = gout[bi, di, t]
@@ -190,8 +192,7 @@ if AVAILABLE:
                             carry[k] = a * lam
                         du[bi, di, t] = du_t
                         if softplus:
-                            xr = dt[bi, di, t] + bias[di]
-                            ddelta = ddelta / (np.float32(1.0) + np.float32(math.exp(-xr)))
+                            ddelta = ddelta * sig[j]
                         ddt[bi, di, t] = ddelta
                         dbias_part[bi, di] += ddelta
 
