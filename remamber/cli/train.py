@@ -66,7 +66,7 @@ def train(
     backbone: Optional[str] = typer.Option(None, "--backbone", help="Stage blocks: vss (VMamba, default), mambaout (gated CNN) or mambavision.", show_default=False),
     recap_every: Optional[int] = typer.Option(None, "--recap-every", help="hmnet fusion: image tokens between text recaps (default 64).", show_default=False),
     freeze_text: bool = typer.Option(False, "--freeze-text", help="Do not train the text encoder."),
-    text_lr_scale: float = typer.Option(1.0, "--text-lr-scale", help="Learning rate of the text encoder, as a multiple of --lr (e.g. 0.1 for a scratch or pretrained text encoder)."),
+    text_lr_scale: float = typer.Option(1.0, "--text-lr-scale", help="Learning rate of the text encoder, as a multiple of --lr (e.g. 0.1 for a pretrained text encoder)."),
     epochs: int = typer.Option(50, "--epochs", help="Epochs."),
     max_steps: int = typer.Option(0, "--max-steps", help="Stop after this many optimizer steps (0: run all epochs)."),
     time_limit: float = typer.Option(0.0, "--time-limit", help="Stop (and save) after this many minutes (0: no limit)."),
