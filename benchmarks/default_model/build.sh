@@ -6,7 +6,7 @@ set -euo pipefail
 R=runs/default-model
 
 # 1. Stage 1 is the learning check: tiny from scratch at 96 px on 2,000 synthetic images (seed 0),
-#    1,600 steps of batch 16, lr 1e-3 (about 27 minutes); it also writes
+#    1,600 steps of batch 16, lr 1e-3, text encoder at 0.1 x lr (about 27 minutes); it also writes
 #    benchmarks/results/learning_check.json and leaves its run in runs/learning-check/run.
 python benchmarks/learning_check.py
 

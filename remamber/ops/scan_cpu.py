@@ -4,9 +4,10 @@ One task per ``(batch, channel)`` row runs the recurrence along the sequence wit
 ``d_state`` values in registers; nothing of size ``(b, d, n, l)`` is ever materialised.  Both
 passes compute the ``softplus``, its derivative and the ``exp`` of a chunk of steps at once with
 an inline polynomial (vectorised, unlike a libm call; within 2 ulp of ``expf``) before the
-recurrence, so the backward recomputes exactly the forward's states.  The forward keeps the state at the start of every chunk of ``CHUNK`` steps; the backward walks
-the chunks in reverse, recomputes the states inside one chunk from its saved start, and runs
-the adjoint recurrence.  Same semantics and fp32 arithmetic as ``selective_scan_ref``.
+recurrence, so the backward recomputes exactly the forward's states.  The forward keeps the
+state at the start of every chunk of ``CHUNK`` steps; the backward walks the chunks in
+reverse, recomputes the states inside one chunk from its saved start, and runs the adjoint
+recurrence.  Same semantics and fp32 arithmetic as ``selective_scan_ref``.
 
 numba compiles the kernels on first use (cached on disk); without numba the PyTorch path in
 ``selective_scan.py`` is used instead.
