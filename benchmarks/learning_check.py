@@ -76,7 +76,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "learning_check.json")
     ap.add_argument("--minutes", type=float, default=28.0, help="training time budget")
     ap.add_argument("--train-images", type=int, default=2000)
-    ap.add_argument("--max-steps", type=int, default=1600)
+    ap.add_argument("--max-steps", type=int, default=2800)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--text-lr-scale", type=float, default=0.1)
     ap.add_argument("--batch-size", type=int, default=16)

@@ -8,7 +8,9 @@ The reference's autograd backward through its Python loop grows about 4x per dou
 ``l`` (each per-step index adds a full-size gradient), so past ``REF_BWD_MAX_L`` steps it is
 timed on a prefix of ``REF_BWD_MAX_L`` steps and scaled *linearly* to ``l``: that understates
 the reference, so the backward speedups reported there are lower bounds. The JSON records the
-prefix as ``reference_backward_from_l``.
+prefix as ``reference_backward_from_l``. Both run with freed memory kept in the process (as
+``remamber train`` does, :mod:`remamber.engine.allocator`): on this VM a fresh ``mmap`` per large
+buffer made timings of the large shapes swing several-fold between runs.
 
     python benchmarks/scan.py            # all shapes of issue 5 (a few minutes on 2 cores)
     python benchmarks/scan.py --quick    # small shapes only
@@ -24,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from remamber.engine.allocator import keep_freed_memory
 from remamber.io import write_json
 from remamber.ops import scan_cpu
 from remamber.ops.selective_scan import selective_scan_chunked, selective_scan_ref
@@ -113,6 +116,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "scan.json")
     args = ap.parse_args()
+    kept = keep_freed_memory()
     rows = []
     for shape in QUICK if args.quick else SHAPES:
         row = bench(shape, args.repeat)
@@ -135,6 +139,7 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "numba_threads": scan_cpu.numba.get_num_threads(),
                     "platform": platform.platform(), "processor": platform.processor(), "torch": torch.__version__},
         "mamba_ssm": mamba,
+        "allocator": "freed memory kept in the process (mallopt)" if kept else "system default",
         "goals": {"forward_speedup": 30, "backward_speedup": 10},
         "results": rows,
     })

@@ -46,6 +46,8 @@ CASES = [
     dict(b=2, d=6, l=50, n=4, bc="shared"),
     dict(b=1, d=4, l=17, n=3, bc="constant"),
     dict(b=1, d=4, l=1, n=2, bc="shared"),
+    dict(b=1, d=8, l=150, n=6, bc="grouped"),  # several chunks, the last one short; 4 + 2 states
+    dict(b=2, d=4, l=200, n=1, bc="shared"),
 ]
 
 

@@ -173,3 +173,38 @@ def test_losses_on_known_values():
         (1 - (2 * 1.0 + 1) / (2.0 + 2.0 + 1)) + bce.item(), abs=1e-6
     )
     assert math.isclose(bce.item(), math.log(2), rel_tol=1e-6)
+
+
+_HEAP_PROBE = """
+import ctypes, ctypes.util, json
+from remamber.engine.allocator import keep_freed_memory
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+if not hasattr(libc, "mallinfo2"):
+    print(json.dumps(None))
+    raise SystemExit
+libc.malloc.restype, libc.free.argtypes, libc.mallinfo2.restype = ctypes.c_void_p, [ctypes.c_void_p], MallInfo2
+
+def free_in_heap_after_a_block():
+    libc.free(libc.malloc(64 << 20))
+    return libc.mallinfo2().fordblks
+
+before = free_in_heap_after_a_block()
+kept = keep_freed_memory()
+print(json.dumps([before, kept, free_in_heap_after_a_block()]))
+"""
+
+
+def test_cpu_training_keeps_freed_memory_in_the_heap():
+    """In a fresh process a freed 64 MiB block goes back to the kernel; after keep_freed_memory
+    (what `remamber train` calls on a CPU) it stays in the heap."""
+    out = subprocess.run([sys.executable, "-c", _HEAP_PROBE], check=True, capture_output=True, text=True).stdout
+    probe = json.loads(out)
+    if probe is None:
+        pytest.skip("needs glibc >= 2.33 (mallinfo2)")
+    before, kept, after = probe
+    assert before < 64 << 20 and kept and after >= 64 << 20

@@ -1,12 +1,14 @@
 """The fused CPU selective scan: numba kernels for forward and backward, all cores.
 
-One task per ``(batch, channel)`` row runs the recurrence along the sequence with its
-``d_state`` values in registers; nothing of size ``(b, d, n, l)`` is ever materialised.  Both
-passes compute the ``softplus``, its derivative and the ``exp`` of a chunk of steps at once with
-an inline polynomial (vectorised, unlike a libm call; within 2 ulp of ``expf``) before the
-recurrence, so the backward recomputes exactly the forward's states.  The forward keeps the
-state at the start of every chunk of ``CHUNK`` steps; the backward walks the chunks in
-reverse, recomputes the states inside one chunk from its saved start, and runs the adjoint
+One task per ``(batch, channel)`` row runs the recurrence along the sequence, a chunk of
+``CHUNK`` steps at a time; nothing of size ``(b, d, n, l)`` is ever materialised.  Inside a
+chunk, everything that does not depend on the previous state (``softplus`` and its derivative,
+the decays ``exp(delta * A)`` by an inline polynomial, the drives, the output terms, the
+gradient terms) is computed for all steps at once in loops that LLVM vectorises; what is left
+serial is the recurrence itself, one multiply-add per step and state dimension (four state
+dimensions interleaved in the forward when ``d_state >= 4``).  The forward keeps the state at
+the start of every chunk; the backward walks the chunks in reverse, recomputes the states
+inside one chunk from its saved start with the forward's own arithmetic, and runs the adjoint
 recurrence.  Same semantics and fp32 arithmetic as ``selective_scan_ref``.
 
 numba compiles the kernels on first use (cached on disk); without numba the PyTorch path in
@@ -15,7 +17,6 @@ numba compiles the kernels on first use (cached on disk); without numba the PyTo
 
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import numpy as np
@@ -38,23 +39,40 @@ def _jit(**options):
 
     def wrap(fn):
         try:
-            return njit(cache=True, **options)(fn)
+            return njit(cache=True, error_model="numpy", **options)(fn)
         except RuntimeError:  # numba found no writable cache location
-            return njit(cache=False, **options)(fn)
+            return njit(cache=False, error_model="numpy", **options)(fn)
 
     return wrap
 
 
 if AVAILABLE:
+    from llvmlite import ir
+    from numba.core import types
+    from numba.extending import intrinsic
 
-    # exp(x) = p * 2**k with p from Cephes' expf polynomial on [-ln2/2, ln2/2]; no libm call, so
-    # the loops below that use it vectorise (SIMD), and 2**k is written as float bits.
+    @intrinsic
+    def _as_float32(typingctx, bits):  # pragma: no cover - compiled
+        """The float32 whose bit pattern is the low 32 bits of the integer ``bits`` (no memory)."""
+        if not isinstance(bits, types.Integer):
+            return None
+
+        def codegen(context, builder, signature, args):
+            value = args[0]
+            if bits.bitwidth > 32:
+                value = builder.trunc(value, ir.IntType(32))
+            return builder.bitcast(value, ir.FloatType())
+
+        return types.float32(bits), codegen
+
+    # exp(x) = p * 2**k with p from Cephes' expf polynomial on [-ln2/2, ln2/2] and 2**k built from
+    # its float bits; no libm call, so every loop that uses it vectorises (SIMD).
     _LOG2E, _LN2_HI, _LN2_LO = np.float32(1.4426950408889634), np.float32(0.693359375), np.float32(-2.12194440e-4)
 
     @_jit(inline="always", fastmath=True)
-    def _exp_parts(x):  # pragma: no cover
+    def _exp(x):  # pragma: no cover
         x = min(max(x, np.float32(-87.0)), np.float32(88.0))
-        kf = math.floor(x * _LOG2E + np.float32(0.5))
+        kf = np.floor(x * _LOG2E + np.float32(0.5))  # float32; math.floor would call libm
         r = x - kf * _LN2_HI - kf * _LN2_LO
         p = np.float32(1.9875691500e-4)
         p = p * r + np.float32(1.3981999507e-3)
@@ -62,7 +80,7 @@ if AVAILABLE:
         p = p * r + np.float32(4.1665795894e-2)
         p = p * r + np.float32(1.6666665459e-1)
         p = p * r + np.float32(5.0000001201e-1)
-        return p * r * r + r + np.float32(1.0), (np.int32(kf) + np.int32(127)) << np.int32(23)
+        return (p * r * r + r + np.float32(1.0)) * _as_float32((np.int32(kf) + np.int32(127)) << np.int32(23))
 
     @_jit(inline="always", fastmath=True)
     def _log1p_unit(w):  # pragma: no cover
@@ -75,59 +93,103 @@ if AVAILABLE:
         return np.float32(2.0) * s * q
 
     @_jit(inline="always", fastmath=True)
-    def _chunk_steps(dt_row, bias, A_row, t0, m, softplus, deltas, sig, scale, scale_bits, decay, decay_bits):  # pragma: no cover
-        """Steps ``t0 .. t0+m`` of one row at once (SIMD): ``deltas = softplus(dt + bias)`` as
-        ``max(v, 0) + log1p(exp(-|v|))``, ``sig`` its derivative ``sigmoid(v)``, and the decays
-        ``exp(delta * A)``. ``scale`` / ``decay`` are written through their int32 views."""
-        for j in range(m):
-            v = dt_row[t0 + j] + bias
+    def _sigmoid(v):  # pragma: no cover
+        return np.float32(1.0) / (np.float32(1.0) + _exp(-v))
+
+    @_jit(inline="always", fastmath=True)
+    def _deltas(dts, bias, softplus, deltas, sig):  # pragma: no cover
+        """``deltas = softplus(dts + bias)`` as ``max(v, 0) + log1p(exp(-|v|))`` and ``sig`` its
+        derivative ``sigmoid(v)``, for one chunk of steps (SIMD)."""
+        for j in range(dts.shape[0]):
+            v = dts[j] + bias
             if softplus:
-                p, bits = _exp_parts(-abs(v))
-                scale_bits[j] = bits
-                e = p * scale[j]  # exp(-|v|)
+                e = _exp(-abs(v))
                 s = np.float32(1.0) / (np.float32(1.0) + e)
                 sig[j] = s if v >= np.float32(0.0) else e * s
                 v = max(v, np.float32(0.0)) + _log1p_unit(e)
             deltas[j] = v
+
+    @_jit(inline="always", fastmath=True)
+    def _states(deltas, a, x, Bs, decay, hs):  # pragma: no cover
+        """One state dimension over one chunk: the decays ``exp(delta * a)`` (SIMD), then the
+        recurrence from ``hs[0]``, ``hs[j + 1]`` being the state after step ``j``."""
+        m = Bs.shape[0]
         for j in range(m):
-            for k in range(A_row.shape[0]):
-                p, bits = _exp_parts(deltas[j] * A_row[k])
-                decay_bits[j, k] = bits
-                decay[j, k] = p * decay[j, k]
+            decay[j] = _exp(deltas[j] * a)
+        h = hs[0]
+        for j in range(m):
+            h = decay[j] * h + x[j] * Bs[j]
+            hs[j + 1] = h
+
+    @_jit(inline="always", fastmath=True)
+    def _four_states(deltas, A_row, k, x, Bg, Cg, t0, t1, decay4, h, y):  # pragma: no cover
+        """State dimensions ``k .. k+3`` over one chunk, adding their output terms to ``y``: four
+        independent recurrences in one loop, so each hides the others' multiply-add latency."""
+        m = t1 - t0
+        for q in range(4):
+            a = A_row[k + q]
+            for j in range(m):
+                decay4[q, j] = _exp(deltas[j] * a)
+        d0, d1, d2, d3 = decay4[0], decay4[1], decay4[2], decay4[3]
+        B0, B1, B2, B3 = Bg[k, t0:t1], Bg[k + 1, t0:t1], Bg[k + 2, t0:t1], Bg[k + 3, t0:t1]
+        C0, C1, C2, C3 = Cg[k, t0:t1], Cg[k + 1, t0:t1], Cg[k + 2, t0:t1], Cg[k + 3, t0:t1]
+        h0, h1, h2, h3 = h[k], h[k + 1], h[k + 2], h[k + 3]
+        for j in range(m):
+            xj = x[j]
+            h0 = d0[j] * h0 + xj * B0[j]
+            h1 = d1[j] * h1 + xj * B1[j]
+            h2 = d2[j] * h2 + xj * B2[j]
+            h3 = d3[j] * h3 + xj * B3[j]
+            y[j] += h0 * C0[j] + h1 * C1[j] + h2 * C2[j] + h3 * C3[j]
+        h[k], h[k + 1], h[k + 2], h[k + 3] = h0, h1, h2, h3
+
+    # The kernels below index one chunk through slices and hoist every per-row scalar: with
+    # ``u[b, d, t0 + j]`` or ``D[d]`` inside a loop, numba's index wraparound and possible
+    # aliasing keep LLVM from vectorising it (about 6x slower).
 
     @_jit(parallel=True, fastmath=True)
-    def _forward(u, dt, A, Bt, Ct, D, z, bias, softplus, has_z, chunk, out, y_pre, starts, last):  # pragma: no cover
-        """Per row and chunk of ``chunk`` steps: the decays and drives of every step at once
-        (SIMD), then the recurrence (multiply-adds only).  ``Bt, Ct``: ``(b, g, l, n)``."""
+    def _forward(u, dt, A, B, C, D, z, bias, softplus, has_z, chunk, out, y_pre, starts, last):  # pragma: no cover
+        """Per row and chunk of ``chunk`` steps, one state dimension at a time: every step's
+        decay and drive at once (SIMD), then the recurrence (one multiply-add per step)."""
         b, d, L = u.shape
         n = A.shape[1]
-        per_group = d // Bt.shape[1]
+        per_group = d // B.shape[1]
         for r in prange(b * d):
             bi, di = r // d, r % d
             gi = di // per_group
+            Dd, bias_d = D[di], bias[di]
             h = np.zeros(n, dtype=np.float32)
-            decay = np.empty((chunk, n), dtype=np.float32)
-            scale = np.empty(chunk, dtype=np.float32)
-            deltas = np.empty(chunk, dtype=np.float32)
-            sig = np.empty(chunk, dtype=np.float32)
-            scale_bits, decay_bits = scale.view(np.int32), decay.view(np.int32)
+            work = np.empty((5, chunk), dtype=np.float32)
+            deltas, sig, x, y, decay = work[0], work[1], work[2], work[3], work[4]
+            hs, decay4 = np.empty(chunk + 1, dtype=np.float32), np.empty((4, chunk), dtype=np.float32)
             for t0 in range(0, L, chunk):
-                m = min(chunk, L - t0)
+                t1 = min(t0 + chunk, L)
+                m = t1 - t0
                 starts[bi, di, t0 // chunk, :] = h
-                _chunk_steps(dt[bi, di], bias[di], A[di], t0, m, softplus, deltas, sig, scale, scale_bits, decay, decay_bits)
-                for j in range(m):  # the recurrence
-                    t = t0 + j
-                    x = deltas[j] * u[bi, di, t]
-                    acc = np.float32(0.0)
-                    for k in range(n):
-                        h[k] = decay[j, k] * h[k] + x * Bt[bi, gi, t, k]
-                        acc += h[k] * Ct[bi, gi, t, k]
-                    y = acc + D[di] * u[bi, di, t]
-                    if has_z:
-                        y_pre[bi, di, t] = y
-                        zz = z[bi, di, t]
-                        y = y * zz / (np.float32(1.0) + np.float32(math.exp(-zz)))
-                    out[bi, di, t] = y
+                us = u[bi, di, t0:t1]
+                _deltas(dt[bi, di, t0:t1], bias_d, softplus, deltas, sig)
+                for j in range(m):
+                    x[j] = deltas[j] * us[j]
+                    y[j] = Dd * us[j]
+                quads = n // 4 * 4
+                for k in range(0, quads, 4):
+                    _four_states(deltas, A[di], k, x, B[bi, gi], C[bi, gi], t0, t1, decay4, h, y)
+                for k in range(quads, n):
+                    hs[0] = h[k]
+                    _states(deltas, A[di, k], x, B[bi, gi, k, t0:t1], decay, hs)
+                    h[k] = hs[m]
+                    Cs = C[bi, gi, k, t0:t1]
+                    for j in range(m):
+                        y[j] += hs[j + 1] * Cs[j]
+                outs = out[bi, di, t0:t1]
+                if has_z:
+                    zs, pre = z[bi, di, t0:t1], y_pre[bi, di, t0:t1]
+                    for j in range(m):
+                        pre[j] = y[j]
+                        outs[j] = y[j] * zs[j] * _sigmoid(zs[j])
+                else:
+                    for j in range(m):
+                        outs[j] = y[j]
             last[bi, di, :] = h
 
     @_jit(parallel=True, fastmath=True)
@@ -135,6 +197,8 @@ if AVAILABLE:
         u, dt, A, B, C, D, z, bias, softplus, has_z, chunk, starts, y_pre, gout, blocks,
         du, ddt, dz, dA_part, dD_part, dbias_part, dB_part, dC_part,
     ):
+        """Chunks in reverse; inside one, per state dimension: recompute the states from the
+        chunk's saved start, run the adjoint recurrence, then every gradient term at once (SIMD)."""
         b, d, L = u.shape
         n = A.shape[1]
         g = B.shape[1]
@@ -145,57 +209,68 @@ if AVAILABLE:
             bi = task // (g * blocks)
             gi = (task // blocks) % g
             p = task % blocks
-            hs = np.zeros((chunk + 1, n), dtype=np.float32)
-            decay = np.zeros((chunk, n), dtype=np.float32)
-            deltas = np.zeros(chunk, dtype=np.float32)
-            sig = np.zeros(chunk, dtype=np.float32)
-            scale = np.zeros(chunk, dtype=np.float32)
-            scale_bits, decay_bits = scale.view(np.int32), decay.view(np.int32)
+            work = np.zeros((8, chunk), dtype=np.float32)
+            deltas, sig, x, dy, lam, d_u, d_delta, decay = work[0], work[1], work[2], work[3], work[4], work[5], work[6], work[7]
+            hs = np.zeros(chunk + 1, dtype=np.float32)
             carry = np.zeros(n, dtype=np.float32)
             lo = gi * per_group + p * per_block
             hi = min(lo + per_block, (gi + 1) * per_group)
             for di in range(lo, hi):
+                Dd = D[di]
                 carry[:] = 0.0
+                dD_acc = np.float32(0.0)
+                dbias_acc = np.float32(0.0)
                 for c in range(n_chunks - 1, -1, -1):
                     t0 = c * chunk
-                    m = min(chunk, L - t0)
-                    hs[0, :] = starts[bi, di, c, :]
-                    _chunk_steps(dt[bi, di], bias[di], A[di], t0, m, softplus, deltas, sig, scale, scale_bits, decay, decay_bits)
-                    for j in range(m):  # recompute the states inside this chunk
-                        t = t0 + j
-                        x = deltas[j] * u[bi, di, t]
-                        for k in range(n):
-                            hs[j + 1, k] = decay[j, k] * hs[j, k] + x * B[bi, gi, k, t]
-                    for j in range(m - 1, -1, -1):  # adjoint recurrence
-                        t = t0 + j
-                        go = gout[bi, di, t]
-                        if has_z:
-                            zz = z[bi, di, t]
-                            sg = np.float32(1.0) / (np.float32(1.0) + np.float32(math.exp(-zz)))
-                            dz[bi, di, t] = go * y_pre[bi, di, t] * sg * (np.float32(1.0) + zz * (np.float32(1.0) - sg))
-                            dy = go * zz * sg
-                        else:
-                            dy = go
-                        ut = u[bi, di, t]
-                        delta = deltas[j]
-                        dD_part[bi, di] += dy * ut
-                        du_t = dy * D[di]
-                        ddelta = np.float32(0.0)
-                        for k in range(n):
-                            lam = carry[k] + dy * C[bi, gi, k, t]
-                            dC_part[bi, gi, p, k, t] += dy * hs[j + 1, k]
-                            a = decay[j, k]
-                            da = lam * hs[j, k] * a
-                            ddelta += da * A[di, k] + lam * B[bi, gi, k, t] * ut
-                            dA_part[bi, di, k] += da * delta
-                            dB_part[bi, gi, p, k, t] += lam * delta * ut
-                            du_t += lam * delta * B[bi, gi, k, t]
-                            carry[k] = a * lam
-                        du[bi, di, t] = du_t
-                        if softplus:
-                            ddelta = ddelta * sig[j]
-                        ddt[bi, di, t] = ddelta
-                        dbias_part[bi, di] += ddelta
+                    t1 = min(t0 + chunk, L)
+                    m = t1 - t0
+                    us, gs = u[bi, di, t0:t1], gout[bi, di, t0:t1]
+                    _deltas(dt[bi, di, t0:t1], bias[di], softplus, deltas, sig)
+                    if has_z:  # the output gate
+                        zs, pre, dzs = z[bi, di, t0:t1], y_pre[bi, di, t0:t1], dz[bi, di, t0:t1]
+                        for j in range(m):
+                            sg = _sigmoid(zs[j])
+                            dzs[j] = gs[j] * pre[j] * sg * (np.float32(1.0) + zs[j] * (np.float32(1.0) - sg))
+                            dy[j] = gs[j] * zs[j] * sg
+                    else:
+                        for j in range(m):
+                            dy[j] = gs[j]
+                    for j in range(m):  # the terms that skip the state
+                        x[j] = deltas[j] * us[j]
+                        dD_acc += dy[j] * us[j]
+                        d_u[j] = dy[j] * Dd
+                        d_delta[j] = np.float32(0.0)
+                    for k in range(n):
+                        a = A[di, k]
+                        Bs, Cs = B[bi, gi, k, t0:t1], C[bi, gi, k, t0:t1]
+                        dBs, dCs = dB_part[bi, gi, p, k, t0:t1], dC_part[bi, gi, p, k, t0:t1]
+                        hs[0] = starts[bi, di, c, k]
+                        _states(deltas, a, x, Bs, decay, hs)
+                        # the adjoint recurrence lam_j = decay_{j+1} lam_{j+1} + dy_j C_j, one
+                        # multiply-add per step on the serial chain
+                        lam_k = carry[k] + dy[m - 1] * Cs[m - 1]
+                        lam[m - 1] = lam_k
+                        for j in range(m - 2, -1, -1):
+                            lam_k = decay[j + 1] * lam_k + dy[j] * Cs[j]
+                            lam[j] = lam_k
+                        carry[k] = decay[0] * lam_k
+                        dA_acc = np.float32(0.0)
+                        for j in range(m):
+                            da = lam[j] * hs[j] * decay[j]
+                            dA_acc += da * deltas[j]
+                            d_delta[j] += da * a + lam[j] * Bs[j] * us[j]
+                            d_u[j] += lam[j] * deltas[j] * Bs[j]
+                            dBs[j] += lam[j] * x[j]
+                            dCs[j] += dy[j] * hs[j + 1]
+                        dA_part[bi, di, k] += dA_acc
+                    dus, ddts = du[bi, di, t0:t1], ddt[bi, di, t0:t1]
+                    for j in range(m):
+                        g_dt = d_delta[j] * sig[j] if softplus else d_delta[j]
+                        dus[j] = d_u[j]
+                        ddts[j] = g_dt
+                        dbias_acc += g_dt
+                dD_part[bi, di] += dD_acc
+                dbias_part[bi, di] += dbias_acc
 
 
 def _np(t: Tensor) -> np.ndarray:
@@ -221,8 +296,7 @@ class _FusedScan(torch.autograd.Function):
         y_pre = np.empty((b, d, L), np.float32) if z is not None else np.zeros((1, 1, 1), np.float32)
         starts = np.empty((b, d, -(-L // CHUNK), n), np.float32)
         last = np.empty((b, d, n), np.float32)
-        Bt, Ct = (np.ascontiguousarray(x.transpose(0, 1, 3, 2)) for x in arrays[3:5])  # (b, g, l, n)
-        _forward(*arrays[:3], Bt, Ct, Dn, zn, bn, softplus, z is not None, CHUNK, out, y_pre, starts, last)
+        _forward(*arrays, Dn, zn, bn, softplus, z is not None, CHUNK, out, y_pre, starts, last)
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias)
         ctx.arrays = (arrays, Dn, zn, bn, starts, y_pre)
         ctx.softplus = softplus
