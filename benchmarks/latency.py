@@ -7,7 +7,11 @@ Writes benchmarks/results/latency.json.
     python benchmarks/latency.py --quick    # tiny and CLIPSeg at 256 and 480 only
 
 Each measurement runs in a fresh subprocess (so peak RSS is its own): build the model with
-random weights, one warm-up call, then the median of timed calls under inference_mode.
+random weights, one warm-up call, then the median of timed calls under inference_mode. The
+process keeps freed memory as `remamber segment` and `remamber eval` do on a CPU
+(:mod:`remamber.engine.allocator`); ``--allocator default`` measures glibc's defaults instead.
+
+    python benchmarks/latency.py --models base --allocator default --out benchmarks/results/latency_base_glibc_default.json
 """
 
 from __future__ import annotations
@@ -40,9 +44,14 @@ def _timed(fn, budget_s: float = 20.0, max_runs: int = 5) -> float:
     return times[len(times) // 2]
 
 
-def measure(model_name: str, size: int) -> dict:
+def measure(model_name: str, size: int, allocator: str = "kept") -> dict:
     """One measurement in this process: seconds per call and peak RSS in MiB."""
     import torch
+
+    from remamber.engine.allocator import keep_freed_memory
+
+    if allocator == "kept" and not keep_freed_memory():
+        raise SystemExit("this platform's allocator cannot keep freed memory (not glibc); use --allocator default")
 
     torch.manual_seed(0)
     if model_name == "clipseg":
@@ -81,11 +90,14 @@ def fit_exponent(rows: list[dict]) -> float | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny and CLIPSeg at 256 and 480 only")
+    parser.add_argument("--models", default=None, help="comma-separated subset of tiny,small,base,clipseg")
+    parser.add_argument("--allocator", choices=("kept", "default"), default="kept",
+                        help="kept: freed memory stays in the process, as remamber segment/eval on a CPU; default: glibc's")
     parser.add_argument("--one", nargs=2, metavar=("MODEL", "SIZE"), help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(measure(args.one[0], int(args.one[1]))))
+        print(json.dumps(measure(args.one[0], int(args.one[1]), args.allocator)))
         return
     import torch
 
@@ -93,12 +105,17 @@ def main() -> None:
     from remamber.modeling.presets import preset_config
 
     models = ("tiny", "clipseg") if args.quick else (*PRESETS, "clipseg")
+    if args.models:
+        models = tuple(m for m in args.models.split(",") if m)
+        unknown = set(models) - {*PRESETS, "clipseg"}
+        if unknown:
+            parser.error(f"unknown model(s): {', '.join(sorted(unknown))}")
     sizes = SIZES[:2] if args.quick else SIZES
     configs = [(m, s) for m in models for s in sizes]
     configs += [(p, preset_config(p).image_size) for p in PRESETS if p in models and preset_config(p).image_size not in sizes]
     rows = []
     for model, size in configs:
-        proc = subprocess.run([sys.executable, __file__, "--one", model, str(size)], capture_output=True, text=True)
+        proc = subprocess.run([sys.executable, __file__, "--one", model, str(size), "--allocator", args.allocator], capture_output=True, text=True)
         if proc.returncode != 0:
             rows.append({"model": model, "size": size, "error": proc.stderr.strip().splitlines()[-1]})
         else:
@@ -108,10 +125,12 @@ def main() -> None:
     native = {p: next((r for r in rows if r["model"] == p and r["size"] == preset_config(p).image_size and "seconds" in r), None)
               for p in PRESETS if p in models}
     write_json(args.out, {
-        "command": "python benchmarks/latency.py" + (" --quick" if args.quick else ""),
+        "command": " ".join(["python benchmarks/latency.py", *sys.argv[1:]]),
         "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
                     "torch": torch.__version__},
         "what": "one forward (image + phrase -> logits), batch 1, random weights, median seconds; peak RSS of the process",
+        "allocator": {"kept": "freed memory kept in the process (as remamber segment/eval on a CPU)",
+                      "default": "glibc defaults"}[args.allocator],
         "goal": {"exponent_at_most": 1.1},
         "exponent_time_vs_tokens": exponents,
         "native": native,

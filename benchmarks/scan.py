@@ -11,6 +11,9 @@ the reference, so the backward speedups reported there are lower bounds. The JSO
 prefix as ``reference_backward_from_l``. Both run with freed memory kept in the process (as
 ``remamber train`` does, :mod:`remamber.engine.allocator`): on this VM a fresh ``mmap`` per large
 buffer made timings of the large shapes swing several-fold between runs.
+``memory_floor_forward_s`` is one elementwise pass over the same ``u`` and ``delta`` (read both,
+write one output): a forward that only streamed its inputs would take that long, so
+``fused_forward_vs_floor`` says how far the kernel is from being memory-bound.
 
     python benchmarks/scan.py            # all shapes of issue 5 (a few minutes on 2 cores)
     python benchmarks/scan.py --quick    # small shapes only
@@ -99,6 +102,11 @@ def bench(shape: tuple, repeat: int) -> dict:
         out.backward(torch.ones_like(out))
         return args["u"].grad
 
+    # The memory floor of a forward: one elementwise pass that reads u and delta and writes an
+    # output of their size (what any scan must at least stream), for the same inputs.
+    floor_out = torch.empty_like(kw["u"])
+    row["memory_floor_forward_s"] = round(timed(lambda: torch.add(kw["u"], kw["delta"], out=floor_out), repeat + 3), 4)
+    row["fused_forward_vs_floor"] = round(row["fused_forward_s"] / row["memory_floor_forward_s"], 1)
     g_ref = outs["reference_grad_u"]
     ref = outs["reference"]
     for name in ("fused", "chunked"):
@@ -125,7 +133,7 @@ def main() -> None:
             f"{shape}: reference fwd {row['reference_forward_s']:.3f}s bwd {row['reference_backward_s']:.3f}s | "
             f"fused fwd {row['fused_forward_s']:.4f}s (x{row['fused_forward_speedup']}) bwd {row['fused_backward_s']:.4f}s "
             f"(x{row['fused_backward_speedup']}) | chunked x{row['chunked_forward_speedup']} / x{row['chunked_backward_speedup']} "
-            f"| max rel err {row['fused_max_rel_err']:.1e}",
+            f"| max rel err {row['fused_max_rel_err']:.1e} | memory floor {row['memory_floor_forward_s']:.4f}s",
             flush=True,
         )
     try:

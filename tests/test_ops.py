@@ -134,6 +134,7 @@ def test_dispatch_on_cpu_never_imports_mamba(backend, monkeypatch):
     calls = []
     for name in ("selective_scan_fused",):
         monkeypatch.setattr(scan_cpu, name, lambda *a, _f=getattr(scan_cpu, name), **k: calls.append(name) or _f(*a, **k))
+    monkeypatch.setattr(scan_cpu, "compiled", lambda: False)  # as in a fresh process
     kw = _inputs(1, 4, 10, 1)
     ref = selective_scan_ref(**kw, delta_softplus=True)
     with torch.no_grad():  # small inference call: the chunked path (no JIT compilation)
@@ -142,11 +143,21 @@ def test_dispatch_on_cpu_never_imports_mamba(backend, monkeypatch):
     monkeypatch.setattr(scan_module, "FUSED_MIN_INFERENCE", 40)
     with torch.no_grad():  # large enough inference call
         selective_scan(**kw, delta_softplus=True)
+    monkeypatch.setattr(scan_module, "FUSED_MIN_INFERENCE", 1 << 22)
+    monkeypatch.setattr(scan_cpu, "compiled", lambda: True)
+    with torch.no_grad():  # small inference call once the kernel is in the process
+        selective_scan(**kw, delta_softplus=True)
     kw["u"].requires_grad_(True)
     out = selective_scan(**kw, delta_softplus=True)  # training
     assert torch.allclose(out, ref, atol=1e-5, rtol=1e-5)
-    assert calls == (["selective_scan_fused"] * 2 if backend == "auto" else [])
+    assert calls == (["selective_scan_fused"] * 3 if backend == "auto" else [])
     assert "mamba_ssm" not in sys.modules
+
+
+def test_kernel_counts_as_compiled_after_a_fused_call():
+    kw = _inputs(1, 4, 10, 1)
+    scan_cpu.selective_scan_fused(**kw, delta_softplus=True)
+    assert scan_cpu.compiled()
 
 
 def _count_parallel_calls(monkeypatch) -> list:

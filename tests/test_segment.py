@@ -202,6 +202,17 @@ def test_no_weights_and_no_default_model_says_how_to_get_one(monkeypatch, tmp_pa
         weights.load_model(None, "cpu")
 
 
+def test_cpu_commands_keep_freed_memory(monkeypatch):
+    """segment and eval load their model through load_model, which keeps freed memory on a CPU."""
+    from remamber.cli import weights
+    from remamber.engine import allocator
+
+    calls = []
+    monkeypatch.setattr(allocator, "keep_freed_memory", lambda: calls.append(1) or True)
+    weights.load_model(None, "cpu")
+    assert calls == [1]
+
+
 def test_help_explains_every_flag_and_default():
     res = run_cli("segment", "--help", env={"COLUMNS": "200"})
     assert res.code == 0

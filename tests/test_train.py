@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -208,3 +209,8 @@ def test_cpu_training_keeps_freed_memory_in_the_heap():
         pytest.skip("needs glibc >= 2.33 (mallinfo2)")
     before, kept, after = probe
     assert before < 64 << 20 and kept and after >= 64 << 20
+    env = {**os.environ, "REMAMBER_KEEP_FREED_MEMORY": "0"}
+    before, kept, after = json.loads(
+        subprocess.run([sys.executable, "-c", _HEAP_PROBE], check=True, capture_output=True, text=True, env=env).stdout
+    )
+    assert not kept and after < 64 << 20  # the opt-out leaves glibc's defaults

@@ -30,10 +30,15 @@ def weights_or_default(weights: Optional[str]) -> str:
 
 
 def load_model(weights: Optional[str], device):
-    """Load the PyTorch model named by ``--weights`` (or the default) onto ``device``."""
+    """Load the PyTorch model named by ``--weights`` (or the default) onto ``device``; on the CPU
+    the command's process keeps freed memory for its next image (:mod:`remamber.engine.allocator`)."""
+    from remamber.engine.allocator import keep_freed_memory
     from remamber.hub import load_pretrained
 
-    return load_pretrained(weights_or_default(weights), device=str(device))
+    model = load_pretrained(weights_or_default(weights), device=str(device))
+    if str(device) == "cpu":
+        keep_freed_memory()
+    return model
 
 
 def load_predictor(weights: Optional[str], device: str, threshold: float):

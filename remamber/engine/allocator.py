@@ -1,17 +1,22 @@
-"""Keep freed memory in the process during CPU training (glibc's allocator).
+"""Keep freed memory in the process during CPU training and inference (glibc's allocator).
 
 By default glibc gives every block above a threshold (at most 32 MiB) its own ``mmap`` and
 returns it to the kernel on ``free``, so each training step faults its large activation and
 gradient buffers in afresh: on the recorded 2-core machine that was about a fifth of a `tiny`
 step (``benchmarks/train_speed.py``). With ``mmap`` off and no trimming, freed blocks stay in the
 heap for the next step; the process keeps its peak memory instead of giving it back between
-steps, which a training run reaches on every step anyway. The setting lasts for the process.
+steps, which a training run reaches on every step anyway. `remamber segment` and `remamber eval` set it
+too on the CPU: each image repeats the previous one's allocations. The setting lasts for the process.
+The price is peak memory: fragments of freed blocks are not given back (``base`` at 1024 px peaks
+at 7.7 GiB instead of 4.5, ``benchmarks/latency.py``). ``REMAMBER_KEEP_FREED_MEMORY=0`` keeps
+glibc's defaults.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import sys
 
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # mallopt parameters (malloc.h)
@@ -29,5 +34,8 @@ def _mallopt(settings: dict[int, int]) -> bool:
 
 
 def keep_freed_memory() -> bool:
-    """Stop glibc from returning freed memory to the kernel; True when the allocator took it."""
+    """Stop glibc from returning freed memory to the kernel; True when the allocator took it
+    (False also when ``REMAMBER_KEEP_FREED_MEMORY=0`` asks for glibc's defaults)."""
+    if os.environ.get("REMAMBER_KEEP_FREED_MEMORY", "1") == "0":
+        return False
     return _mallopt({M_MMAP_MAX: 0, M_TRIM_THRESHOLD: 2**31 - 1})

@@ -327,6 +327,11 @@ class _FusedScan(torch.autograd.Function):
         )
 
 
+def compiled() -> bool:
+    """Whether this process already has the forward kernel (compiled, or loaded from the disk cache)."""
+    return AVAILABLE and bool(_forward.signatures)
+
+
 def supports(u: Tensor, B: Tensor, C: Tensor) -> bool:
     """The fused kernel handles CPU tensors with per-step B and C (shared or grouped)."""
     return (

@@ -328,15 +328,17 @@ def selective_scan(
     return selective_scan_chunked(u, delta, A, B, C, **kwargs)
 
 
-# Without gradients, scans smaller than this many state updates run the chunked PyTorch path:
-# the fused kernel is several times faster, but its one-time JIT compilation (seconds, cached on
-# disk afterwards) is not worth it for a small model's first CLI call.
+# Without gradients, scans smaller than this many state updates run the chunked PyTorch path
+# until the fused kernel is in the process: the kernel is several times faster, but its one-time
+# JIT compilation (seconds, cached on disk afterwards) is not worth it for a small model's first
+# CLI call. Once a large call has brought the kernel in, every call uses it.
 FUSED_MIN_INFERENCE = 1 << 22
 
 
 def _worth_compiling(u: Tensor, A: Tensor, *others: Optional[Tensor]) -> bool:
-    """The fused kernel for every training call, and for inference calls of at least
-    :data:`FUSED_MIN_INFERENCE` state updates (``b * d * l * n``)."""
+    """The fused kernel for every training call, for inference calls of at least
+    :data:`FUSED_MIN_INFERENCE` state updates (``b * d * l * n``), and for every call once the
+    kernel is compiled in this process."""
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (u, A, *others)):
         return True
-    return u.numel() * A.shape[1] >= FUSED_MIN_INFERENCE
+    return u.numel() * A.shape[1] >= FUSED_MIN_INFERENCE or scan_cpu.compiled()
