@@ -51,7 +51,7 @@ def measure(model_name: str, size: int, allocator: str = "kept") -> dict:
     from remamber.engine.allocator import keep_freed_memory
 
     if allocator == "kept" and not keep_freed_memory():
-        raise SystemExit("this platform's allocator cannot keep freed memory (not glibc); use --allocator default")
+        raise SystemExit("freed memory cannot be kept here (not glibc, or REMAMBER_KEEP_FREED_MEMORY=0); use --allocator default")
 
     torch.manual_seed(0)
     if model_name == "clipseg":

@@ -61,7 +61,7 @@ def measure(size: int, batch: int, backend: str, keep_memory: bool, steps: int, 
     """Median seconds per training step of a fresh `tiny` (seed 0) with one scan backend, in a
     process whose allocator is glibc's default unless ``keep_memory``."""
     if keep_memory and not keep_freed_memory():
-        raise SystemExit("this benchmark needs glibc's mallopt (Linux)")
+        raise SystemExit("freed memory cannot be kept here (not glibc, or REMAMBER_KEEP_FREED_MEMORY=0); this benchmark needs it")
     torch.manual_seed(0)
     model = build_model(preset_config("tiny").replace(image_size=size))
     model.train()

@@ -200,17 +200,20 @@ print(json.dumps([before, kept, free_in_heap_after_a_block()]))
 """
 
 
+def _heap_probe(keep_setting: str):
+    """[free bytes before, keep_freed_memory(), free bytes after] in a fresh process, or None."""
+    env = {**os.environ, "REMAMBER_KEEP_FREED_MEMORY": keep_setting}
+    out = subprocess.run([sys.executable, "-c", _HEAP_PROBE], check=True, capture_output=True, text=True, env=env)
+    return json.loads(out.stdout)
+
+
 def test_cpu_training_keeps_freed_memory_in_the_heap():
     """In a fresh process a freed 64 MiB block goes back to the kernel; after keep_freed_memory
     (what `remamber train` calls on a CPU) it stays in the heap."""
-    out = subprocess.run([sys.executable, "-c", _HEAP_PROBE], check=True, capture_output=True, text=True).stdout
-    probe = json.loads(out)
+    probe = _heap_probe("1")
     if probe is None:
         pytest.skip("needs glibc >= 2.33 (mallinfo2)")
     before, kept, after = probe
     assert before < 64 << 20 and kept and after >= 64 << 20
-    env = {**os.environ, "REMAMBER_KEEP_FREED_MEMORY": "0"}
-    before, kept, after = json.loads(
-        subprocess.run([sys.executable, "-c", _HEAP_PROBE], check=True, capture_output=True, text=True, env=env).stdout
-    )
+    before, kept, after = _heap_probe("0")
     assert not kept and after < 64 << 20  # the opt-out leaves glibc's defaults

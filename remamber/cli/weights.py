@@ -32,11 +32,14 @@ def weights_or_default(weights: Optional[str]) -> str:
 def load_model(weights: Optional[str], device):
     """Load the PyTorch model named by ``--weights`` (or the default) onto ``device``; on the CPU
     the command's process keeps freed memory for its next image (:mod:`remamber.engine.allocator`)."""
+    import torch
+
     from remamber.engine.allocator import keep_freed_memory
     from remamber.hub import load_pretrained
 
+    device = torch.device(device)
     model = load_pretrained(weights_or_default(weights), device=str(device))
-    if str(device) == "cpu":
+    if device.type == "cpu":  # as the Trainer decides it
         keep_freed_memory()
     return model
 

@@ -158,6 +158,7 @@ if AVAILABLE:
             bi, di = r // d, r % d
             gi = di // per_group
             Dd, bias_d = D[di], bias[di]
+            quads = n // 4 * 4  # state dimensions run four at a time; the rest one by one
             h = np.zeros(n, dtype=np.float32)
             work = np.empty((5, chunk), dtype=np.float32)
             deltas, sig, x, y, decay = work[0], work[1], work[2], work[3], work[4]
@@ -171,7 +172,6 @@ if AVAILABLE:
                 for j in range(m):
                     x[j] = deltas[j] * us[j]
                     y[j] = Dd * us[j]
-                quads = n // 4 * 4
                 for k in range(0, quads, 4):
                     _four_states(deltas, A[di], k, x, B[bi, gi], C[bi, gi], t0, t1, decay4, h, y)
                 for k in range(quads, n):
