@@ -44,6 +44,15 @@ def _timed(fn, budget_s: float = 20.0, max_runs: int = 5) -> float:
     return times[len(times) // 2]
 
 
+def random_inputs(model, size: int) -> tuple:
+    """A random image, random token ids of the model's full text length, and their mask."""
+    import torch
+
+    T = model.config.max_text_len
+    return (torch.randn(1, 3, size, size), torch.randint(0, model.config.text_config["vocab_size"], (1, T)),
+            torch.ones(1, T, dtype=torch.long))
+
+
 def measure(model_name: str, size: int, allocator: str = "kept") -> dict:
     """One measurement in this process: seconds per call and peak RSS in MiB."""
     import torch
@@ -67,9 +76,7 @@ def measure(model_name: str, size: int, allocator: str = "kept") -> dict:
         from remamber.modeling.presets import build_model, preset_config
 
         model = build_model(preset_config(model_name).replace(image_size=size)).eval()
-        T = model.config.max_text_len
-        args = (torch.randn(1, 3, size, size), torch.randint(0, model.config.text_config["vocab_size"], (1, T)),
-                torch.ones(1, T, dtype=torch.long))
+        args = random_inputs(model, size)
         call = lambda: model(*args)  # noqa: E731
     with torch.inference_mode():
         seconds = _timed(call)

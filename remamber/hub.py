@@ -220,6 +220,7 @@ def save_pretrained(
     with staged_folder(folder) as tmp:
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "remamber_version": __version__})
+        (tmp / WEIGHTS_NAME).chmod(0o666 & ~umask())  # safetensors creates it 0600
         write_model_files(model, tmp, card)
         for name, write in (extra_files or {}).items():
             write(tmp / name)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from model_fixtures import run_cli
@@ -89,3 +90,15 @@ def test_default_model_reads_the_words(default_model_results):
     assert len(pairs) >= 6
     for a, b in pairs:
         assert _iou(masks[a["text"]], masks[b["text"]]) < 0.5, (a["text"], b["text"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_segment_on_cuda_gives_the_cpu_masks(default_model_results, tmp_path):
+    """`--device cuda` (mamba-ssm's scan when installed) gives the CPU's masks on every example."""
+    out, cpu_results = default_model_results
+    jobs = out / "jobs.jsonl"
+    res = run_cli("segment", "--batch", str(jobs), "--out", str(tmp_path), "--json", "--device", "cuda")
+    assert res.code == 0, res.stderr
+    for cpu, gpu in zip(cpu_results, (json.loads(line) for line in res.stdout.splitlines())):
+        with Image.open(cpu["mask"]) as a, Image.open(gpu["mask"]) as b:
+            assert _iou(np.asarray(a) > 127, np.asarray(b) > 127) >= 0.99, cpu["text"]

@@ -128,3 +128,5 @@ def test_written_files_get_usual_permissions(tiny_model, tmp_path):
     folder = save_pretrained(tiny_model, tmp_path / "m")
     assert folder.stat().st_mode & 0o777 == 0o777 & ~umask()
     assert os.access(folder / "config.json", os.R_OK)
+    for f in folder.iterdir():  # safetensors writes its file 0600 by itself
+        assert f.stat().st_mode & 0o777 == 0o666 & ~umask(), f.name

@@ -249,6 +249,10 @@ def shapes(
     size: int = typer.Option(
         SHAPES_DEFAULT_SIZE, "--size", metavar="PX", help="Image side in pixels (64 to 2048)."
     ),
+    workers: int = typer.Option(
+        1, "--workers", "-j", metavar="K", min=1,
+        help="Processes generating images (the output is the same for any number).",
+    ),
     force: bool = typer.Option(False, "--force", help=_FORCE_HELP),
     json_out: bool = typer.Option(False, "--json", help=_JSON_HELP),
 ) -> None:
@@ -269,6 +273,6 @@ def shapes(
     counts = {"train": train, "val": val, "test": test}
     with _progress() as track:
         result = prepare_shapes(
-            out or default_out(SHAPES_NAME), counts, seed, size, force=force, track=track
+            out or default_out(SHAPES_NAME), counts, seed, size, force=force, track=track, workers=workers
         )
     _report(result, json_out)

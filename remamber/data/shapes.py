@@ -15,6 +15,7 @@ for a seed.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import pickle
 from dataclasses import dataclass
@@ -315,25 +316,43 @@ def _save_png(image: np.ndarray, path: Path) -> None:
         Image.fromarray(image).save(tmp, format="PNG", compress_level=1)
 
 
+def _write_image(job: tuple[int, str, int, int, Path]) -> tuple[dict, list[dict], list[dict]]:
+    """Generate one image, save its PNG, and return its REFER image, annotation and ref records."""
+    seed, split, index, side, images_dir = job
+    gen = generate_image(seed, split, index, side)
+    img_id, name = image_id(split, index), image_file_name(split, index)
+    _save_png(gen.image, images_dir / name)
+    image = {"id": img_id, "file_name": name, "height": side, "width": side}
+    annotations = [_annotation(gen, img_id, k) for k in range(len(gen.scene.objects))]
+    return image, annotations, [_ref(gen, img_id, split, name, t, exprs) for t, exprs in gen.refs]
+
+
 def write_shapes_refer(
     out: Path,
     counts: dict[str, int],
     seed: int,
     side: int,
     track: Track = no_progress,
+    workers: int = 1,
 ) -> ReferFiles:
-    """Generate every image into ``out/images`` and the REFER files into ``out/refer/shapes``."""
+    """Generate every image into ``out/images`` and the REFER files into ``out/refer/shapes``,
+    in ``workers`` processes (each image depends only on its seed, split and index, so the
+    output is the same for any number)."""
     files = ReferFiles(out / "refer", DATASET, SPLIT_BY)
     images_dir = out / "images"
     images, annotations, refs = [], [], []
-    for split in SPLITS:
-        for index in track(range(counts[split]), counts[split], f"{DATASET} {split} images"):
-            gen = generate_image(seed, split, index, side)
-            img_id, name = image_id(split, index), image_file_name(split, index)
-            _save_png(gen.image, images_dir / name)
-            images.append({"id": img_id, "file_name": name, "height": side, "width": side})
-            annotations += [_annotation(gen, img_id, k) for k in range(len(gen.scene.objects))]
-            refs += [_ref(gen, img_id, split, name, t, exprs) for t, exprs in gen.refs]
+    pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None
+    try:
+        for split in SPLITS:
+            jobs = [(seed, split, index, side, images_dir) for index in range(counts[split])]
+            records = pool.imap(_write_image, jobs, chunksize=32) if pool else map(_write_image, jobs)
+            for image, anns, image_refs in track(records, counts[split], f"{DATASET} {split} images"):
+                images.append(image)
+                annotations += anns
+                refs += image_refs
+    finally:
+        if pool:
+            pool.terminate()
     _remove_stale_images(images_dir, {im["file_name"] for im in images})
     categories = [{"id": i + 1, "name": s, "supercategory": "shape"} for i, s in enumerate(SHAPES)]
     write_json(
@@ -342,7 +361,9 @@ def write_shapes_refer(
         indent=None,
     )
     with atomic_open(files.refs_path, "wb") as f:
-        pickle.dump(refs, f, protocol=2)
+        pickler = pickle.Pickler(f, protocol=2)
+        pickler.fast = True  # no memo: the bytes do not depend on which records share objects (workers)
+        pickler.dump(refs)
     return files
 
 
@@ -400,11 +421,13 @@ def prepare_shapes(
     *,
     force: bool = False,
     track: Track = no_progress,
+    workers: int = 1,
 ) -> PrepareResult:
     """Generate the synthetic dataset in REFER form under ``out`` and prepare it there.
 
     ``counts`` gives the number of images per split (train/val/test); a second call with
     the same arguments finds the output complete and returns with ``up_to_date`` True.
+    ``workers`` processes generate the images (the same bytes for any number).
     """
     counts = {**DEFAULT_COUNTS, **(counts or {})}
     _check_options(counts, seed, size)
@@ -417,7 +440,7 @@ def prepare_shapes(
         return PrepareResult(out, DATASET, SPLIT_BY, True, old["splits"])
     with writing_to(out):
         (out / INFO_FILE).unlink(missing_ok=True)  # the folder is incomplete until the end
-        files = write_shapes_refer(out, counts, seed, size, track)
+        files = write_shapes_refer(out, counts, seed, size, track, workers)
     return prepare_refer(
         files.root,
         DATASET,
