@@ -49,6 +49,14 @@ def inputs(b: int, d: int, l: int, n: int, seed: int = 0) -> dict:
                 B=r(b, 4, n, l), C=r(b, 4, n, l), D=r(d), delta_bias=r(d) * 0.5)
 
 
+LEAVES = ("u", "delta", "A", "B", "C", "D", "delta_bias")  # the inputs gradients are taken for
+
+
+def max_rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a - b| / max |b|."""
+    return float((a.float() - b.float()).abs().max() / b.float().abs().max().clamp(min=1e-12))
+
+
 def timed(fn, repeat: int) -> float:
     best = float("inf")
     for _ in range(repeat):
@@ -60,7 +68,6 @@ def timed(fn, repeat: int) -> float:
 
 def bench(shape: tuple, repeat: int) -> dict:
     kw = inputs(*shape)
-    leaves = ["u", "delta", "A", "B", "C", "D", "delta_bias"]
     outs, row = {}, {"shape": dict(zip("bdln", shape))}
     for name, fn in PATHS.items():
         reps = 1 if name == "reference" else repeat
@@ -73,7 +80,7 @@ def bench(shape: tuple, repeat: int) -> dict:
                 outs[name] = fn(**kw, delta_softplus=True)
 
         def fwd_bwd(src=bwd_kw):
-            args = {k: (v.clone().requires_grad_() if k in leaves else v) for k, v in src.items()}
+            args = {k: (v.clone().requires_grad_() if k in LEAVES else v) for k, v in src.items()}
             out = fn(**args, delta_softplus=True)
             out.backward(torch.ones_like(out))
             return args["u"].grad
@@ -97,7 +104,7 @@ def bench(shape: tuple, repeat: int) -> dict:
     prefix = {k: (v[..., : row["reference_backward_from_l"]] if v.dim() >= 3 else v) for k, v in kw.items()}
 
     def grad_u(fn):  # gradients compared on the inputs the reference's backward saw
-        args = {k: (v.clone().requires_grad_() if k in leaves else v) for k, v in prefix.items()}
+        args = {k: (v.clone().requires_grad_() if k in LEAVES else v) for k, v in prefix.items()}
         out = fn(**args, delta_softplus=True)
         out.backward(torch.ones_like(out))
         return args["u"].grad
@@ -112,9 +119,8 @@ def bench(shape: tuple, repeat: int) -> dict:
     for name in ("fused", "chunked"):
         row[f"{name}_forward_speedup"] = round(row["reference_forward_s"] / row[f"{name}_forward_s"], 1)
         row[f"{name}_backward_speedup"] = round(row["reference_backward_s"] / row[f"{name}_backward_s"], 1)
-        row[f"{name}_max_rel_err"] = float((outs[name] - ref).abs().max() / ref.abs().max())
-        g = grad_u(PATHS[name])
-        row[f"{name}_grad_u_max_rel_err"] = float((g - g_ref).abs().max() / g_ref.abs().max())
+        row[f"{name}_max_rel_err"] = max_rel(outs[name], ref)
+        row[f"{name}_grad_u_max_rel_err"] = max_rel(grad_u(PATHS[name]), g_ref)
     return row
 
 

@@ -213,3 +213,12 @@ def test_mirror_keeps_referent_and_matches_word_swap(shapes_dataset):
         text = render(expr, np.random.default_rng(0))
         mirrored = render(mirror_expression(expr), np.random.default_rng(0))
         assert swap_left_right(text) == mirrored
+
+
+def test_rerun_removes_temporary_files_of_a_killed_run(tmp_path):
+    counts = {"train": 2, "val": 0, "test": 0}
+    prepare_shapes(tmp_path, counts, seed=3, size=96)
+    stray = tmp_path / "images" / ".shapes_train_000001.png.x1y2z3.tmp"  # what atomic_path leaves if killed
+    stray.write_bytes(b"half a png")
+    prepare_shapes(tmp_path, counts, seed=3, size=96, force=True)
+    assert not stray.exists() and (tmp_path / "images" / "shapes_train_000001.png").is_file()

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # How weights/remamber-tiny-shapes was made, step by step (stages 1-5 on 2 CPU cores, about 3.5 hours of
-# training; stage 6 on one CUDA GPU, 6.3 minutes on an H100).
+# training; stage 6 on one CUDA GPU, 6.4 minutes on an H100).
 # Each step is what was run; rerunning gives the same data and, up to thread scheduling and
 # float rounding (stages 1 and 2 ran with an earlier build of the scan kernel: same arithmetic,
 # other summation order), the same weights. Run from the repository root: bash benchmarks/default_model/build.sh
@@ -47,8 +47,9 @@ remamber prepare shapes --out $R/shapes-seed4 --train 16000 --val 100 --test 0 -
 
 # 10. Stage 6, on one CUDA GPU (bf16 mixed precision; mamba-ssm's scan when installed): continue
 #     from stage 5's last checkpoint at batch 128, lr 4e-4, with an EMA. It ran on an H100 at about
-#     950 images/s and finished its 2,500 steps inside the time limit; on a slower GPU drop
-#     --time-limit so that the whole schedule runs.
+#     920 images/s (its log: benchmarks/results/default_model_stage6_log.jsonl) and finished its
+#     2,500 steps inside the time limit; on a slower GPU drop --time-limit so that the whole
+#     schedule runs.
 remamber train --data $R/shapes-seed4 --out $R/run7 --init $R/run6/checkpoints/last --epochs 100 \
   --max-steps 2500 --time-limit 6.3 --batch-size 128 --lr 4e-4 --min-lr 4e-6 --warmup-steps 100 --clip-grad 1.0 \
   --ema 0.999 --val-every 700 --val-limit 300 --ckpt-every 500 --log-every 25 --seed 5 --device cuda --workers 8

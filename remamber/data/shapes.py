@@ -18,6 +18,8 @@ from __future__ import annotations
 import multiprocessing
 import os
 import pickle
+import signal
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -316,15 +318,24 @@ def _save_png(image: np.ndarray, path: Path) -> None:
         Image.fromarray(image).save(tmp, format="PNG", compress_level=1)
 
 
-def _write_image(job: tuple[int, str, int, int, Path]) -> tuple[dict, list[dict], list[dict]]:
-    """Generate one image, save its PNG, and return its REFER image, annotation and ref records."""
+def _write_image(job: tuple[int, str, int, int, Path]) -> bytes:
+    """Generate one image and save its PNG; its REFER image, annotation and ref records, pickled.
+
+    Pickled per image in every process count, so that which records share objects (and with it
+    the bytes of the refs pickle) does not depend on ``workers``."""
     seed, split, index, side, images_dir = job
     gen = generate_image(seed, split, index, side)
     img_id, name = image_id(split, index), image_file_name(split, index)
     _save_png(gen.image, images_dir / name)
     image = {"id": img_id, "file_name": name, "height": side, "width": side}
     annotations = [_annotation(gen, img_id, k) for k in range(len(gen.scene.objects))]
-    return image, annotations, [_ref(gen, img_id, split, name, t, exprs) for t, exprs in gen.refs]
+    refs = [_ref(gen, img_id, split, name, t, exprs) for t, exprs in gen.refs]
+    return pickle.dumps((image, annotations, refs), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _ignore_interrupts() -> None:
+    """Worker initializer: Ctrl-C reaches the parent only, which lets running images finish."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def write_shapes_refer(
@@ -341,18 +352,24 @@ def write_shapes_refer(
     files = ReferFiles(out / "refer", DATASET, SPLIT_BY)
     images_dir = out / "images"
     images, annotations, refs = [], [], []
-    pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None
+    pool = None
+    if workers > 1:
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_ignore_interrupts)
     try:
         for split in SPLITS:
             jobs = [(seed, split, index, side, images_dir) for index in range(counts[split])]
-            records = pool.imap(_write_image, jobs, chunksize=32) if pool else map(_write_image, jobs)
-            for image, anns, image_refs in track(records, counts[split], f"{DATASET} {split} images"):
+            if pool:  # in order; a worker that dies raises BrokenProcessPool instead of hanging
+                records = pool.map(_write_image, jobs, chunksize=max(1, min(32, len(jobs) // (4 * workers))))
+            else:
+                records = map(_write_image, jobs)
+            for record in track(records, counts[split], f"{DATASET} {split} images"):
+                image, anns, image_refs = pickle.loads(record)
                 images.append(image)
                 annotations += anns
                 refs += image_refs
     finally:
-        if pool:
-            pool.terminate()
+        if pool:  # on an error or Ctrl-C: drop queued images, let running ones finish their files
+            pool.shutdown(wait=True, cancel_futures=True)
     _remove_stale_images(images_dir, {im["file_name"] for im in images})
     categories = [{"id": i + 1, "name": s, "supercategory": "shape"} for i, s in enumerate(SHAPES)]
     write_json(
@@ -361,14 +378,13 @@ def write_shapes_refer(
         indent=None,
     )
     with atomic_open(files.refs_path, "wb") as f:
-        pickler = pickle.Pickler(f, protocol=2)
-        pickler.fast = True  # no memo: the bytes do not depend on which records share objects (workers)
-        pickler.dump(refs)
+        pickle.dump(refs, f, protocol=2)
     return files
 
 
 def _remove_stale_images(folder: Path, keep: set[str]) -> None:
-    for path in folder.glob("shapes_*.png"):
+    """Remove images of an earlier, larger run and temporary files an interrupted run left."""
+    for path in [*folder.glob("shapes_*.png"), *folder.glob(".shapes_*.tmp")]:
         if path.name not in keep:
             path.unlink()
 
