@@ -6,7 +6,8 @@ chunk, everything that does not depend on the previous state (``softplus`` and i
 the decays ``exp(delta * A)`` by an inline polynomial, the drives, the output terms, the
 gradient terms) is computed for all steps at once in loops that LLVM vectorises; what is left
 serial is the recurrence itself, one multiply-add per step and state dimension (four state
-dimensions interleaved in the forward when ``d_state >= 4``).  The forward keeps the state at
+dimensions interleaved in the forward when ``d_state >= 4``; otherwise, and in the backward's
+recomputation, four segments of a chunk run side by side and are joined afterwards).  The forward keeps the state at
 the start of every chunk; the backward walks the chunks in reverse, recomputes the states
 inside one chunk from its saved start with the forward's own arithmetic, and runs the adjoint
 recurrence.  Same semantics and fp32 arithmetic as ``selective_scan_ref``.
@@ -110,16 +111,42 @@ if AVAILABLE:
             deltas[j] = v
 
     @_jit(inline="always", fastmath=True)
-    def _states(deltas, a, x, Bs, decay, hs):  # pragma: no cover
+    def _states(deltas, a, x, Bs, decay, hs, prod):  # pragma: no cover
         """One state dimension over one chunk: the decays ``exp(delta * a)`` (SIMD), then the
-        recurrence from ``hs[0]``, ``hs[j + 1]`` being the state after step ``j``."""
+        recurrence from ``hs[0]``, ``hs[j + 1]`` being the state after step ``j``.
+
+        A chunk whose length is a multiple of four runs as four segments side by side: each
+        segment's states from a zero start and its running decay products (``prod``), eight
+        independent chains that hide each other's multiply-add latency, then the state entering
+        each segment and one vectorised fix-up ``hs += prod * entering``."""
         m = Bs.shape[0]
         for j in range(m):
             decay[j] = _exp(deltas[j] * a)
-        h = hs[0]
-        for j in range(m):
-            h = decay[j] * h + x[j] * Bs[j]
-            hs[j + 1] = h
+        if m % 4:
+            h = hs[0]
+            for j in range(m):
+                h = decay[j] * h + x[j] * Bs[j]
+                hs[j + 1] = h
+            return
+        q = m // 4
+        h0 = h1 = h2 = h3 = np.float32(0.0)
+        p0 = p1 = p2 = p3 = np.float32(1.0)
+        for i in range(q):
+            j1, j2, j3 = q + i, 2 * q + i, 3 * q + i
+            h0 = decay[i] * h0 + x[i] * Bs[i]
+            h1 = decay[j1] * h1 + x[j1] * Bs[j1]
+            h2 = decay[j2] * h2 + x[j2] * Bs[j2]
+            h3 = decay[j3] * h3 + x[j3] * Bs[j3]
+            p0, p1, p2, p3 = p0 * decay[i], p1 * decay[j1], p2 * decay[j2], p3 * decay[j3]
+            hs[i + 1], hs[j1 + 1], hs[j2 + 1], hs[j3 + 1] = h0, h1, h2, h3
+            prod[i], prod[j1], prod[j2], prod[j3] = p0, p1, p2, p3
+        entering = hs[0]
+        for seg in range(4):  # the true state entering each segment, then the segment's fix-up
+            lo = seg * q
+            following = hs[lo + q] + prod[lo + q - 1] * entering
+            for j in range(lo, lo + q):
+                hs[j + 1] += prod[j] * entering
+            entering = following
 
     @_jit(inline="always", fastmath=True)
     def _four_states(deltas, A_row, k, x, Bg, Cg, t0, t1, decay4, h, y):  # pragma: no cover
@@ -160,8 +187,8 @@ if AVAILABLE:
             Dd, bias_d = D[di], bias[di]
             quads = n // 4 * 4  # state dimensions run four at a time; the rest one by one
             h = np.zeros(n, dtype=np.float32)
-            work = np.empty((5, chunk), dtype=np.float32)
-            deltas, sig, x, y, decay = work[0], work[1], work[2], work[3], work[4]
+            work = np.empty((6, chunk), dtype=np.float32)
+            deltas, sig, x, y, decay, prod = work[0], work[1], work[2], work[3], work[4], work[5]
             hs, decay4 = np.empty(chunk + 1, dtype=np.float32), np.empty((4, chunk), dtype=np.float32)
             for t0 in range(0, L, chunk):
                 t1 = min(t0 + chunk, L)
@@ -176,7 +203,7 @@ if AVAILABLE:
                     _four_states(deltas, A[di], k, x, B[bi, gi], C[bi, gi], t0, t1, decay4, h, y)
                 for k in range(quads, n):
                     hs[0] = h[k]
-                    _states(deltas, A[di, k], x, B[bi, gi, k, t0:t1], decay, hs)
+                    _states(deltas, A[di, k], x, B[bi, gi, k, t0:t1], decay, hs, prod)
                     h[k] = hs[m]
                     Cs = C[bi, gi, k, t0:t1]
                     for j in range(m):
@@ -209,8 +236,9 @@ if AVAILABLE:
             bi = task // (g * blocks)
             gi = (task // blocks) % g
             p = task % blocks
-            work = np.zeros((8, chunk), dtype=np.float32)
-            deltas, sig, x, dy, lam, d_u, d_delta, decay = work[0], work[1], work[2], work[3], work[4], work[5], work[6], work[7]
+            work = np.zeros((9, chunk), dtype=np.float32)
+            deltas, sig, x, dy, lam, d_u, d_delta = work[0], work[1], work[2], work[3], work[4], work[5], work[6]
+            decay, prod = work[7], work[8]
             hs = np.zeros(chunk + 1, dtype=np.float32)
             carry = np.zeros(n, dtype=np.float32)
             lo = gi * per_group + p * per_block
@@ -245,7 +273,7 @@ if AVAILABLE:
                         Bs, Cs = B[bi, gi, k, t0:t1], C[bi, gi, k, t0:t1]
                         dBs, dCs = dB_part[bi, gi, p, k, t0:t1], dC_part[bi, gi, p, k, t0:t1]
                         hs[0] = starts[bi, di, c, k]
-                        _states(deltas, a, x, Bs, decay, hs)
+                        _states(deltas, a, x, Bs, decay, hs, prod)
                         # the adjoint recurrence lam_j = decay_{j+1} lam_{j+1} + dy_j C_j, one
                         # multiply-add per step on the serial chain
                         lam_k = carry[k] + dy[m - 1] * Cs[m - 1]
