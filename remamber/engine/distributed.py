@@ -74,6 +74,10 @@ def shard_indices(n: int, rank_: Optional[int] = None, world: Optional[int] = No
 
 
 def cleanup() -> None:
-    """Leave the process group if one was joined."""
+    """Leave the process group if one was joined, all ranks together: a rank that destroyed its
+    gloo group and exited while another still worked (``remamber eval``'s non-main ranks, done
+    before rank 0 writes its report) aborted at exit now and then ("terminate called without an
+    active exception")."""
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
