@@ -151,8 +151,10 @@ def main() -> None:
         "machine": {"gpu": props.name, "gpu_memory_gib": round(props.total_memory / 2**30, 1),
                     "cuda": torch.version.cuda, "torch": torch.__version__, "platform": platform.platform()},
         "mamba_ssm": mamba,
-        "what": "fp32 on the GPU; seconds are the best of --repeat synchronised calls after a warm-up "
-                "(the reference loops once); errors are max |x - ref| / max |ref| against our reference loop",
+        "what": "fp32 on the GPU (TF32 off); scan seconds are the best of --repeat synchronised calls after a "
+                "warm-up (the two reference loops: one call, no warm-up); preset seconds the best of "
+                f"max(--repeat, {PRESET_CALLS}) after {PRESET_WARMUP} warm-up calls; errors are max |x - ref| / max |ref| "
+                "against our reference loop",
         "scan": rows,
         "presets_forward": presets,
     })

@@ -288,7 +288,8 @@ def test_cuda_dispatch_matches_reference_forward_backward(case, with_z, monkeypa
     way it matches the reference computed on the CPU, forward and every gradient."""
     monkeypatch.delenv("REMAMBER_SCAN", raising=False)
     calls = []
-    if importlib.util.find_spec("mamba_ssm") is not None:
+    mamba_installed = importlib.util.find_spec("mamba_ssm") is not None
+    if mamba_installed:
         kernel = scan_module._mamba_cuda_kernel()
         assert kernel is not None, "mamba_ssm is installed but does not import"
         monkeypatch.setattr(scan_module, "_mamba_cuda_kernel", lambda: lambda *a, **k: calls.append(1) or kernel(*a, **k))
@@ -299,7 +300,7 @@ def test_cuda_dispatch_matches_reference_forward_backward(case, with_z, monkeypa
     on_gpu = {k: v.detach().cuda().requires_grad_() for k, v in leaves.items()}
     ref, ref_state = selective_scan_ref(**kw, delta_softplus=True, return_last_state=True)
     out, state = selective_scan(**on_gpu, delta_softplus=True, return_last_state=True)
-    assert len(calls) == (1 if importlib.util.find_spec("mamba_ssm") is not None else 0)
+    assert len(calls) == (1 if mamba_installed else 0)
     assert _max_rel(out.cpu(), ref) <= CUDA_TOL and _max_rel(state.cpu(), ref_state) <= CUDA_TOL
     grad_out = torch.randn_like(ref)
     g_ref = torch.autograd.grad(ref, list(leaves.values()), grad_out)
