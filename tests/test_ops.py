@@ -49,6 +49,7 @@ CASES = [
     dict(b=1, d=4, l=1, n=2, bc="shared"),
     dict(b=1, d=8, l=150, n=6, bc="grouped"),  # several chunks, the last one short; 4 + 2 states
     dict(b=2, d=4, l=200, n=1, bc="shared"),
+    dict(b=1, d=8, l=131, n=3, bc="grouped"),  # the narrow kernel's later state dimensions, across chunks
 ]
 
 
@@ -86,10 +87,11 @@ def test_chunk_size_does_not_change_result(chunk, path):
     assert _max_rel(TORCH_PATHS[path](**kw, delta_softplus=True, chunk=chunk), ref) <= 1e-5
 
 
+@pytest.mark.parametrize("n", [1, 16])  # the fused path's narrow and wide kernels
 @pytest.mark.parametrize("path", ["chunked", "fused"])  # parallel: its own test below, all leaves
-def test_trained_weight_ranges_do_not_overflow(path):
+def test_trained_weight_ranges_do_not_overflow(path, n):
     """A down to -50, delta up to 5, a long sequence: exp(-cumsum) would overflow; ours must not."""
-    kw = _inputs(1, 8, 4096, 16, a_min=-50.0, dt_scale=0.0)
+    kw = _inputs(1, 8, 4096, n, a_min=-50.0, dt_scale=0.0)
     kw["delta"] = 5.0 * torch.rand(1, 8, 4096, generator=torch.Generator().manual_seed(1))
     kw["delta_bias"] = None
     leaves = [kw[k].requires_grad_() for k in ("u", "delta", "A", "B", "C")]
@@ -135,7 +137,7 @@ def test_dispatch_on_cpu_never_imports_mamba(backend, monkeypatch):
     calls = []
     for name in ("selective_scan_fused",):
         monkeypatch.setattr(scan_cpu, name, lambda *a, _f=getattr(scan_cpu, name), **k: calls.append(name) or _f(*a, **k))
-    monkeypatch.setattr(scan_cpu, "compiled", lambda: False)  # as in a fresh process
+    monkeypatch.setattr(scan_cpu, "compiled", lambda d_state: False)  # as in a fresh process
     kw = _inputs(1, 4, 10, 1)
     ref = selective_scan_ref(**kw, delta_softplus=True)
     with torch.no_grad():  # small inference call: the chunked path (no JIT compilation)
@@ -145,7 +147,7 @@ def test_dispatch_on_cpu_never_imports_mamba(backend, monkeypatch):
     with torch.no_grad():  # large enough inference call
         selective_scan(**kw, delta_softplus=True)
     monkeypatch.setattr(scan_module, "FUSED_MIN_INFERENCE", 1 << 22)
-    monkeypatch.setattr(scan_cpu, "compiled", lambda: True)
+    monkeypatch.setattr(scan_cpu, "compiled", lambda d_state: True)
     with torch.no_grad():  # small inference call once the kernel is in the process
         selective_scan(**kw, delta_softplus=True)
     kw["u"].requires_grad_(True)
@@ -155,10 +157,11 @@ def test_dispatch_on_cpu_never_imports_mamba(backend, monkeypatch):
     assert "mamba_ssm" not in sys.modules
 
 
-def test_kernel_counts_as_compiled_after_a_fused_call():
-    kw = _inputs(1, 4, 10, 1)
+@pytest.mark.parametrize("n", [1, 4])  # the narrow kernel and the wide one
+def test_kernel_counts_as_compiled_after_a_fused_call(n):
+    kw = _inputs(1, 4, 10, n)
     scan_cpu.selective_scan_fused(**kw, delta_softplus=True)
-    assert scan_cpu.compiled()
+    assert scan_cpu.compiled(n)
 
 
 def _count_parallel_calls(monkeypatch) -> list:
@@ -246,6 +249,25 @@ def test_fused_handles_long_sequences_across_chunks_and_batches():
     g = torch.randn_like(ref)
     for a, b in zip(torch.autograd.grad(out, leaves, g), torch.autograd.grad(ref, leaves, g)):
         assert _max_rel(a, b) <= 1e-5
+
+
+@pytest.mark.parametrize("n", [1, 3, 6])
+@pytest.mark.parametrize("with_z", [False, True])
+def test_fused_inference_variant_matches_reference(n, with_z, monkeypatch):
+    """Without gradients the kernels are compiled without the saved chunk states (and, with no
+    gate, without ``z``): the same numbers, state included."""
+    keep_starts = []
+    apply = scan_cpu._FusedScan.apply
+    monkeypatch.setattr(scan_cpu._FusedScan, "apply", lambda *a: keep_starts.append(a[-1]) or apply(*a))
+    kw = _inputs(2, 8, 2 * scan_cpu.CHUNK + 9, n, groups=2)
+    if not with_z:
+        kw["z"] = None
+    kw["u"].requires_grad_()  # as a model's parameters: no gradients all the same under no_grad
+    ref, ref_state = selective_scan_ref(**kw, delta_softplus=True, return_last_state=True)
+    with torch.no_grad():
+        out, state = scan_cpu.selective_scan_fused(**kw, delta_softplus=True, return_last_state=True)
+    assert not out.requires_grad and keep_starts == [False]
+    assert _max_rel(out, ref) <= 1e-5 and _max_rel(state, ref_state) <= 1e-5
 
 
 def _cross_scan_by_index(x: torch.Tensor) -> torch.Tensor:

@@ -5,12 +5,14 @@ One task per ``(batch, channel)`` row runs the recurrence along the sequence, a 
 chunk, everything that does not depend on the previous state (``softplus`` and its derivative,
 the decays ``exp(delta * A)`` by an inline polynomial, the drives, the output terms, the
 gradient terms) is computed for all steps at once in loops that LLVM vectorises; what is left
-serial is the recurrence itself, one multiply-add per step and state dimension (four state
-dimensions interleaved in the forward when ``d_state >= 4``; otherwise, and in the backward's
-recomputation, four segments of a chunk run side by side and are joined afterwards).  The forward keeps the state at
-the start of every chunk; the backward walks the chunks in reverse, recomputes the states
-inside one chunk from its saved start with the forward's own arithmetic, and runs the adjoint
-recurrence.  Same semantics and fp32 arithmetic as ``selective_scan_ref``.
+serial is the recurrence itself, one multiply-add per step and state dimension.  Two forward
+kernels: :func:`_forward_narrow` for ``d_state < 4`` (ReMamber's is 1) makes one pass per state
+dimension for each step's delta, decay and drive; :func:`_forward` computes the deltas once and
+interleaves four state dimensions.  When gradients are needed the forward keeps the state at
+the start of every chunk (an inference call is compiled without it); the backward walks the
+chunks in reverse, recomputes the states inside one chunk from its saved start with the
+forward's arithmetic, and runs the adjoint recurrence.  Same semantics and fp32 arithmetic as
+``selective_scan_ref``.
 
 numba compiles the kernels on first use (cached on disk); without numba the PyTorch path in
 ``selective_scan.py`` is used instead.
@@ -97,56 +99,33 @@ if AVAILABLE:
     def _sigmoid(v):  # pragma: no cover
         return np.float32(1.0) / (np.float32(1.0) + _exp(-v))
 
-    @_jit(inline="always", fastmath=True)
-    def _deltas(dts, bias, softplus, deltas, sig):  # pragma: no cover
-        """``deltas = softplus(dts + bias)`` as ``max(v, 0) + log1p(exp(-|v|))`` and ``sig`` its
-        derivative ``sigmoid(v)``, for one chunk of steps (SIMD)."""
-        for j in range(dts.shape[0]):
-            v = dts[j] + bias
-            if softplus:
-                e = _exp(-abs(v))
-                s = np.float32(1.0) / (np.float32(1.0) + e)
-                sig[j] = s if v >= np.float32(0.0) else e * s
-                v = max(v, np.float32(0.0)) + _log1p_unit(e)
-            deltas[j] = v
+    @_jit(inline="always")
+    def _buffer(size):  # pragma: no cover
+        """A per-chunk work buffer. One allocation each: as rows of one 2-D buffer, the passes
+        that use them ran 5-10% slower."""
+        return np.zeros(size, np.float32)
+
+    @_jit(inline="always")
+    def _row(r, d, per_group):  # pragma: no cover
+        """Batch, channel and B/C group of row ``r`` of a forward kernel."""
+        return r // d, r % d, r % d // per_group
 
     @_jit(inline="always", fastmath=True)
-    def _states(deltas, a, x, Bs, decay, hs, prod):  # pragma: no cover
+    def _softplus(v, e):  # pragma: no cover
+        """``softplus(v) = max(v, 0) + log1p(e)``, given ``e = exp(-|v|)``."""
+        return max(v, np.float32(0.0)) + _log1p_unit(e)
+
+    @_jit(inline="always", fastmath=True)
+    def _states(deltas, a, x, Bs, decay, hs):  # pragma: no cover
         """One state dimension over one chunk: the decays ``exp(delta * a)`` (SIMD), then the
-        recurrence from ``hs[0]``, ``hs[j + 1]`` being the state after step ``j``.
-
-        A chunk whose length is a multiple of four runs as four segments side by side: each
-        segment's states from a zero start and its running decay products (``prod``), eight
-        independent chains that hide each other's multiply-add latency, then the state entering
-        each segment and one vectorised fix-up ``hs += prod * entering``."""
+        recurrence from ``hs[0]``, ``hs[j + 1]`` being the state after step ``j``."""
         m = Bs.shape[0]
         for j in range(m):
             decay[j] = _exp(deltas[j] * a)
-        if m % 4:
-            h = hs[0]
-            for j in range(m):
-                h = decay[j] * h + x[j] * Bs[j]
-                hs[j + 1] = h
-            return
-        q = m // 4
-        h0 = h1 = h2 = h3 = np.float32(0.0)
-        p0 = p1 = p2 = p3 = np.float32(1.0)
-        for i in range(q):
-            j1, j2, j3 = q + i, 2 * q + i, 3 * q + i
-            h0 = decay[i] * h0 + x[i] * Bs[i]
-            h1 = decay[j1] * h1 + x[j1] * Bs[j1]
-            h2 = decay[j2] * h2 + x[j2] * Bs[j2]
-            h3 = decay[j3] * h3 + x[j3] * Bs[j3]
-            p0, p1, p2, p3 = p0 * decay[i], p1 * decay[j1], p2 * decay[j2], p3 * decay[j3]
-            hs[i + 1], hs[j1 + 1], hs[j2 + 1], hs[j3 + 1] = h0, h1, h2, h3
-            prod[i], prod[j1], prod[j2], prod[j3] = p0, p1, p2, p3
-        entering = hs[0]
-        for seg in range(4):  # the true state entering each segment, then the segment's fix-up
-            lo = seg * q
-            following = hs[lo + q] + prod[lo + q - 1] * entering
-            for j in range(lo, lo + q):
-                hs[j + 1] += prod[j] * entering
-            entering = following
+        h = hs[0]
+        for j in range(m):
+            h = decay[j] * h + x[j] * Bs[j]
+            hs[j + 1] = h
 
     @_jit(inline="always", fastmath=True)
     def _four_states(deltas, A_row, k, x, Bg, Cg, t0, t1, decay4, h, y):  # pragma: no cover
@@ -175,41 +154,44 @@ if AVAILABLE:
     # aliasing keep LLVM from vectorising it (about 6x slower).
 
     @_jit(parallel=True, fastmath=True)
-    def _forward(u, dt, A, B, C, D, z, bias, softplus, has_z, chunk, out, y_pre, starts, last):  # pragma: no cover
-        """Per row and chunk of ``chunk`` steps, one state dimension at a time: every step's
-        decay and drive at once (SIMD), then the recurrence (one multiply-add per step)."""
+    def _forward(u, dt, A, B, C, D, z, bias, softplus, chunk, out, y_pre, starts, last):  # pragma: no cover
+        """The forward for ``d_state >= 4``: per row and chunk of ``chunk`` steps, the deltas once,
+        then four state dimensions at a time (:func:`_four_states`), the rest one by one.
+        ``z``, ``y_pre`` and ``starts`` as in :func:`_forward_narrow`."""
         b, d, L = u.shape
         n = A.shape[1]
         per_group = d // B.shape[1]
         for r in prange(b * d):
-            bi, di = r // d, r % d
-            gi = di // per_group
+            bi, di, gi = _row(r, d, per_group)
             Dd, bias_d = D[di], bias[di]
             quads = n // 4 * 4  # state dimensions run four at a time; the rest one by one
             h = np.zeros(n, dtype=np.float32)
-            work = np.empty((6, chunk), dtype=np.float32)
-            deltas, sig, x, y, decay, prod = work[0], work[1], work[2], work[3], work[4], work[5]
-            hs, decay4 = np.empty(chunk + 1, dtype=np.float32), np.empty((4, chunk), dtype=np.float32)
+            deltas, x, y, decay, hs = _buffer(chunk), _buffer(chunk), _buffer(chunk), _buffer(chunk), _buffer(chunk + 1)
+            decay4 = np.empty((4, chunk), dtype=np.float32)
             for t0 in range(0, L, chunk):
                 t1 = min(t0 + chunk, L)
                 m = t1 - t0
-                starts[bi, di, t0 // chunk, :] = h
-                us = u[bi, di, t0:t1]
-                _deltas(dt[bi, di, t0:t1], bias_d, softplus, deltas, sig)
+                if starts is not None:
+                    starts[bi, di, t0 // chunk, :] = h
+                us, dts = u[bi, di, t0:t1], dt[bi, di, t0:t1]
                 for j in range(m):
-                    x[j] = deltas[j] * us[j]
+                    v = dts[j] + bias_d
+                    if softplus:
+                        v = _softplus(v, _exp(-abs(v)))
+                    deltas[j] = v
+                    x[j] = v * us[j]
                     y[j] = Dd * us[j]
                 for k in range(0, quads, 4):
                     _four_states(deltas, A[di], k, x, B[bi, gi], C[bi, gi], t0, t1, decay4, h, y)
                 for k in range(quads, n):
                     hs[0] = h[k]
-                    _states(deltas, A[di, k], x, B[bi, gi, k, t0:t1], decay, hs, prod)
+                    _states(deltas, A[di, k], x, B[bi, gi, k, t0:t1], decay, hs)
                     h[k] = hs[m]
                     Cs = C[bi, gi, k, t0:t1]
                     for j in range(m):
                         y[j] += hs[j + 1] * Cs[j]
                 outs = out[bi, di, t0:t1]
-                if has_z:
+                if z is not None:
                     zs, pre = z[bi, di, t0:t1], y_pre[bi, di, t0:t1]
                     for j in range(m):
                         pre[j] = y[j]
@@ -219,13 +201,71 @@ if AVAILABLE:
                         outs[j] = y[j]
             last[bi, di, :] = h
 
+    @_jit(inline="always", fastmath=True)
+    def _one_state(dts, us, Bs, bias, a, softplus, h, decay, drive, hs):  # pragma: no cover
+        """One state dimension over one chunk from state ``h``: every step's delta, decay and drive
+        in one pass (SIMD), then the recurrence, ``hs[j]`` being the state after step ``j``;
+        returns the last state."""
+        m = us.shape[0]
+        for j in range(m):
+            v = dts[j] + bias
+            if softplus:
+                v = _softplus(v, _exp(-abs(v)))
+            decay[j] = _exp(v * a)
+            drive[j] = v * us[j] * Bs[j]
+        for j in range(m):
+            h = decay[j] * h + drive[j]
+            hs[j] = h
+        return h
+
+    @_jit(parallel=True, fastmath=True)
+    def _forward_narrow(u, dt, A, B, C, D, z, bias, softplus, chunk, out, y_pre, starts, last):  # pragma: no cover
+        """The forward for ``d_state < 4`` (ReMamber's is 1): per row and chunk, each state
+        dimension in :func:`_one_state`, then one SIMD pass adds its output terms; softplus is
+        computed again per state dimension. ``z`` (with ``y_pre``, the output before the gate) and
+        ``starts`` may be None: numba compiles a variant without them."""
+        b, d, L = u.shape
+        n = A.shape[1]
+        per_group = d // B.shape[1]
+        for r in prange(b * d):
+            bi, di, gi = _row(r, d, per_group)
+            ur, dtr, outr = u[bi, di], dt[bi, di], out[bi, di]
+            Dd, bias_d = D[di], bias[di]
+            if z is None:
+                yr = outr
+            else:
+                yr = y_pre[bi, di]
+            h = np.zeros(n, dtype=np.float32)
+            decay, drive, hs = _buffer(chunk), _buffer(chunk), _buffer(chunk)
+            for t0 in range(0, L, chunk):
+                t1 = min(t0 + chunk, L)
+                m = t1 - t0
+                if starts is not None:
+                    starts[bi, di, t0 // chunk, :] = h
+                us, dts, ys = ur[t0:t1], dtr[t0:t1], yr[t0:t1]
+                h[0] = _one_state(dts, us, B[bi, gi, 0, t0:t1], bias_d, A[di, 0], softplus, h[0], decay, drive, hs)
+                Cs = C[bi, gi, 0, t0:t1]
+                for j in range(m):
+                    ys[j] = hs[j] * Cs[j] + Dd * us[j]
+                for k in range(1, n):
+                    h[k] = _one_state(dts, us, B[bi, gi, k, t0:t1], bias_d, A[di, k], softplus, h[k], decay, drive, hs)
+                    Cs = C[bi, gi, k, t0:t1]
+                    for j in range(m):
+                        ys[j] += hs[j] * Cs[j]
+                if z is not None:
+                    zs, outs = z[bi, di, t0:t1], outr[t0:t1]
+                    for j in range(m):
+                        outs[j] = ys[j] * zs[j] * _sigmoid(zs[j])
+            last[bi, di, :] = h
+
     @_jit(parallel=True, fastmath=True)
     def _backward(  # pragma: no cover
-        u, dt, A, B, C, D, z, bias, softplus, has_z, chunk, starts, y_pre, gout, blocks,
+        u, dt, A, B, C, D, z, bias, softplus, chunk, starts, y_pre, gout, blocks,
         du, ddt, dz, dA_part, dD_part, dbias_part, dB_part, dC_part,
     ):
         """Chunks in reverse; inside one, per state dimension: recompute the states from the
-        chunk's saved start, run the adjoint recurrence, then every gradient term at once (SIMD)."""
+        chunk's saved start, run the adjoint recurrence, then every gradient term at once (SIMD).
+        Without a gate ``z``, ``y_pre`` and ``dz`` are None."""
         b, d, L = u.shape
         n = A.shape[1]
         g = B.shape[1]
@@ -236,9 +276,8 @@ if AVAILABLE:
             bi = task // (g * blocks)
             gi = (task // blocks) % g
             p = task % blocks
-            work = np.zeros((9, chunk), dtype=np.float32)
-            deltas, sig, x, dy, lam, d_u, d_delta = work[0], work[1], work[2], work[3], work[4], work[5], work[6]
-            decay, prod = work[7], work[8]
+            deltas, sig, x, dy = _buffer(chunk), _buffer(chunk), _buffer(chunk), _buffer(chunk)
+            lam, d_u, d_delta, decay = _buffer(chunk), _buffer(chunk), _buffer(chunk), _buffer(chunk)
             hs = np.zeros(chunk + 1, dtype=np.float32)
             carry = np.zeros(n, dtype=np.float32)
             lo = gi * per_group + p * per_block
@@ -253,33 +292,40 @@ if AVAILABLE:
                     t1 = min(t0 + chunk, L)
                     m = t1 - t0
                     us, gs = u[bi, di, t0:t1], gout[bi, di, t0:t1]
-                    _deltas(dt[bi, di, t0:t1], bias[di], softplus, deltas, sig)
-                    if has_z:  # the output gate
+                    if z is None:
+                        dyc = gs
+                    else:  # the output gate
                         zs, pre, dzs = z[bi, di, t0:t1], y_pre[bi, di, t0:t1], dz[bi, di, t0:t1]
                         for j in range(m):
                             sg = _sigmoid(zs[j])
                             dzs[j] = gs[j] * pre[j] * sg * (np.float32(1.0) + zs[j] * (np.float32(1.0) - sg))
                             dy[j] = gs[j] * zs[j] * sg
-                    else:
-                        for j in range(m):
-                            dy[j] = gs[j]
-                    for j in range(m):  # the terms that skip the state
-                        x[j] = deltas[j] * us[j]
-                        dD_acc += dy[j] * us[j]
-                        d_u[j] = dy[j] * Dd
+                        dyc = dy
+                    dts, bias_d = dt[bi, di, t0:t1], bias[di]
+                    for j in range(m):  # the deltas, and the terms that skip the state
+                        v = dts[j] + bias_d
+                        if softplus:
+                            e = _exp(-abs(v))
+                            s = np.float32(1.0) / (np.float32(1.0) + e)
+                            sig[j] = s if v >= np.float32(0.0) else e * s
+                            v = _softplus(v, e)
+                        deltas[j] = v
+                        x[j] = v * us[j]
+                        dD_acc += dyc[j] * us[j]
+                        d_u[j] = dyc[j] * Dd
                         d_delta[j] = np.float32(0.0)
                     for k in range(n):
                         a = A[di, k]
                         Bs, Cs = B[bi, gi, k, t0:t1], C[bi, gi, k, t0:t1]
                         dBs, dCs = dB_part[bi, gi, p, k, t0:t1], dC_part[bi, gi, p, k, t0:t1]
                         hs[0] = starts[bi, di, c, k]
-                        _states(deltas, a, x, Bs, decay, hs, prod)
+                        _states(deltas, a, x, Bs, decay, hs)
                         # the adjoint recurrence lam_j = decay_{j+1} lam_{j+1} + dy_j C_j, one
                         # multiply-add per step on the serial chain
-                        lam_k = carry[k] + dy[m - 1] * Cs[m - 1]
+                        lam_k = carry[k] + dyc[m - 1] * Cs[m - 1]
                         lam[m - 1] = lam_k
                         for j in range(m - 2, -1, -1):
-                            lam_k = decay[j + 1] * lam_k + dy[j] * Cs[j]
+                            lam_k = decay[j + 1] * lam_k + dyc[j] * Cs[j]
                             lam[j] = lam_k
                         carry[k] = decay[0] * lam_k
                         dA_acc = np.float32(0.0)
@@ -289,7 +335,7 @@ if AVAILABLE:
                             d_delta[j] += da * a + lam[j] * Bs[j] * us[j]
                             d_u[j] += lam[j] * deltas[j] * Bs[j]
                             dBs[j] += lam[j] * x[j]
-                            dCs[j] += dy[j] * hs[j + 1]
+                            dCs[j] += dyc[j] * hs[j + 1]
                         dA_part[bi, di, k] += dA_acc
                     dus, ddts = du[bi, di, t0:t1], ddt[bi, di, t0:t1]
                     for j in range(m):
@@ -313,18 +359,19 @@ def _blocks(b: int, g: int, per_group: int) -> int:
 
 class _FusedScan(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, softplus: bool):  # type: ignore[override]
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, softplus: bool, keep_starts: bool):  # type: ignore[override]
         b, d, L = u.shape
         n = A.shape[1]
         arrays = [_np(x) for x in (u, delta, A, B, C)]
         Dn = _np(D) if D is not None else np.zeros(d, np.float32)
-        zn = _np(z) if z is not None else np.zeros((1, 1, 1), np.float32)
+        zn = _np(z) if z is not None else None
         bn = _np(delta_bias) if delta_bias is not None else np.zeros(d, np.float32)
         out = np.empty((b, d, L), np.float32)
-        y_pre = np.empty((b, d, L), np.float32) if z is not None else np.zeros((1, 1, 1), np.float32)
-        starts = np.empty((b, d, -(-L // CHUNK), n), np.float32)
+        y_pre = np.empty((b, d, L), np.float32) if z is not None else None
+        # the state at each chunk's start, for the backward; a call without gradients skips it
+        starts = np.empty((b, d, -(-L // CHUNK), n), np.float32) if keep_starts else None
         last = np.empty((b, d, n), np.float32)
-        _forward(*arrays, Dn, zn, bn, softplus, z is not None, CHUNK, out, y_pre, starts, last)
+        _forward_kernel(n)(*arrays, Dn, zn, bn, softplus, CHUNK, out, y_pre, starts, last)
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias)
         ctx.arrays = (arrays, Dn, zn, bn, starts, y_pre)
         ctx.softplus = softplus
@@ -339,25 +386,31 @@ class _FusedScan(torch.autograd.Function):
         g, n = Bn.shape[1], An.shape[1]
         blocks = _blocks(b, g, d // g)
         du, ddt = np.empty_like(un), np.empty_like(dtn)
-        dz = np.empty_like(un) if z is not None else np.zeros((1, 1, 1), np.float32)
+        dz = np.empty_like(un) if z is not None else None
         dA_part, dD_part, dbias_part = np.zeros((b, d, n), np.float32), np.zeros((b, d), np.float32), np.zeros((b, d), np.float32)
         dB_part = np.zeros((b, g, blocks, n, L), np.float32)
         dC_part = np.zeros((b, g, blocks, n, L), np.float32)
         _backward(
-            un, dtn, An, Bn, Cn, Dn, zn, bn, ctx.softplus, z is not None, CHUNK, starts, y_pre, _np(gout), blocks,
+            un, dtn, An, Bn, Cn, Dn, zn, bn, ctx.softplus, CHUNK, starts, y_pre, _np(gout), blocks,
             du, ddt, dz, dA_part, dD_part, dbias_part, dB_part, dC_part,
         )
         to = lambda arr, like: torch.from_numpy(arr).to(like.dtype)  # noqa: E731
         return (
             to(du, u), to(ddt, delta), to(dA_part.sum(0), A), to(dB_part.sum(2), B), to(dC_part.sum(2), C),
             to(dD_part.sum(0), D) if D is not None else None, to(dz, z) if z is not None else None,
-            to(dbias_part.sum(0), delta_bias) if delta_bias is not None else None, None,
+            to(dbias_part.sum(0), delta_bias) if delta_bias is not None else None, None, None,
         )
 
 
-def compiled() -> bool:
-    """Whether this process already has the forward kernel (compiled, or loaded from the disk cache)."""
-    return AVAILABLE and bool(_forward.signatures)
+def _forward_kernel(d_state: int):
+    """The forward kernel for this state size."""
+    return _forward_narrow if d_state < 4 else _forward
+
+
+def compiled(d_state: int) -> bool:
+    """Whether this process already has the forward kernel for ``d_state`` (compiled, or loaded
+    from the disk cache)."""
+    return AVAILABLE and bool(_forward_kernel(d_state).signatures)
 
 
 def supports(u: Tensor, B: Tensor, C: Tensor) -> bool:
@@ -375,5 +428,7 @@ def selective_scan_fused(
     """Selective scan with the fused CPU kernel (see :func:`supports`); same API as the reference."""
     if B.dim() == 3:
         B, C = B.unsqueeze(1), C.unsqueeze(1)
-    out, last = _FusedScan.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    inputs = (u, delta, A, B, C, D, z, delta_bias)
+    keep_starts = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
+    out, last = _FusedScan.apply(*inputs, delta_softplus, keep_starts)
     return (out, last) if return_last_state else out

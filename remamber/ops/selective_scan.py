@@ -341,4 +341,4 @@ def _worth_compiling(u: Tensor, A: Tensor, *others: Optional[Tensor]) -> bool:
     kernel is compiled in this process."""
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (u, A, *others)):
         return True
-    return u.numel() * A.shape[1] >= FUSED_MIN_INFERENCE or scan_cpu.compiled()
+    return u.numel() * A.shape[1] >= FUSED_MIN_INFERENCE or scan_cpu.compiled(A.shape[1])
