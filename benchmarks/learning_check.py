@@ -89,6 +89,7 @@ def main() -> None:
     from remamber.data.shapes import prepare_shapes
     from remamber.data.dataset import ReferringDataset
     from remamber.engine.evaluate import evaluate
+    from remamber.engine.allocator import keep_freed_memory
     from remamber.engine.train import TrainConfig, Trainer
     from remamber.hub import load_pretrained
 
@@ -100,6 +101,7 @@ def main() -> None:
     )
     start = time.perf_counter()
     trainer = Trainer(cfg)
+    keep_freed_memory()  # as `remamber train` on a CPU
     result = trainer.fit()
     train_minutes = (time.perf_counter() - start) / 60
     model = load_pretrained(result.last)

@@ -217,3 +217,29 @@ def test_cpu_training_keeps_freed_memory_in_the_heap():
     assert before < 64 << 20 and kept and after >= 64 << 20
     before, kept, after = _heap_probe("0")
     assert not kept and after < 64 << 20  # the opt-out leaves glibc's defaults
+
+
+@pytest.mark.parametrize("device, keeps", [("cpu", True), ("cuda", False)])
+def test_train_command_keeps_freed_memory_on_a_cpu_only(monkeypatch, device, keeps):
+    """`remamber train` sets the allocator for a CPU run; the library's Trainer leaves it alone."""
+    from types import SimpleNamespace
+
+    import remamber.engine.allocator as allocator
+    import remamber.engine.train as engine_train
+    from remamber.cli.train import _run
+
+    calls = []
+    monkeypatch.setattr(allocator, "keep_freed_memory", lambda: calls.append(device) or True)
+
+    class FakeTrainer:
+        def __init__(self, cfg, resume, console):
+            self.device, self.main, self.total_steps, self.step, self.epoch = torch.device(device), True, 1, 0, 0
+
+        def fit(self, on_step):
+            on_step({"step": 1, "epoch": 0, "loss": 0.5, "lr": 1e-3})
+            return SimpleNamespace(steps=1, last="run/checkpoints/last", best_oiou=None, best=None)
+
+    monkeypatch.setattr(engine_train, "Trainer", FakeTrainer)
+    _run(SimpleNamespace(lr=1e-3), resume=False)
+    assert calls == ([device] if keeps else [])
+    assert "keep_freed_memory" not in engine_train.__dict__

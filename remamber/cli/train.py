@@ -122,11 +122,14 @@ def _run(cfg, resume: bool) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from remamber.engine import distributed as D
+    from remamber.engine.allocator import keep_freed_memory
     from remamber.engine.train import Trainer
 
     console = Console(stderr=True)
     try:
         trainer = Trainer(cfg, resume=resume, console=console)
+        if trainer.device.type == "cpu":  # the process's memory is ours: keep what each step frees
+            keep_freed_memory()
         main = trainer.main
         progress = Progress(
             TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),

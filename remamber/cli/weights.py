@@ -39,7 +39,7 @@ def load_model(weights: Optional[str], device):
 
     device = torch.device(device)
     model = load_pretrained(weights_or_default(weights), device=str(device))
-    if device.type == "cpu":  # as the Trainer decides it
+    if device.type == "cpu":  # as `remamber train` does
         keep_freed_memory()
     return model
 

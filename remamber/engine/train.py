@@ -23,7 +23,6 @@ import torch
 import torch.nn as nn
 
 from remamber.engine import distributed as D
-from remamber.engine.allocator import keep_freed_memory
 from remamber.engine.checkpoint import load_trainer_state, rng_state, save_checkpoint, set_rng_state
 from remamber.engine.losses import segmentation_loss
 from remamber.engine.sampling import BatchSource, epoch_batches
@@ -212,8 +211,6 @@ class Trainer:
         if self.device.type == "cuda" and self.distributed:
             self.device = torch.device("cuda", D.local_rank())
         self.main = D.is_main()
-        if self.device.type == "cpu":
-            keep_freed_memory()
         self.amp = cfg.amp if cfg.amp is not None else self.device.type == "cuda"
         self.amp_dtype = torch.bfloat16 if (self.device.type == "cpu" or torch.cuda.is_bf16_supported()) else torch.float16
 
