@@ -19,12 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from common import machine
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -210,13 +211,12 @@ def main() -> None:
 
 
 def _write(out: Path, settings: dict, prepare_cmd: list[str], runs: list[dict], models: dict) -> dict:
-    import torch
 
     from remamber.io import write_json
 
     result = {
         "benchmark": "ablation", "settings": settings, "prepare_command": "remamber " + " ".join(prepare_cmd),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__},
+        "machine": machine(),
         "runs": runs, "summary": summarize(runs), "models": models,
     }
     write_json(out, result)

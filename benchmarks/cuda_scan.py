@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import platform
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -26,6 +24,7 @@ import torch
 from remamber.io import write_json
 from remamber.modeling.presets import PRESETS, build_model, preset_config
 from remamber.ops.selective_scan import selective_scan, selective_scan_chunked, selective_scan_ref
+from common import best_of, machine
 from latency import random_inputs
 from scan import LEAVES, SHAPES, inputs, max_rel
 
@@ -40,14 +39,7 @@ def gpu_timed(fn, repeat: int, warmup: bool = True) -> tuple[float, object]:
     False) and the last call's result."""
     if warmup:
         fn()
-    best, result = float("inf"), None
-    for _ in range(repeat):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        result = fn()
-        torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - start)
-    return best, result
+    return best_of(fn, repeat, torch.cuda.synchronize)
 
 
 def mamba_reference():
@@ -148,8 +140,7 @@ def main() -> None:
     props = torch.cuda.get_device_properties(0)
     write_json(args.out, {
         "command": " ".join(["python benchmarks/cuda_scan.py", *sys.argv[1:]]),
-        "machine": {"gpu": props.name, "gpu_memory_gib": round(props.total_memory / 2**30, 1),
-                    "cuda": torch.version.cuda, "torch": torch.__version__, "platform": platform.platform()},
+        "machine": machine(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1), cuda=torch.version.cuda),
         "mamba_ssm": mamba,
         "what": "fp32 on the GPU (TF32 off); scan seconds are the best of --repeat synchronised calls after a "
                 "warm-up (the two reference loops: one call, no warm-up); preset seconds the best of "

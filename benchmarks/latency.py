@@ -19,13 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
 import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from common import machine
 
 SIZES = (256, 480, 640, 1024)
 PRESETS = ("tiny", "small", "base")
@@ -106,7 +106,6 @@ def main() -> None:
     if args.one:
         print(json.dumps(measure(args.one[0], int(args.one[1]), args.allocator)))
         return
-    import torch
 
     from remamber.io import write_json
     from remamber.modeling.presets import preset_config
@@ -133,8 +132,7 @@ def main() -> None:
               for p in PRESETS if p in models}
     write_json(args.out, {
         "command": " ".join(["python benchmarks/latency.py", *sys.argv[1:]]),
-        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
-                    "torch": torch.__version__},
+        "machine": machine(),
         "what": "one forward (image + phrase -> logits), batch 1, random weights, median seconds; peak RSS of the process",
         "allocator": {"kept": "freed memory kept in the process (as remamber segment/eval on a CPU)",
                       "default": "glibc defaults"}[args.allocator],

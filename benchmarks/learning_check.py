@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import re
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from common import machine
 
 REPO = Path(__file__).resolve().parents[1]
 CLEAR_MARGIN = 0.05  # "clearly beats": 5 points over the best baseline on each of mIoU, oIoU and P@50
@@ -84,8 +84,6 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
-    import torch
-
     from remamber.data.shapes import prepare_shapes
     from remamber.data.dataset import ReferringDataset
     from remamber.engine.evaluate import evaluate
@@ -121,7 +119,7 @@ def main() -> None:
     print("margin over the best baseline (points):", {k: round(100 * v, 2) for k, v in margins.items()})
     record = {
         "command": "python benchmarks/learning_check.py " + " ".join(sys.argv[1:]),
-        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "platform": platform.platform(), "torch": torch.__version__},
+        "machine": machine(),
         "train": {"steps": result.steps, "minutes": round(train_minutes, 2), "config": {k: v for k, v in vars(cfg).items()}},
         "test": {name: {k: v for k, v in s.items()} for name, s in rows.items()},
         "curve": cur,

@@ -54,6 +54,7 @@ import types
 from pathlib import Path
 
 from remamber.engine.allocator import keep_freed_memory
+from common import best_of, machine
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = REPO / "tests" / "fixtures" / "official_small"
@@ -249,13 +250,7 @@ def timed_forward(call, runs: int = TIMED_RUNS):
     """The output of a warm-up call (numba compilation, first-touch memory) and the fastest of
     ``runs`` timed calls after it; both models are timed this way, each in a process that keeps
     freed memory (:mod:`remamber.engine.allocator`, as `remamber segment` and `remamber eval`)."""
-    out = call()
-    best = float("inf")
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        call()
-        best = min(best, time.perf_counter() - t0)
-    return out, best
+    return call(), best_of(call, runs)[0]
 
 
 def run_official(name: str, official: Path, work: Path, scan: str, threads: int) -> None:
@@ -465,13 +460,11 @@ def main() -> None:
             results[name] = dict(compare(name, official, Path(tmp), args.scan, args.threads, args.deps), command=command)
             if name == "small" and not args.no_fixture:
                 write_fixture(Path(tmp), results[name], rev, command)
-    import torch
 
     record = dict(
         command=command,
         official_repo="yyh-rain-song/ReMamber", official_revision=rev,
-        machine=dict(cpus=os.cpu_count(), torch_threads=args.threads, platform=platform.platform(),
-                     torch=torch.__version__, python=platform.python_version()),
+        machine=machine(torch_threads=args.threads, python=platform.python_version()),
         total_s=round(time.perf_counter() - started, 1), results=results,
     )
     if RESULTS.exists() and args.only:  # keep the other configuration's last result

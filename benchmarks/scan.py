@@ -22,8 +22,6 @@ write one output): a forward that only streamed its inputs would take that long,
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import time
 from pathlib import Path
 
@@ -33,6 +31,7 @@ from remamber.engine.allocator import keep_freed_memory
 from remamber.io import write_json
 from remamber.ops import scan_cpu
 from remamber.ops.selective_scan import selective_scan_chunked, selective_scan_ref
+from common import best_of, machine
 
 # (b, d, l, n) at ReMamber shapes: stage 1 at 480 (120x120 tokens, 4 directions x 256 channels),
 # stage 1 at 256 (64x64, 4 x 192), stage 3 at 480 with batch 8 (30x30, 4 x 512).
@@ -58,17 +57,13 @@ def max_rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def timed(fn, repeat: int) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
+    return best_of(fn, repeat)[0]
 
 
 def bench(shape: tuple, repeat: int) -> dict:
     kw = inputs(*shape)
     outs, row = {}, {"shape": dict(zip("bdln", shape))}
+    secs: dict[str, float] = {}  # unrounded: the ratios come from these, the row gets them rounded
     for name, fn in PATHS.items():
         reps = 1 if name == "reference" else repeat
         prefix_l = min(shape[2], REF_BWD_MAX_L) if name == "reference" else shape[2]
@@ -90,15 +85,15 @@ def bench(shape: tuple, repeat: int) -> dict:
                 fn(**src, delta_softplus=True)
 
         fwd()  # warm-up (numba compiles on first use)
-        row[f"{name}_forward_s"] = round(timed(fwd, reps), 4)
+        secs[f"{name}_forward"] = timed(fwd, reps)
         if name == "reference":  # timed once; its gradient is the one the fast paths are checked against
             start = time.perf_counter()
             outs["reference_grad_u"] = fwd_bwd()
             fb = time.perf_counter() - start
         else:
             fb = timed(fwd_bwd, reps)
-        backward = fb - (timed(fwd_short, reps) if shrink > 1 else row[f"{name}_forward_s"])
-        row[f"{name}_backward_s"] = round(max(backward * shrink, 1e-6), 4)
+        backward = fb - (timed(fwd_short, reps) if shrink > 1 else secs[f"{name}_forward"])
+        secs[f"{name}_backward"] = max(backward * shrink, 1e-6)
         if name == "reference":
             row["reference_backward_from_l"] = prefix_l
     prefix = {k: (v[..., : row["reference_backward_from_l"]] if v.dim() >= 3 else v) for k, v in kw.items()}
@@ -112,13 +107,14 @@ def bench(shape: tuple, repeat: int) -> dict:
     # The memory floor of a forward: one elementwise pass that reads u and delta and writes an
     # output of their size (what any scan must at least stream), for the same inputs.
     floor_out = torch.empty_like(kw["u"])
-    row["memory_floor_forward_s"] = round(timed(lambda: torch.add(kw["u"], kw["delta"], out=floor_out), repeat + 3), 4)
-    row["fused_forward_vs_floor"] = round(row["fused_forward_s"] / row["memory_floor_forward_s"], 1)
+    secs["memory_floor_forward"] = timed(lambda: torch.add(kw["u"], kw["delta"], out=floor_out), repeat + 3)
+    row.update({f"{k}_s": round(v, 6) for k, v in secs.items()})
+    row["fused_forward_vs_floor"] = round(secs["fused_forward"] / secs["memory_floor_forward"], 1)
     g_ref = outs["reference_grad_u"]
     ref = outs["reference"]
     for name in ("fused", "chunked"):
-        row[f"{name}_forward_speedup"] = round(row["reference_forward_s"] / row[f"{name}_forward_s"], 1)
-        row[f"{name}_backward_speedup"] = round(row["reference_backward_s"] / row[f"{name}_backward_s"], 1)
+        row[f"{name}_forward_speedup"] = round(secs["reference_forward"] / secs[f"{name}_forward"], 1)
+        row[f"{name}_backward_speedup"] = round(secs["reference_backward"] / secs[f"{name}_backward"], 1)
         row[f"{name}_max_rel_err"] = max_rel(outs[name], ref)
         row[f"{name}_grad_u_max_rel_err"] = max_rel(grad_u(PATHS[name]), g_ref)
     return row
@@ -150,8 +146,7 @@ def main() -> None:
         mamba = f"not importable here ({type(e).__name__})"
     write_json(args.out, {
         "command": "python benchmarks/scan.py" + (" --quick" if args.quick else ""),
-        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "numba_threads": scan_cpu.numba.get_num_threads(),
-                    "platform": platform.platform(), "processor": platform.processor(), "torch": torch.__version__},
+        "machine": machine(numba_threads=scan_cpu.numba.get_num_threads()),
         "mamba_ssm": mamba,
         "allocator": "freed memory kept in the process (mallopt)" if kept else "system default",
         "goals": {"forward_speedup": 30, "backward_speedup": 10},

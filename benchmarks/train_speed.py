@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import random
 import statistics
 import subprocess
@@ -36,6 +34,7 @@ from remamber.modeling.presets import build_model, preset_config
 from remamber.modeling.text import BASIC_VOCAB
 from remamber.ops import scan_cpu
 from remamber.ops.selective_scan import scan_backend
+from common import machine
 
 RESULTS = Path(__file__).resolve().parent / "results" / "train_speed.json"
 # label -> (scan backend, keep freed memory)
@@ -125,9 +124,7 @@ def main() -> None:
         rows.append(row)
     write_json(args.out, {
         "command": "python benchmarks/train_speed.py" + (" --quick" if args.quick else ""),
-        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "numba_threads": scan_cpu.numba.get_num_threads() if scan_cpu.AVAILABLE else None,
-                    "platform": platform.platform(), "torch": torch.__version__},
+        "machine": machine(numba_threads=scan_cpu.numba.get_num_threads() if scan_cpu.AVAILABLE else None),
         "what": "tiny, scratch text encoder, random data; forward + loss + backward + AdamW; median of timed steps, faster of 2 rounds",
         "configs": {"train": "fused scan, freed memory kept (as remamber train on a CPU)",
                     "pytorch_scan": "the plain PyTorch (chunked) scan instead", "release_memory": "glibc's default allocator settings instead"},

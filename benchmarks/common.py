@@ -1,0 +1,40 @@
+"""Helpers shared by the benchmark scripts: the machine record of a result and best-of-N timing."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from typing import Any, Callable
+
+
+def cpu_model() -> str | None:
+    """The CPU's model name from ``/proc/cpuinfo`` (``platform.processor()`` is often empty)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def machine(**extra: Any) -> dict:
+    """What a result was measured on: CPUs, torch's threads, platform and torch version, plus ``extra``."""
+    import torch
+
+    return {"cpus": os.cpu_count(), "cpu_model": cpu_model(), "torch_threads": torch.get_num_threads(),
+            "platform": platform.platform(), "torch": torch.__version__, **extra}
+
+
+def best_of(fn: Callable[[], Any], repeat: int, sync: Callable[[], None] = lambda: None) -> tuple[float, Any]:
+    """Fewest seconds of ``repeat`` calls of ``fn`` (each between two ``sync()`` calls) and the last result."""
+    best, result = float("inf"), None
+    for _ in range(repeat):
+        sync()
+        start = time.perf_counter()
+        result = fn()
+        sync()
+        best = min(best, time.perf_counter() - start)
+    return best, result
