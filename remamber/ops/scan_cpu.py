@@ -413,6 +413,11 @@ def compiled(d_state: int) -> bool:
     return AVAILABLE and bool(_forward_kernel(d_state).signatures)
 
 
+def needs_grad(*tensors: Optional[Tensor]) -> bool:
+    """Whether a call on these tensors builds an autograd graph (grad mode on, a tensor requiring grad)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def supports(u: Tensor, B: Tensor, C: Tensor) -> bool:
     """The fused kernel handles CPU tensors with per-step B and C (shared or grouped)."""
     return (
@@ -429,6 +434,5 @@ def selective_scan_fused(
     if B.dim() == 3:
         B, C = B.unsqueeze(1), C.unsqueeze(1)
     inputs = (u, delta, A, B, C, D, z, delta_bias)
-    keep_starts = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
-    out, last = _FusedScan.apply(*inputs, delta_softplus, keep_starts)
+    out, last = _FusedScan.apply(*inputs, delta_softplus, needs_grad(*inputs))
     return (out, last) if return_last_state else out

@@ -339,6 +339,6 @@ def _worth_compiling(u: Tensor, A: Tensor, *others: Optional[Tensor]) -> bool:
     """The fused kernel for every training call, for inference calls of at least
     :data:`FUSED_MIN_INFERENCE` state updates (``b * d * l * n``), and for every call once the
     kernel is compiled in this process."""
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (u, A, *others)):
+    if scan_cpu.needs_grad(u, A, *others):
         return True
     return u.numel() * A.shape[1] >= FUSED_MIN_INFERENCE or scan_cpu.compiled(A.shape[1])
