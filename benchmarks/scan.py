@@ -4,6 +4,8 @@ The reference is ``selective_scan_ref`` (mamba_ssm's semantics: precompute exp(d
 delta*B*u, loop over L); its backward is autograd through that loop. For each shape the script
 times forward and forward+backward of: the reference, the fused numba kernel (CPU default) and
 the chunked PyTorch path, checks they agree, and writes benchmarks/results/scan.json.
+Every timing is the fastest of ``--repeat`` calls after a warm-up call, the reference's forward
+included (its timings swing most between calls); only the reference's slow backward is timed once.
 The reference's autograd backward through its Python loop grows about 4x per doubling of
 ``l`` (each per-step index adds a full-size gradient), so past ``REF_BWD_MAX_L`` steps it is
 timed on a prefix of ``REF_BWD_MAX_L`` steps and scaled *linearly* to ``l``: that understates
@@ -65,7 +67,6 @@ def bench(shape: tuple, repeat: int) -> dict:
     outs, row = {}, {"shape": dict(zip("bdln", shape))}
     secs: dict[str, float] = {}  # unrounded: the ratios come from these, the row gets them rounded
     for name, fn in PATHS.items():
-        reps = 1 if name == "reference" else repeat
         prefix_l = min(shape[2], REF_BWD_MAX_L) if name == "reference" else shape[2]
         shrink = shape[2] / prefix_l
         bwd_kw = {k: (v[..., :prefix_l] if v.dim() >= 3 else v) for k, v in kw.items()}
@@ -85,14 +86,14 @@ def bench(shape: tuple, repeat: int) -> dict:
                 fn(**src, delta_softplus=True)
 
         fwd()  # warm-up (numba compiles on first use)
-        secs[f"{name}_forward"] = timed(fwd, reps)
-        if name == "reference":  # timed once; its gradient is the one the fast paths are checked against
+        secs[f"{name}_forward"] = timed(fwd, repeat)
+        if name == "reference":  # its backward timed once (the slow one); its gradient is what the others are checked against
             start = time.perf_counter()
             outs["reference_grad_u"] = fwd_bwd()
             fb = time.perf_counter() - start
         else:
-            fb = timed(fwd_bwd, reps)
-        backward = fb - (timed(fwd_short, reps) if shrink > 1 else secs[f"{name}_forward"])
+            fb = timed(fwd_bwd, repeat)
+        backward = fb - (timed(fwd_short, repeat) if shrink > 1 else secs[f"{name}_forward"])
         secs[f"{name}_backward"] = max(backward * shrink, 1e-6)
         if name == "reference":
             row["reference_backward_from_l"] = prefix_l
@@ -123,7 +124,7 @@ def bench(shape: tuple, repeat: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=3, help="calls per timing, the fastest kept (default 3)")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "scan.json")
     args = ap.parse_args()
     kept = keep_freed_memory()
