@@ -1,10 +1,15 @@
 """CPU latency and peak memory of one segmentation (one image, one phrase) per preset and
-input size, the fitted exponent of time vs image tokens, and CLIPSeg (random weights, from
-transformers) at the same sizes as the peer a user would pick instead.
+input size, the fitted exponent of time vs image tokens, the attention-conditioning fusion
+variant (``PRESET:attention``: cross-attention to the words, then an SS2D, instead of the Mamba
+Twister), and CLIPSeg (random weights, from transformers) at the same sizes as the peer a user
+would pick instead.
 Writes benchmarks/results/latency.json.
 
-    python benchmarks/latency.py            # presets tiny, small, base at 256, 480, 640, 1024
+    python benchmarks/latency.py            # presets tiny, small, base, base with the attention
+                                            # fusion, and CLIPSeg at 256, 480, 640, 1024
     python benchmarks/latency.py --quick    # tiny and CLIPSeg at 256 and 480 only
+    python benchmarks/latency.py --models tiny:attention,small:attention,base:attention \
+        --out benchmarks/results/latency_attention.json   # the attention fusion at every preset
 
 Each measurement runs in a fresh subprocess (so peak RSS is its own): build the model with
 random weights, one warm-up call, then the median of timed calls under inference_mode. The
@@ -75,7 +80,9 @@ def measure(model_name: str, size: int, allocator: str = "kept") -> dict:
     else:
         from remamber.modeling.presets import build_model, preset_config
 
-        model = build_model(preset_config(model_name).replace(image_size=size)).eval()
+        preset, _, fusion = model_name.partition(":")
+        config = preset_config(preset).replace(image_size=size)
+        model = build_model(config.replace(fusion=fusion) if fusion else config).eval()
         args = random_inputs(model, size)
         call = lambda: model(*args)  # noqa: E731
     with torch.inference_mode():
@@ -97,7 +104,8 @@ def fit_exponent(rows: list[dict]) -> float | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny and CLIPSeg at 256 and 480 only")
-    parser.add_argument("--models", default=None, help="comma-separated subset of tiny,small,base,clipseg")
+    parser.add_argument("--models", default=None,
+                        help="comma-separated subset of tiny,small,base,clipseg; PRESET:FUSION for a fusion variant (base:attention)")
     parser.add_argument("--allocator", choices=("kept", "default"), default="kept",
                         help="kept: freed memory stays in the process, as remamber segment/eval on a CPU; default: glibc's")
     parser.add_argument("--one", nargs=2, metavar=("MODEL", "SIZE"), help=argparse.SUPPRESS)
@@ -108,12 +116,13 @@ def main() -> None:
         return
 
     from remamber.io import write_json
+    from remamber.modeling.config import FUSIONS
     from remamber.modeling.presets import preset_config
 
-    models = ("tiny", "clipseg") if args.quick else (*PRESETS, "clipseg")
+    models = ("tiny", "clipseg") if args.quick else (*PRESETS, "base:attention", "clipseg")
     if args.models:
         models = tuple(m for m in args.models.split(",") if m)
-        unknown = set(models) - {*PRESETS, "clipseg"}
+        unknown = {m for m in models if m != "clipseg" and not (m.partition(":")[0] in PRESETS and m.partition(":")[2] in ("", *FUSIONS))}
         if unknown:
             parser.error(f"unknown model(s): {', '.join(sorted(unknown))}")
     sizes = SIZES[:2] if args.quick else SIZES

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 from remamber import __version__
-from remamber.errors import ConfigError, WeightsError
+from remamber.errors import ConfigError, InputError, WeightsError
 from remamber.io import umask
 from remamber.modeling.config import ModelConfig
 
@@ -234,11 +234,32 @@ def write_model_files(model, folder: Path, card: Optional[str] = None) -> None:
     (folder / CARD_NAME).write_text(card if card is not None else model_card(model.config), encoding="utf-8")
 
 
+MODEL_FILES = (WEIGHTS_NAME, "model.onnx")  # a model folder has config.json and one of these
+
+
+def check_replaceable(folder: str | os.PathLike) -> Path:
+    """``folder`` as an absolute path, if writing a model folder there may replace what it holds:
+    nothing, an empty folder, or a model folder. Anything else (a file, a folder of other files)
+    is an InputError: replacing it would delete the user's files."""
+    folder = Path(folder).resolve()
+    if not folder.exists():
+        return folder
+    if folder.is_dir():
+        entries = list(folder.iterdir())
+        if not entries or (folder / CONFIG_NAME).is_file() and any((folder / f).is_file() for f in MODEL_FILES):
+            return folder
+        what = f"a folder of {len(entries)} other entr{'y' if len(entries) == 1 else 'ies'}"
+    else:
+        what = "a file"
+    raise InputError(f"{folder} is {what}, not a model folder; refusing to replace it: choose a new or empty --out")
+
+
 @contextlib.contextmanager
 def staged_folder(folder: str | os.PathLike) -> Iterator[Path]:
     """Yield an empty temporary folder beside ``folder``; on success it replaces ``folder`` at once
-    (a half-written folder never appears under the final name)."""
-    folder = Path(folder)
+    (a half-written folder never appears under the final name). ``folder`` must pass
+    :func:`check_replaceable`."""
+    folder = check_replaceable(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     tmp.chmod(0o777 & ~umask())  # mkdtemp makes 0700

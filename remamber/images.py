@@ -64,10 +64,21 @@ def load_image(path: str | os.PathLike, allow_large: bool = False) -> Image.Imag
 
 
 def text_slug(text: str, max_len: int = 60) -> str:
-    """A file-name-safe slug of a phrase: ``"Man in red shirt!"`` -> ``man-in-red-shirt``."""
-    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
-    slug = re.sub(r"[^a-z0-9]+", "-", ascii_text.lower()).strip("-")
+    """A file-name-safe slug of a phrase: ``"Man in red shirt!"`` -> ``man-in-red-shirt``; accents
+    dropped (``café`` -> ``cafe``), other scripts kept (``黄色的圆``), at most ``max_len`` characters."""
+    letters = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
+    slug = re.sub(r"[\W_]+", "-", letters.lower()).strip("-")
     return slug[:max_len].rstrip("-") or "text"
+
+
+def _cut(text: str, max_bytes: int) -> str:
+    return text.encode("utf-8")[:max_bytes].decode("utf-8", "ignore")
+
+
+def output_stem(image_path: str | os.PathLike, text: str) -> str:
+    """``<image-stem>.<text-slug>``, the name the outputs of one image and phrase share, cut to
+    100 + 90 UTF-8 bytes so that file names stay within file-system limits (255 bytes)."""
+    return f"{_cut(Path(image_path).stem, 100)}.{_cut(text_slug(text), 90).rstrip('-') or 'text'}"
 
 
 def save_mask(path: str | os.PathLike, mask: np.ndarray) -> None:

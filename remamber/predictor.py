@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import torch
 from PIL import Image
 
@@ -15,10 +17,12 @@ def resolve_device(device: str) -> torch.device:
     """``auto`` -> CUDA when available, else CPU; asking for an absent CUDA is an error."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device != "cpu" and not re.fullmatch(r"cuda(:\d+)?", device):
+        raise InputError(f"--device {device}: expected auto, cpu, cuda or cuda:N")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError("--device cuda: no CUDA GPU is available (use --device cpu or auto)")
-    if device not in ("cpu",) and not device.startswith("cuda"):
-        raise InputError(f"--device {device}: expected auto, cpu or cuda")
+        raise InputError(f"--device {device}: no CUDA GPU is available (use --device cpu or auto)")
+    if ":" in device and int(device.split(":")[1]) >= torch.cuda.device_count():
+        raise InputError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
     return torch.device(device)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,13 +23,15 @@ class CliResult:
 
 
 def run_cli(*args: str, env: dict | None = None, stdin: str | None = None, cwd: str | Path | None = None) -> CliResult:
-    """Run ``python -m remamber ARGS`` as a subprocess (the real CLI, a fresh interpreter)."""
+    """Run ``python -m remamber ARGS`` as a subprocess (the real CLI, a fresh interpreter); without
+    ``cwd``, in a fresh empty directory, so that a default output path never lands in the repository."""
     full_env = dict(os.environ, **(env or {}))
     full_env.pop("REMAMBER_DEBUG", None)
-    proc = subprocess.run(
-        [sys.executable, "-m", "remamber", *args], input=stdin, capture_output=True, text=True,
-        env=full_env, cwd=cwd, timeout=300,
-    )
+    with tempfile.TemporaryDirectory(prefix="remamber-cli-") as scratch:
+        proc = subprocess.run(
+            [sys.executable, "-m", "remamber", *args], input=stdin, capture_output=True, text=True,
+            env=full_env, cwd=cwd if cwd is not None else scratch, timeout=300,
+        )
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
 

@@ -162,3 +162,29 @@ def test_loader_errors_are_one_line_input_errors(refer_prepared, refer_fixture, 
     refer_fixture.image_path(ds.record(0)["image_id"]).unlink()
     with pytest.raises(InputError, match="not found"):
         ds[0]
+
+
+@pytest.mark.parametrize("damage, fragment", [
+    (lambda info: info.update(splits={"train": "train.jsonl"}), "splits is not a map"),
+    (lambda info: info.update(images_root=7), "images_root is not a string"),
+    (lambda info: info.update(format_version="2"), "format_version is not an integer"),
+])
+def test_a_damaged_dataset_description_is_an_input_error(refer_prepared, damage, fragment):
+    import json
+
+    info = json.loads((refer_prepared / "dataset.json").read_text())
+    damage(info)
+    (refer_prepared / "dataset.json").write_text(json.dumps(info))
+    with pytest.raises(InputError, match=fragment):
+        ReferringDataset(refer_prepared, "train", image_size=16)
+
+
+def test_a_damaged_manifest_record_is_an_input_error(refer_prepared):
+    import json
+
+    path = refer_prepared / "testB.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    del records[-1]["file_name"]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    with pytest.raises(InputError, match=f"record {len(records)} is damaged \\(no file_name\\)"):
+        ReferringDataset(refer_prepared, "testB", image_size=16)

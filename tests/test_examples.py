@@ -30,9 +30,12 @@ def test_examples_are_the_generator_output_with_exact_masks():
         with Image.open(EXAMPLES / f"shapes-{index + 1}.png") as im:
             assert np.array_equal(np.asarray(im), gen.image)
     for entry in ENTRIES:
-        mask = decode_rle(entry["mask"])
-        with Image.open(EXAMPLES / entry["image"]) as im:
-            assert mask.shape == (im.height, im.width) and mask.any()
+        mask = decode_rle(entry["mask"]).astype(bool)
+        gen = generate_image(2024, "test", int(entry["image"].removeprefix("shapes-").removesuffix(".png")) - 1)
+        matches = [k for k, _ in gen.refs if np.array_equal(mask, gen.labels == k + 1)]
+        assert len(matches) == 1, entry["text"]  # the mask is exactly one generated object
+        sentences = {text for k, exprs in gen.refs if k == matches[0] for _, text in exprs}
+        assert entry["text"] in sentences  # and the phrase is one the generator wrote for it
     assert {e["expr_type"] for e in ENTRIES} == {"attribute", "position", "ordinal", "relation"}
     assert CHECKED in {e["text"] for e in ENTRIES}
 

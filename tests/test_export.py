@@ -95,10 +95,29 @@ def test_push_uploads_the_planned_files(checkpoint_like, monkeypatch):
         (["--format", "gif", "--out", "x"], "--format 'gif'"),
         (["--format", "hub"], "--out is required"),
         (["--out", "x", "--dry-run"], "--push-to-hub"),
+        (["--format", "onnx", "--out", "x", "--opset", "3", "--json"], "--opset 3: choose 14 to 20"),
+        (["--format", "onnx", "--out", "x", "--opset", "99"], "--opset 99: choose 14 to 20"),
     ],
 )
 def test_bad_export_options_are_one_line_errors(tiny_model_dir, args, fragment):
-    assert_one_line_error(run_cli("export", str(tiny_model_dir), *args), fragment)
+    res = run_cli("export", str(tiny_model_dir), *args)
+    assert_one_line_error(res, fragment)
+    assert res.stdout == ""
+
+
+def test_export_never_replaces_what_is_not_a_model_folder(tiny_model_dir, tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "keep.txt").write_text("precious")
+    (tmp_path / "afile").write_text("hi")
+    for out in ("mine", "afile"):
+        assert_one_line_error(run_cli("export", str(tiny_model_dir), "--out", out, cwd=tmp_path), "not a model folder")
+    assert_one_line_error(run_cli("export", str(tiny_model_dir), "--out", ".", cwd=tmp_path), "not a model folder")
+    assert (tmp_path / "mine" / "keep.txt").read_text() == "precious" and (tmp_path / "afile").read_text() == "hi"
+    (tmp_path / "empty").mkdir()
+    for _ in range(2):  # an empty folder, then the model folder written there: both are replaced
+        res = run_cli("export", str(tiny_model_dir), "--out", "empty", "--json", cwd=tmp_path)
+        assert res.code == 0, res.stderr
+    assert json.loads(res.stdout)["out"] == str(tmp_path / "empty") and (tmp_path / "empty" / "config.json").is_file()
 
 
 def test_push_needs_a_model_folder(tmp_path):
@@ -113,7 +132,6 @@ def test_push_needs_a_model_folder(tmp_path):
 
 @pytest.fixture(scope="module")
 def onnx_export(tiny_model_dir, tmp_path_factory):
-    pytest.importorskip("onnxruntime")
     out = tmp_path_factory.mktemp("onnx") / "tiny-onnx"
     res = run_cli("export", str(tiny_model_dir), "--format", "onnx", "--out", str(out), "--verify", "--json")
     assert res.code == 0, res.stderr

@@ -7,7 +7,7 @@ import torch
 
 from remamber.errors import ConfigError
 from remamber.modeling.config import ModelConfig
-from remamber.modeling.decoder import ConvDecoder
+from remamber.modeling.decoder import ConvDecoder, upsample_conv, upsample_conv_ref
 from remamber.modeling.presets import PRESETS, build_model, preset_config
 from remamber.modeling.ss2d import SS2D
 from remamber.modeling.twister import GlobalTextGuidance, LocalTextInteraction, Twister, TwisterLayer
@@ -75,6 +75,23 @@ def test_decoder_upsamples_to_4x_finest():
     out = dec(feats)
     assert out.shape == (2, 1, 128, 128)
     _check_grads(dec, out, *feats)
+
+
+@pytest.mark.parametrize("cin, cout, k, align", [(64, 1, 3, True), (40, 2, 3, False), (50, 1, 5, True), (8, 1, 3, True)])
+def test_upsample_conv_matches_the_plain_composition(cin, cout, k, align):
+    """The decoder's last layer with its taps before the upsampling, forward and backward; the
+    last case (8 channels, 9 taps) takes the plain path."""
+    g = torch.Generator().manual_seed(0)
+    up = torch.nn.Upsample(scale_factor=2, mode="bilinear", align_corners=align)
+    conv = torch.nn.Conv2d(cin, cout, k, padding=k // 2)
+    x = torch.randn(2, cin, 11, 14, generator=g, requires_grad=True)
+    out, ref = upsample_conv(x, up, conv), upsample_conv_ref(x, up, conv)
+    assert out.shape == ref.shape == (2, cout, 22, 28)
+    assert (out - ref).abs().max() <= 1e-5 * ref.abs().max()
+    grad = torch.randn(ref.shape, generator=g)
+    leaves = [x, conv.weight, conv.bias]
+    for a, b in zip(torch.autograd.grad(out, leaves, grad), torch.autograd.grad(ref, leaves, grad)):
+        assert (a - b).abs().max() <= 1e-5 * b.abs().max()
 
 
 def test_tiny_model_forward_backward(tiny_model):

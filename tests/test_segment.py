@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import struct
 import zlib
 
@@ -42,14 +43,26 @@ def test_segment_end_to_end_json(tiny_model_dir, rgb_image, tmp_path):
 
 
 def test_threshold_and_no_overlay(tiny_model_dir, rgb_image, tmp_path):
-    res = run_cli(
-        "segment", str(rgb_image), "circle", "--weights", str(tiny_model_dir), "--out", str(tmp_path),
-        "--no-overlay", "--threshold", "0.999", "--json",
-    )
-    assert res.code == 0, res.stderr
-    result = json.loads(res.stdout)
-    assert result["overlay"] is None and not list(tmp_path.glob("*.overlay.jpg"))
-    assert "mask" in res.stdout
+    from remamber.hub import load_pretrained
+    from remamber.predictor import Predictor
+
+    with Image.open(rgb_image) as im:
+        probs = Predictor(load_pretrained(tiny_model_dir)).predict(im, "circle").probs
+    areas = []
+    for threshold in (f"{q:.6f}" for q in np.quantile(probs, [0.3, 0.7])):  # two thresholds inside the model's range
+        out = tmp_path / threshold
+        res = run_cli(
+            "segment", str(rgb_image), "circle", "--weights", str(tiny_model_dir), "--out", str(out),
+            "--no-overlay", "--threshold", threshold, "--json",
+        )
+        assert res.code == 0, res.stderr
+        result = json.loads(res.stdout)
+        assert result["overlay"] is None and not list(out.glob("*.overlay.jpg"))
+        expected = probs > float(threshold)
+        assert result["area"] == int(expected.sum())
+        assert np.array_equal(_read_mask(result["mask"]) > 0, expected)
+        areas.append(result["area"])
+    assert areas[0] > areas[1] > 0
 
 
 def test_batch_keeps_going_and_exits_nonzero(tiny_model_dir, rgb_image, tmp_path):
@@ -75,6 +88,45 @@ def test_batch_keeps_going_and_exits_nonzero(tiny_model_dir, rgb_image, tmp_path
     ]
     assert "error: line 2" in res.stderr and "error: line 3" in res.stderr and "missing.png" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+class _StubPredictor:
+    """Masks the left half; raises a plain RuntimeError (no RemamberError) on the text "boom"."""
+
+    config = type("Config", (), {"max_text_len": 77})()
+
+    def predict(self, img, text):
+        from remamber.pixels import Prediction
+
+        if text == "boom":
+            raise RuntimeError("the kernel failed")
+        mask = np.zeros((img.height, img.width), bool)
+        mask[:, : img.width // 2] = True
+        return Prediction(mask=mask, probs=mask.astype(np.float32), truncated=False)
+
+
+def test_batch_names_never_collide_and_any_failure_is_one_item(rgb_image, tmp_path, capsys):
+    from remamber.cli.segment import _run_batch
+
+    other = tmp_path / "b" / "photo.jpg"  # the same stem in another folder
+    other.parent.mkdir()
+    other.write_bytes(rgb_image.read_bytes())
+    long_name = tmp_path / ("p" * 240 + ".jpg")  # a name near the 255-byte limit
+    long_name.write_bytes(rgb_image.read_bytes())
+    jobs = [(rgb_image, "the yellow circle"), (other, "the yellow circle"), (rgb_image, "The yellow circle!"),
+            (rgb_image, "黄色的圆"), (rgb_image, "红色的方块"), (rgb_image, "boom"), (long_name, "a " * 200), (rgb_image, "café")]
+    batch = tmp_path / "jobs.jsonl"
+    batch.write_text("".join(json.dumps({"image": str(i), "text": t}, ensure_ascii=False) + "\n" for i, t in jobs), encoding="utf-8")
+    out = tmp_path / "out"
+    out.mkdir()
+    assert _run_batch(_StubPredictor(), str(batch), out, True, False, True) == 1  # only "boom" failed
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r.get("error") for r in lines] == [None] * 5 + ["RuntimeError: the kernel failed", None, None]
+    masks = [Path(r["mask"]).name for r in lines if "mask" in r]
+    assert masks[:5] == ["photo.the-yellow-circle.mask.png", "photo.the-yellow-circle-2.mask.png",
+                         "photo.the-yellow-circle-3.mask.png", "photo.黄色的圆.mask.png", "photo.红色的方块.mask.png"]
+    assert masks[6] == "photo.cafe.mask.png" and len(masks[5].encode()) < 255
+    assert sorted(p.name for p in out.iterdir() if p.name.endswith(".mask.png")) == sorted(masks)
 
 
 def test_batch_from_stdin(tiny_model_dir, rgb_image, tmp_path):
@@ -238,7 +290,7 @@ def test_cli_import_is_light():
 
 def test_slug_and_overlay():
     assert text_slug("The man in RED shirt!") == "the-man-in-red-shirt"
-    assert text_slug("???") == "text" and text_slug("café") == "cafe"
+    assert text_slug("???") == "text" and text_slug("café") == "cafe" and text_slug("黄色的 圆!") == "黄色的-圆"
     img = Image.new("RGB", (10, 8), (0, 0, 0))
     mask = np.zeros((8, 10), bool)
     mask[2:6, 3:8] = True

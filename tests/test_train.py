@@ -55,8 +55,14 @@ def _wait_for_step(run: Path, step: int, proc: subprocess.Popen, timeout: float 
     raise AssertionError("training did not reach the step in time")
 
 
+def _logged_steps(run: Path) -> list[int]:
+    """The steps of the training records in ``log.jsonl``, in order (validation records left out)."""
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
+    return [r["step"] for r in records if "loss" in r]
+
+
 def test_sigkill_then_resume_reaches_the_same_weights(small_shapes, tmp_path):
-    extra = ["--epochs", "2", "--ckpt-every", "1", "--seed", "3", "--limit", "16", "--grad-accum", "1"]
+    extra = ["--epochs", "2", "--ckpt-every", "1", "--seed", "3", "--limit", "16", "--grad-accum", "1", "--device", "cpu"]
     straight = tmp_path / "straight"
     res = run_cli(*_train_args(small_shapes, straight, *extra))
     assert res.code == 0, res.stderr
@@ -68,8 +74,11 @@ def test_sigkill_then_resume_reaches_the_same_weights(small_shapes, tmp_path):
     assert proc.returncode == -signal.SIGKILL
     state = torch.load(killed / "checkpoints" / "last" / "trainer_state.pt", weights_only=True)
     assert 1 <= state["position"]["step"] < 8  # killed mid-run
+    logged = len(_logged_steps(killed))
     res = run_cli("train", "--out", str(killed), "--resume")
     assert res.code == 0, res.stderr
+    # it went on from the checkpoint (a run restarted from step 0 would reach the same weights too)
+    assert _logged_steps(killed)[logged:] == list(range(state["position"]["step"] + 1, 9))
     _assert_same_weights(_weights(killed), _weights(straight))
     final = torch.load(killed / "checkpoints" / "last" / "trainer_state.pt", weights_only=True)
     assert final["position"] == {"step": 8, "epoch": 2, "micro": 0}
@@ -92,6 +101,23 @@ def test_ctrl_c_saves_and_resume_continues(small_shapes, tmp_path):
     assert "## Training" in card and "on shapes (8 training samples)" in card
     res = run_cli("eval", "--weights", str(run / "checkpoints" / "last"), "--data", str(small_shapes), "--split", "val", "--json")
     assert res.code == 0, res.stderr  # a checkpoint is a model folder eval loads directly
+    saved, logged = state["position"]["step"], len(_logged_steps(run))
+    proc = _start(["train", "--out", str(run), "--resume"])  # goes on from the saved step
+    _wait_for_step(run, saved + 2, proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert _logged_steps(run)[logged:logged + 2] == [saved + 1, saved + 2]
+
+
+def test_train_never_starts_over_an_existing_run_or_a_file(small_shapes, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "train_config.json").write_text("{}")
+    assert_one_line_error(run_cli(*_train_args(small_shapes, run, "--max-steps", "1")), "already holds a training run", "--resume")
+    (tmp_path / "afile").write_text("")
+    assert_one_line_error(run_cli(*_train_args(small_shapes, tmp_path / "afile", "--max-steps", "1")), "is a file")
+    assert sorted(p.name for p in run.iterdir()) == ["train_config.json"]
 
 
 def test_ddp_two_processes_equal_one_process_with_the_global_batch(small_shapes, tmp_path):

@@ -165,7 +165,6 @@ def test_train_cli_builds_the_variant_and_refuses_bad_ones(small_shapes, tmp_pat
 @pytest.mark.parametrize("variant", [dict(fusion="hmnet", backbone="mambavision"), dict(fusion="attention", backbone="mambaout"),
                                      dict(fusion="in-context"), dict(fusion="film")], ids=lambda c: "-".join(c.values()))
 def test_variants_export_to_onnx(variant, tmp_path):
-    pytest.importorskip("onnxruntime")
     from remamber.export.onnx import export_onnx
 
     torch.manual_seed(0)

@@ -39,7 +39,7 @@ def export(
         None, help="Model folder or Hub id to export. Default: the shipped default model.", show_default=False
     ),
     fmt: str = typer.Option("hub", "--format", "-f", help="hub or onnx."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (replaced atomically).", show_default=False),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder: new, empty, or a model folder, which is replaced atomically.", show_default=False),
     metrics: list[Path] = typer.Option(
         [], "--metrics", help="`remamber eval --json` output to show in the model card (repeatable).", show_default=False
     ),
@@ -52,7 +52,7 @@ def export(
     private: bool = typer.Option(False, "--private", help="Create the Hub repository as private."),
     dry_run: bool = typer.Option(False, "--dry-run", help="With --push-to-hub: list what would be uploaded, send nothing."),
     verify: bool = typer.Option(False, "--verify", help="onnx: compare onnxruntime with PyTorch on sample inputs."),
-    opset: int = typer.Option(17, "--opset", help="onnx: ONNX opset version."),
+    opset: int = typer.Option(17, "--opset", help="onnx: ONNX opset version, 14 to 20."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object: format, out, files, bytes, and the verify/push results."),
     from_official: Optional[Path] = typer.Option(
         None, "--from-official", help="Convert this official ReMamber .pth checkpoint into a model folder at --out.",
@@ -78,6 +78,13 @@ def export(
         raise InputError("--metrics and --notes go with --format hub")
     from remamber.cli.weights import weights_or_default
     from remamber.export.hub import read_metrics, read_notes
+    from remamber.hub import check_replaceable
+
+    out = check_replaceable(out)  # before any work: --out may only be new, empty or a model folder
+    if fmt == "onnx":
+        from remamber.export.onnx import check_opset
+
+        check_opset(opset)
 
     card_metrics, card_notes = read_metrics(list(metrics)), read_notes(notes)
     if from_official is not None:
@@ -126,8 +133,8 @@ def _print(result: dict) -> None:
     typer.echo(f"wrote {result['out']} ({result['format']}): {len(result['files'])} files, {result['bytes'] / 1e6:.2f} MB")
     if "max_abs_diff" in result:
         typer.echo(
-            f"verify: onnxruntime vs PyTorch max |diff| {result['max_abs_diff']:.2e} on logits "
-            f"({result['verify_samples']} samples)"
+            f"verify: onnxruntime vs PyTorch max |diff| {result['max_abs_diff']:.2e} on logits up to "
+            f"{result['max_abs_logit']:.3g} in size ({result['max_rel_diff']:.1e} of it; {result['verify_samples']} samples)"
         )
     if "onnx_nodes" in result:
         typer.echo(f"graph: {result['onnx_nodes']} nodes, model.onnx {result['onnx_bytes'] / 1e6:.2f} MB")

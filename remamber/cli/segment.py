@@ -10,11 +10,11 @@ from typing import Iterator, Optional
 
 import typer
 
-from remamber.errors import EXIT_FAILURE, InputError, RemamberError, check_threshold
+from remamber.errors import EXIT_FAILURE, InputError, RemamberError, check_threshold, first_line
 
 HELP = """Segment the object that TEXT names in IMAGE.
 
-Writes OUT/<image-stem>.<text-slug>.mask.png (0/255, original image size) and, unless --no-overlay, OUT/<image-stem>.<text-slug>.overlay.jpg (the image with the mask tinted and outlined).
+Writes OUT/<image-stem>.<text-slug>.mask.png (0/255, original image size) and, unless --no-overlay, OUT/<image-stem>.<text-slug>.overlay.jpg (the image with the mask tinted and outlined). In a batch, a name another job of the batch already wrote gets -2, -3, ... added.
 
 Examples:
 
@@ -77,7 +77,8 @@ def segment(
     json_out: bool = typer.Option(
         False, "--json",
         help="Print one JSON object per result on stdout: image, text, mask, overlay, area (pixels), "
-        "mean_prob (inside the mask), rle (COCO RLE), width, height, seconds.",
+        "mean_prob (inside the mask), rle (COCO RLE), width, height, seconds. In a batch, a failed line "
+        "prints {line, error, image, text} instead.",
     ),
     no_overlay: bool = typer.Option(False, "--no-overlay", help="Do not write the overlay picture."),
     batch: Optional[str] = typer.Option(
@@ -111,12 +112,15 @@ def segment(
 
 
 def _run_one(
-    predictor, image_path: str, text: str, out_dir: Path, write_overlay: bool, allow_large: bool, img=None
+    predictor, image_path: str, text: str, out_dir: Path, write_overlay: bool, allow_large: bool, img=None,
+    taken: Optional[set[str]] = None,
 ) -> dict:
+    """Segment one job and write its files; ``taken`` (a batch's output names so far) gets the new
+    name, made unique with -2, -3, ... when another job of the batch already wrote that name."""
     import numpy as np
     from pycocotools import mask as mask_utils
 
-    from remamber.images import load_image, save_mask, save_overlay, text_slug
+    from remamber.images import load_image, output_stem, save_mask, save_overlay
 
     start = time.perf_counter()
     if img is None:
@@ -124,7 +128,13 @@ def _run_one(
     pred = predictor.predict(img, text)
     if pred.truncated:
         sys.stderr.write(f"warning: text longer than {predictor.config.max_text_len} tokens was truncated: {text!r}\n")
-    stem = f"{Path(image_path).stem}.{text_slug(text)}"
+    stem = output_stem(image_path, text)
+    if taken is not None:
+        base, k = stem, 1
+        while stem.lower() in taken:  # lower: case-insensitive file systems
+            k += 1
+            stem = f"{base}-{k}"
+        taken.add(stem.lower())
     mask_path = out_dir / f"{stem}.mask.png"
     save_mask(mask_path, pred.mask)
     overlay_path = None
@@ -158,19 +168,25 @@ def _run_batch(predictor, batch: str, out_dir: Path, write_overlay: bool, allow_
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     jobs = list(_jobs_from(batch))
+    if not jobs:
+        sys.stderr.write(f"warning: --batch {batch} has no jobs\n")
     failures = 0
+    console = Console(stderr=True)
     progress = Progress(
         TextColumn("segment"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=Console(stderr=True), transient=True,
+        console=console, transient=True, disable=not console.is_terminal,
     )
+    taken: set[str] = set()
     with progress:
         task = progress.add_task("segment", total=len(jobs))
         for n, job, problem in jobs:
             if job is not None:
                 try:
-                    _emit(_run_one(predictor, job[0], job[1], out_dir, write_overlay, allow_large), json_out)
+                    _emit(_run_one(predictor, job[0], job[1], out_dir, write_overlay, allow_large, taken=taken), json_out)
                 except RemamberError as e:
                     problem = str(e)
+                except Exception as e:  # noqa: BLE001 - one bad item must not stop the batch
+                    problem = f"{type(e).__name__}: {first_line(e)}"
             if problem is not None:
                 failures += 1
                 progress.console.print(f"error: line {n}: {problem}", markup=False, highlight=False)

@@ -103,6 +103,10 @@ def train(
     else:
         from remamber.data.catalog import default_out
 
+        if out.exists() and not out.is_dir():
+            raise InputError(f"--out {out} is a file; training writes a run folder there")
+        if (out / TRAIN_CONFIG_NAME).exists():
+            raise InputError(f"--out {out} already holds a training run: continue it with --resume, or choose another --out")
         if data is None:
             data = default_out(dataset)
             if not data.exists():

@@ -100,6 +100,33 @@ def manifests_intact(folder: Path, info: dict) -> bool:
     return True
 
 
+def _info_problem(info: dict) -> str | None:
+    """What is wrong with the shape of a ``dataset.json``, or None."""
+    if not isinstance(info.get("format_version", 0), int):
+        return "format_version is not an integer"
+    if not isinstance(info.get("name"), str) or not isinstance(info.get("images_root"), str):
+        return "name or images_root is not a string"
+    splits = info.get("splits")
+    if not isinstance(splits, dict) or not all(isinstance(e, dict) and isinstance(e.get("manifest"), str) for e in splits.values()):
+        return "splits is not a map of split names to {manifest: file, ...}"
+    return None
+
+
+def _record_problem(record: Any) -> str | None:
+    """What is wrong with the shape of a manifest record (the fields readers use), or None."""
+    if not isinstance(record, dict):
+        return "not a JSON object"
+    missing = [k for k in ("file_name", "sentence", "mask", "height", "width", "image_id") if k not in record]
+    if missing:
+        return f"no {', '.join(missing)}"
+    mask = record["mask"]
+    if not isinstance(record["file_name"], str) or not isinstance(record["sentence"], str):
+        return "file_name or sentence is not a string"
+    if not (isinstance(mask, dict) and isinstance(mask.get("size"), list) and isinstance(mask.get("counts"), str)):
+        return "mask is not a COCO RLE {size, counts}"
+    return None
+
+
 @dataclass(frozen=True)
 class PreparedDataset:
     """A prepared folder opened for reading (no torch needed)."""
@@ -119,6 +146,9 @@ class PreparedDataset:
         info = read_info(folder)
         if info is None:
             raise InputError(f"{folder / INFO_FILE} is not a remamber dataset description")
+        problem = _info_problem(info)
+        if problem:
+            raise InputError(f"{folder / INFO_FILE} is damaged ({problem}); prepare the dataset again")
         if info.get("format_version", 0) > FORMAT_VERSION:
             raise InputError(
                 f"{folder} was prepared by a newer remamber (format {info['format_version']}); "
@@ -143,11 +173,16 @@ class PreparedDataset:
         path = self.folder / self.info["splits"][split]["manifest"]
         try:
             with open(path, encoding="utf-8") as f:
-                return [json.loads(line) for line in f if line.strip()]
+                records = [json.loads(line) for line in f if line.strip()]
         except OSError as e:
             raise InputError(f"cannot read {path}: {e.strerror or e}") from None
         except ValueError as e:
             raise InputError(f"{path}: a line is not valid JSON ({e})") from None
+        for n, record in enumerate(records, 1):
+            problem = _record_problem(record)
+            if problem:
+                raise InputError(f"{path}: record {n} is damaged ({problem}); prepare the dataset again")
+        return records
 
     def images_root(self, override: str | os.PathLike | None = None) -> Path:
         """The images folder: ``override`` if given, else the stored one (may be relative)."""

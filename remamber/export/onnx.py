@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from remamber.errors import WeightsError
+from remamber.errors import InputError, WeightsError
 from remamber.hub import load_pretrained, model_card, staged_folder, write_model_files
 from remamber.onnx_runtime import INPUT_NAMES, ONNX_NAME, OUTPUT_NAME, OnnxPredictor
 
@@ -26,6 +26,18 @@ This folder holds `model.onnx` (exported with `remamber export --format onnx`): 
 from the tokenizer here, padded to T = `max_text_len`; output `logits` (n, 1, S, S). The batch
 size is dynamic. `remamber segment --weights <this folder>` runs it with onnxruntime.
 """
+
+
+# Opsets the export takes: attention (scaled_dot_product_attention) needs 14; 20 is the newest the
+# TorchScript exporter documents.
+MIN_OPSET, MAX_OPSET = 14, 20
+
+
+def check_opset(opset: int) -> int:
+    """``opset``, or InputError when the export cannot use it."""
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise InputError(f"--opset {opset}: choose {MIN_OPSET} to {MAX_OPSET} (the default is 17)")
+    return opset
 
 
 def _require_onnx():
@@ -53,6 +65,7 @@ def export_onnx(weights: str, out: Path, opset: int = 17, verify: bool = False) 
 
     from remamber.ops.selective_scan import scan_backend
 
+    check_opset(opset)
     onnx = _require_onnx()
     model = load_pretrained(weights).eval()
     inputs = sample_inputs(model)
@@ -84,4 +97,5 @@ def verify_model(model, predictor: OnnxPredictor, n: int = 3) -> dict:
         ref = model(images, ids, mask).numpy()
     feeds = dict(zip(INPUT_NAMES, (images.numpy(), ids.numpy().astype(np.int64), mask.numpy().astype(np.int64))))
     (got,) = predictor.session.run([OUTPUT_NAME], feeds)
-    return {"max_abs_diff": float(np.abs(got - ref).max()), "verify_samples": n}
+    diff, scale = float(np.abs(got - ref).max()), float(np.abs(ref).max())
+    return {"max_abs_diff": diff, "max_abs_logit": scale, "max_rel_diff": diff / max(scale, 1e-12), "verify_samples": n}

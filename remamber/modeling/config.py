@@ -109,6 +109,8 @@ class ModelConfig:
         if unknown:
             raise ConfigError(f"config has unknown fields: {', '.join(unknown)}")
         version = data.get("format_version", CONFIG_FORMAT)
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise ConfigError(f"config format_version must be an integer (got {version!r})")
         if version > CONFIG_FORMAT:
             raise ConfigError(f"config format {version} is newer than this remamber understands ({CONFIG_FORMAT}); upgrade remamber")
         try:

@@ -6,6 +6,7 @@ import math
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch import Tensor
 
 from remamber.modeling.layers import BatchNorm2d, resize_like
@@ -43,6 +44,29 @@ class Mixer(nn.Module):
         return self.conv2(self.act(self.norm(self.dwconv(self.conv1(x)))))
 
 
+def upsample_conv_ref(x: Tensor, up: nn.Upsample, conv: nn.Conv2d) -> Tensor:
+    """``conv(up(x))``, plainly: the reference for :func:`upsample_conv`."""
+    return conv(up(x))
+
+
+def upsample_conv(x: Tensor, up: nn.Upsample, conv: nn.Conv2d) -> Tensor:
+    """``conv(up(x))`` with the convolution's taps applied before the upsampling.
+
+    Upsampling is linear and the same for every channel, so a k x k convolution of the
+    upsampled map equals: one 1x1 convolution per tap at the low resolution (``out * k * k``
+    channels instead of ``in``), the upsampling of those, and each tap shifted into place (a
+    grouped convolution with one-hot kernels, same zero padding). Same numbers up to rounding; for
+    the decoder's last layer (``in`` = 64-512 channels, ``out`` = 1) the full-resolution map it
+    upsamples has 9 channels instead of ``in``.
+    """
+    o, c, kh, kw = conv.weight.shape
+    if conv.groups != 1 or conv.stride != (1, 1) or conv.dilation != (1, 1) or o * kh * kw >= c:
+        return upsample_conv_ref(x, up, conv)
+    taps = conv.weight.permute(0, 2, 3, 1).reshape(o * kh * kw, c, 1, 1)  # (out, dy, dx) -> a 1x1 conv
+    placed = torch.eye(kh * kw, dtype=x.dtype, device=x.device).reshape(1, kh * kw, kh, kw).repeat(o, 1, 1, 1)
+    return F.conv2d(up(F.conv2d(x, taps)), placed, conv.bias, padding=conv.padding, groups=o)
+
+
 class ConvDecoder(nn.Module):
     """Fuse stage maps from coarsest to finest, then a neck that upsamples x4 to one logit map.
 
@@ -72,4 +96,5 @@ class ConvDecoder(nn.Module):
         out = self.mixer3(c4)
         out = self.mixer2(torch.cat([resize_like(out, c3), c3], dim=1))
         out = self.mixer1(torch.cat([resize_like(out, c2), c2], dim=1))
-        return self.neck(torch.cat([resize_like(out, c1), c1], dim=1))
+        neck = self.neck
+        return upsample_conv(neck[:-2](torch.cat([resize_like(out, c1), c1], dim=1)), neck[-2], neck[-1])
