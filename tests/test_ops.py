@@ -85,6 +85,19 @@ def test_fast_paths_match_reference_forward_backward(case, with_z, path):
         assert _max_rel(a, b) <= 1e-5, name
 
 
+@pytest.mark.parametrize("n", [1, 4])
+def test_fused_without_D_or_delta_bias(n):
+    kw = _inputs(1, 8, 100, n)
+    kw.update(D=None, delta_bias=None)
+    leaves = {k: v.requires_grad_() for k, v in kw.items() if v is not None}
+    ref = selective_scan_ref(**kw, delta_softplus=True)
+    out = scan_cpu.selective_scan_fused(**kw, delta_softplus=True)
+    assert _max_rel(out, ref) <= 1e-5
+    g = _seeded_like(ref)
+    for name, a, b in zip(leaves, torch.autograd.grad(out, list(leaves.values()), g), torch.autograd.grad(ref, list(leaves.values()), g)):
+        assert _max_rel(a, b) <= 1e-5, name
+
+
 @pytest.mark.parametrize("blocks", [1, 2, 3, 5])
 def test_fused_backward_any_split_of_the_channels(blocks, monkeypatch):
     """The backward splits each group's channels into blocks by thread count; an uneven split and

@@ -140,7 +140,10 @@ def load_official_state(path: Union[str, os.PathLike]) -> dict:
         with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "weights only load failed" not in str(e).lower():
+        message = str(e).lower()
+        if "unsupported operand" in message or "invalid load key" in message:  # not a pickle at all
+            raise WeightsError(f"{path}: not a readable PyTorch checkpoint (torch.load cannot parse it)") from None
+        if "weights only load failed" not in message:
             raise WeightsError(f"{path}: not a readable PyTorch checkpoint ({first_line(e)})") from None
         found = re.search(r"GLOBAL ([\w.]+)", str(e))
         what = f"the global {found.group(1)}" if found else "objects other than tensors and plain containers"
