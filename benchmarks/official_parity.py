@@ -6,6 +6,8 @@ our model's logits with theirs.
     git clone https://github.com/yyh-rain-song/ReMamber /tmp/official
     python benchmarks/official_parity.py /tmp/official --deps /tmp/official-deps
     python benchmarks/official_parity.py --only small --no-fixture         # REMAMBER_OFFICIAL=/tmp/official
+    python benchmarks/official_parity.py /tmp/official --deps /tmp/official-deps --only base --scan easy \
+        --no-fixture --out benchmarks/results/official_parity_easy_scan.json  # the official's fastest scan
 
 Two configurations, both with seeded random weights (every tensor perturbed so that no two
 norms or biases are alike):
@@ -54,6 +56,7 @@ import types
 from pathlib import Path
 
 from remamber.engine.allocator import keep_freed_memory
+from remamber.io import write_json
 from common import best_of, machine
 
 REPO = Path(__file__).resolve().parents[1]
@@ -432,6 +435,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-fixture", action="store_true", help="do not rewrite tests/fixtures/official_small")
     ap.add_argument("--official-rev", help="the official checkout's commit, for the record (default: git rev-parse)")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="the JSON to write (default: results/official_parity.json)")
     ap.add_argument("--worker", choices=sorted(CONFIGS), help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -467,12 +471,11 @@ def main() -> None:
         machine=machine(torch_threads=args.threads, python=platform.python_version()),
         total_s=round(time.perf_counter() - started, 1), results=results,
     )
-    if RESULTS.exists() and args.only:  # keep the other configuration's last result
-        old = json.loads(RESULTS.read_text())
+    if args.out.exists() and args.only:  # keep the other configuration's last result
+        old = json.loads(args.out.read_text())
         record["results"] = {**old.get("results", {}), **results}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {RESULTS}")
+    write_json(args.out, record)
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
