@@ -93,20 +93,20 @@ def train(
     nproc: int = typer.Option(1, "--nproc", help="Start K processes with torch.distributed (one per GPU, or CPU processes)."),
 ) -> None:
     from remamber.engine import distributed as D
-
-    if nproc > 1 and not D.launched_by_torchrun():
-        _launch(nproc)
     from remamber.engine.train import TRAIN_CONFIG_NAME, TrainConfig
 
+    if not resume and not D.launched_by_torchrun():  # the ranks of a run may find rank 0's config there
+        if out.exists() and not out.is_dir():
+            raise InputError(f"--out {out} is a file; training writes a run folder there")
+        if (out / TRAIN_CONFIG_NAME).exists():
+            raise InputError(f"--out {out} already holds a training run: continue it with --resume, or choose another --out")
+    if nproc > 1 and not D.launched_by_torchrun():
+        _launch(nproc)
     if resume:
         cfg = TrainConfig.load(out / TRAIN_CONFIG_NAME)
     else:
         from remamber.data.catalog import default_out
 
-        if out.exists() and not out.is_dir():
-            raise InputError(f"--out {out} is a file; training writes a run folder there")
-        if (out / TRAIN_CONFIG_NAME).exists():
-            raise InputError(f"--out {out} already holds a training run: continue it with --resume, or choose another --out")
         if data is None:
             data = default_out(dataset)
             if not data.exists():
