@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -82,6 +83,7 @@ def train_command(args: argparse.Namespace, flags: dict[str, str], seed: int, ou
 
 def run_variant(args: argparse.Namespace, name: str, flags: dict[str, str], seed: int) -> dict:
     out = Path(args.runs) / f"{name}-s{seed}"
+    shutil.rmtree(out, ignore_errors=True)  # the script's own run folder: a rerun trains it afresh
     cmd = train_command(args, flags, seed, out)
     start = time.time()
     res = remamber(*cmd)

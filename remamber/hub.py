@@ -234,24 +234,50 @@ def write_model_files(model, folder: Path, card: Optional[str] = None) -> None:
     (folder / CARD_NAME).write_text(card if card is not None else model_card(model.config), encoding="utf-8")
 
 
-MODEL_FILES = (WEIGHTS_NAME, "model.onnx")  # a model folder has config.json and one of these
+MODEL_FILES = (WEIGHTS_NAME, "model.onnx")  # a model folder has our config.json and one of these
+# What an exported model folder holds besides MODEL_FILES (the tokenizer's files depend on its kind).
+EXPORT_FILES = frozenset({
+    CONFIG_NAME, CARD_NAME, TRAINING_NAME, *MODEL_FILES, "tokenizer.json", "tokenizer_config.json",
+    "special_tokens_map.json", "added_tokens.json", "vocab.json", "vocab.txt", "merges.txt", "spiece.model",
+})
 
 
-def check_replaceable(folder: str | os.PathLike) -> Path:
+def _is_model_folder(folder: Path) -> bool:
+    """Whether ``folder`` holds one of our configs and a model file."""
+    if not any((folder / f).is_file() for f in MODEL_FILES):
+        return False
+    try:
+        read_config(folder)
+    except (ConfigError, WeightsError):
+        return False
+    return True
+
+
+def check_replaceable(folder: str | os.PathLike, model_file: Optional[str] = None) -> Path:
     """``folder`` as an absolute path, if writing a model folder there may replace what it holds:
-    nothing, an empty folder, or a model folder. Anything else (a file, a folder of other files)
-    is an InputError: replacing it would delete the user's files."""
+    nothing, an empty folder, or one of our model folders. Anything else (a file, a folder of other
+    files) is an InputError: replacing it would delete the user's files. With ``model_file`` (what
+    an export writes: ``model.safetensors`` or ``model.onnx``) the model folder must also be of
+    that kind and hold nothing an export does not write (a training checkpoint's state, notes)."""
     folder = Path(folder).resolve()
     if not folder.exists():
         return folder
-    if folder.is_dir():
-        entries = list(folder.iterdir())
-        if not entries or (folder / CONFIG_NAME).is_file() and any((folder / f).is_file() for f in MODEL_FILES):
-            return folder
-        what = f"a folder of {len(entries)} other entr{'y' if len(entries) == 1 else 'ies'}"
-    else:
-        what = "a file"
-    raise InputError(f"{folder} is {what}, not a model folder; refusing to replace it: choose a new or empty --out")
+    if not folder.is_dir():
+        raise InputError(f"{folder} is a file; refusing to replace it: choose a new or empty --out")
+    entries = sorted(p.name for p in folder.iterdir())
+    if not entries:
+        return folder
+    refuse = f"refusing to replace {folder}: choose a new or empty --out"
+    if not _is_model_folder(folder):
+        raise InputError(f"{folder} is not a remamber model folder ({len(entries)} entr{'y' if len(entries) == 1 else 'ies'}); {refuse}")
+    if model_file is not None:
+        if not (folder / model_file).is_file():
+            other = next(f for f in MODEL_FILES if (folder / f).is_file())
+            raise InputError(f"{folder} holds a model of another kind ({other}, not {model_file}); {refuse}")
+        extra = [name for name in entries if name not in EXPORT_FILES]
+        if extra:
+            raise InputError(f"{folder} also holds {', '.join(extra[:3])}, which an export does not write; {refuse}")
+    return folder
 
 
 @contextlib.contextmanager

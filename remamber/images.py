@@ -63,11 +63,19 @@ def load_image(path: str | os.PathLike, allow_large: bool = False) -> Image.Imag
         Image.MAX_IMAGE_PIXELS = limit
 
 
+def _unaccented(c: str) -> str:
+    """A Latin letter without its accents (``é`` -> ``e``); any other character as it is."""
+    parts = unicodedata.normalize("NFKD", c)
+    return parts[0] if parts[0].isascii() and all(unicodedata.combining(x) for x in parts[1:]) else c
+
+
 def text_slug(text: str, max_len: int = 60) -> str:
     """A file-name-safe slug of a phrase: ``"Man in red shirt!"`` -> ``man-in-red-shirt``; accents
-    dropped (``café`` -> ``cafe``), other scripts kept (``黄色的圆``), at most ``max_len`` characters."""
-    letters = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
-    slug = re.sub(r"[\W_]+", "-", letters.lower()).strip("-")
+    of Latin letters dropped (``café`` -> ``cafe``), other scripts kept whole (``黄色的圆``,
+    ``हिन्दी``), at most ``max_len`` characters."""
+    letters = "".join(_unaccented(c) for c in unicodedata.normalize("NFKC", text).lower())
+    kept = "".join(c if unicodedata.category(c)[0] in "LNM" else "-" for c in letters)
+    slug = re.sub("-+", "-", kept).strip("-")
     return slug[:max_len].rstrip("-") or "text"
 
 

@@ -17,7 +17,7 @@ def resolve_device(device: str) -> torch.device:
     """``auto`` -> CUDA when available, else CPU; asking for an absent CUDA is an error."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device != "cpu" and not re.fullmatch(r"cuda(:\d+)?", device):
+    if device != "cpu" and not re.fullmatch(r"cuda(:[0-9]+)?", device):
         raise InputError(f"--device {device}: expected auto, cpu, cuda or cuda:N")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise InputError(f"--device {device}: no CUDA GPU is available (use --device cpu or auto)")

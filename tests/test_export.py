@@ -4,6 +4,7 @@ onnxruntime runs with the PyTorch model's outputs, and the errors of both."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -22,8 +23,6 @@ EVAL_JSON = {
 @pytest.fixture()
 def checkpoint_like(tiny_model_dir, tmp_path):
     """A copy of the tiny model folder with a trainer state and training record, like a checkpoint."""
-    import shutil
-
     folder = tmp_path / "ckpt"
     shutil.copytree(tiny_model_dir, folder)
     (folder / "trainer_state.pt").write_bytes(b"not for the hub")
@@ -109,15 +108,28 @@ def test_export_never_replaces_what_is_not_a_model_folder(tiny_model_dir, tmp_pa
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "keep.txt").write_text("precious")
     (tmp_path / "afile").write_text("hi")
-    for out in ("mine", "afile"):
-        assert_one_line_error(run_cli("export", str(tiny_model_dir), "--out", out, cwd=tmp_path), "not a model folder")
-    assert_one_line_error(run_cli("export", str(tiny_model_dir), "--out", ".", cwd=tmp_path), "not a model folder")
+    for out, fragment in (("mine", "not a remamber model folder"), ("afile", "is a file"), (".", "not a remamber model folder")):
+        assert_one_line_error(run_cli("export", str(tiny_model_dir), "--out", out, cwd=tmp_path), fragment, "refusing to replace")
     assert (tmp_path / "mine" / "keep.txt").read_text() == "precious" and (tmp_path / "afile").read_text() == "hi"
     (tmp_path / "empty").mkdir()
     for _ in range(2):  # an empty folder, then the model folder written there: both are replaced
         res = run_cli("export", str(tiny_model_dir), "--out", "empty", "--json", cwd=tmp_path)
         assert res.code == 0, res.stderr
-    assert json.loads(res.stdout)["out"] == str(tmp_path / "empty") and (tmp_path / "empty" / "config.json").is_file()
+    assert json.loads(res.stdout)["out"] == str((tmp_path / "empty").resolve()) and (tmp_path / "empty" / "config.json").is_file()
+
+
+def test_export_never_drops_what_a_model_folder_holds_besides_the_export(checkpoint_like, tmp_path):
+    """A training checkpoint (its trainer state), a folder with notes, an ONNX export over a PyTorch
+    folder: each is refused and left as it was."""
+    notes = tmp_path / "noted"
+    shutil.copytree(checkpoint_like, notes)
+    (notes / "trainer_state.pt").unlink(missing_ok=True)
+    (notes / "notes.txt").write_text("mine")
+    for out, fmt, fragment in [(checkpoint_like, "hub", "trainer_state.pt"), (notes, "hub", "notes.txt"),
+                               (checkpoint_like, "onnx", "another kind")]:
+        before = sorted(p.name for p in out.iterdir())
+        assert_one_line_error(run_cli("export", str(checkpoint_like), "--format", fmt, "--out", str(out)), fragment)
+        assert sorted(p.name for p in out.iterdir()) == before
 
 
 def test_push_needs_a_model_folder(tmp_path):

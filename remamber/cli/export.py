@@ -39,7 +39,7 @@ def export(
         None, help="Model folder or Hub id to export. Default: the shipped default model.", show_default=False
     ),
     fmt: str = typer.Option("hub", "--format", "-f", help="hub or onnx."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder: new, empty, or a model folder, which is replaced atomically.", show_default=False),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder: new, empty, or a model folder of the same format, which is replaced atomically.", show_default=False),
     metrics: list[Path] = typer.Option(
         [], "--metrics", help="`remamber eval --json` output to show in the model card (repeatable).", show_default=False
     ),
@@ -78,9 +78,11 @@ def export(
         raise InputError("--metrics and --notes go with --format hub")
     from remamber.cli.weights import weights_or_default
     from remamber.export.hub import read_metrics, read_notes
-    from remamber.hub import check_replaceable
+    from remamber.hub import WEIGHTS_NAME, check_replaceable
+    from remamber.onnx_runtime import ONNX_NAME
 
-    out = check_replaceable(out)  # before any work: --out may only be new, empty or a model folder
+    # before any work: --out may only be new, empty, or a model folder of the same kind and files
+    out = check_replaceable(out, ONNX_NAME if fmt == "onnx" else WEIGHTS_NAME)
     if fmt == "onnx":
         from remamber.export.onnx import check_opset
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+import unicodedata
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -131,10 +132,10 @@ def _run_one(
     stem = output_stem(image_path, text)
     if taken is not None:
         base, k = stem, 1
-        while stem.lower() in taken:  # lower: case-insensitive file systems
+        while _fold(stem) in taken:
             k += 1
             stem = f"{base}-{k}"
-        taken.add(stem.lower())
+        taken.add(_fold(stem))
     mask_path = out_dir / f"{stem}.mask.png"
     save_mask(mask_path, pred.mask)
     overlay_path = None
@@ -149,6 +150,11 @@ def _run_one(
         "rle": {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")},
         "width": img.size[0], "height": img.size[1], "seconds": round(time.perf_counter() - start, 4),
     }
+
+
+def _fold(name: str) -> str:
+    """A file name as case-insensitive, normalising file systems (macOS) compare it."""
+    return unicodedata.normalize("NFC", name).casefold()
 
 
 def _emit(result: dict, json_out: bool) -> None:
@@ -181,12 +187,15 @@ def _run_batch(predictor, batch: str, out_dir: Path, write_overlay: bool, allow_
         task = progress.add_task("segment", total=len(jobs))
         for n, job, problem in jobs:
             if job is not None:
+                result = None
                 try:
-                    _emit(_run_one(predictor, job[0], job[1], out_dir, write_overlay, allow_large, taken=taken), json_out)
+                    result = _run_one(predictor, job[0], job[1], out_dir, write_overlay, allow_large, taken=taken)
                 except RemamberError as e:
                     problem = str(e)
                 except Exception as e:  # noqa: BLE001 - one bad item must not stop the batch
                     problem = f"{type(e).__name__}: {first_line(e)}"
+                if result is not None:
+                    _emit(result, json_out)  # outside the try: a closed stdout is not an item's failure
             if problem is not None:
                 failures += 1
                 progress.console.print(f"error: line {n}: {problem}", markup=False, highlight=False)

@@ -95,7 +95,9 @@ def train(
     from remamber.engine import distributed as D
     from remamber.engine.train import TRAIN_CONFIG_NAME, TrainConfig
 
-    if not resume and not D.launched_by_torchrun():  # the ranks of a run may find rank 0's config there
+    # Before the launch, and in every rank: rank 0 writes its config only after the process group
+    # has formed, so no rank can find the config of the run it belongs to.
+    if not resume:
         if out.exists() and not out.is_dir():
             raise InputError(f"--out {out} is a file; training writes a run folder there")
         if (out / TRAIN_CONFIG_NAME).exists():

@@ -60,10 +60,11 @@ def upsample_conv(x: Tensor, up: nn.Upsample, conv: nn.Conv2d) -> Tensor:
     upsamples has 9 channels instead of ``in``.
     """
     o, c, kh, kw = conv.weight.shape
-    if conv.groups != 1 or conv.stride != (1, 1) or conv.dilation != (1, 1) or o * kh * kw >= c:
+    plain = conv.groups != 1 or conv.stride != (1, 1) or conv.dilation != (1, 1) or conv.padding_mode != "zeros"
+    if plain or isinstance(conv.padding, str) or o * kh * kw >= c:
         return upsample_conv_ref(x, up, conv)
     taps = conv.weight.permute(0, 2, 3, 1).reshape(o * kh * kw, c, 1, 1)  # (out, dy, dx) -> a 1x1 conv
-    placed = torch.eye(kh * kw, dtype=x.dtype, device=x.device).reshape(1, kh * kw, kh, kw).repeat(o, 1, 1, 1)
+    placed = torch.eye(kh * kw, dtype=conv.weight.dtype, device=conv.weight.device).reshape(1, kh * kw, kh, kw).repeat(o, 1, 1, 1)
     return F.conv2d(up(F.conv2d(x, taps)), placed, conv.bias, padding=conv.padding, groups=o)
 
 
