@@ -28,7 +28,10 @@ def test_save_load_round_trip_gives_identical_outputs(tiny_model, tiny_model_dir
     loaded = load_pretrained(tiny_model_dir)
     assert loaded.config == tiny_model.config
     assert not loaded.training
-    assert torch.equal(_outputs(loaded), _outputs(tiny_model))
+    saved, back = tiny_model.state_dict(), loaded.state_dict()
+    assert saved.keys() == back.keys() and all(torch.equal(saved[k], back[k]) for k in saved)
+    a, b = _outputs(loaded), _outputs(tiny_model)  # the scan path may differ between calls (rounding)
+    assert torch.allclose(a, b, rtol=1e-5, atol=1e-5 * float(b.abs().max()))
     assert loaded.tokenize(["red circle"])[0].tolist() == tiny_model.tokenize(["red circle"])[0].tolist()
 
 

@@ -57,8 +57,10 @@ def test_pretrained_text_encoder_round_trip(make, tmp_path):
         out = model(x, ids, mask)
     saved = save_pretrained(model, tmp_path / "model")
     loaded = load_pretrained(saved)
-    with torch.inference_mode():
-        assert torch.equal(loaded(x, ids, mask), out)
+    back, saved_state = loaded.state_dict(), model.state_dict()
+    assert back.keys() == saved_state.keys() and all(torch.equal(back[k], saved_state[k]) for k in back)
+    with torch.inference_mode():  # the scan path may differ between two calls in a process (rounding)
+        assert torch.allclose(loaded(x, ids, mask), out, rtol=1e-5, atol=1e-5 * float(out.abs().max()))
     assert type(loaded.text_encoder.model).__name__ == type(model.text_encoder.model).__name__
 
 
