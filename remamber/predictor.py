@@ -10,7 +10,7 @@ from PIL import Image
 from remamber.errors import InputError, check_threshold
 from remamber.pixels import Prediction, clean_texts, model_input, to_prediction
 
-__all__ = ["Prediction", "Predictor", "resolve_device"]
+__all__ = ["Prediction", "Predictor", "prefer_fused_scan", "resolve_device"]
 
 
 def resolve_device(device: str) -> torch.device:
@@ -24,6 +24,15 @@ def resolve_device(device: str) -> torch.device:
     if ":" in device and int(device.split(":")[1]) >= torch.cuda.device_count():
         raise InputError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
     return torch.device(device)
+
+
+def prefer_fused_scan(device: torch.device, d_state: int) -> None:
+    """Many inference calls ahead on the CPU: bring the fused scan kernel in now, so that every
+    call takes the same fast path (see :func:`remamber.ops.scan_cpu.preload`)."""
+    if device.type == "cpu":
+        from remamber.ops import scan_cpu
+
+        scan_cpu.preload(d_state)
 
 
 class Predictor:

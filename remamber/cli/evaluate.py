@@ -227,13 +227,14 @@ def evaluate(
     from remamber.engine import distributed
     from remamber.engine.evaluate import evaluate as run_eval
     from remamber.engine.evaluate import write_report
-    from remamber.predictor import resolve_device
+    from remamber.predictor import prefer_fused_scan, resolve_device
 
     dev = resolve_device(device)
     distributed.init_distributed(dev)
     try:
         model = load_model(weights, dev)
         cfg = model.config
+        prefer_fused_scan(dev, cfg.d_state)  # every batch on one path, in every process
         ds = ReferringDataset(
             folder, split, cfg.image_size, train=False, mean=cfg.pixel_mean, std=cfg.pixel_std,
             images_root=images_root,

@@ -176,6 +176,10 @@ def _run_batch(predictor, batch: str, out_dir: Path, write_overlay: bool, allow_
     jobs = list(_jobs_from(batch))
     if not jobs:
         sys.stderr.write(f"warning: --batch {batch} has no jobs\n")
+    if len(jobs) > 1 and hasattr(predictor, "device"):  # a PyTorch model (not ONNX), many calls ahead
+        from remamber.predictor import prefer_fused_scan
+
+        prefer_fused_scan(predictor.device, predictor.config.d_state)
     failures = 0
     console = Console(stderr=True)
     progress = Progress(

@@ -413,6 +413,22 @@ def compiled(d_state: int) -> bool:
     return AVAILABLE and bool(_forward_kernel(d_state).signatures)
 
 
+def preload(d_state: int) -> bool:
+    """Bring the forward kernel for ``d_state`` into this process (compile it, or load it from the
+    disk cache) with one tiny call, so that every later CPU inference call of that size takes it:
+    for a run of many calls, where the dispatcher would otherwise keep small ones on the chunked
+    path. Returns whether the kernel is available."""
+    if not AVAILABLE:
+        return False
+    if not compiled(d_state):
+        g = torch.Generator().manual_seed(0)
+        u = torch.randn(1, 1, 4, generator=g)
+        bc = torch.randn(1, 1, d_state, 4, generator=g)
+        with torch.no_grad():
+            selective_scan_fused(u, u, -torch.ones(1, d_state), bc, bc, delta_softplus=True)
+    return True
+
+
 def needs_grad(*tensors: Optional[Tensor]) -> bool:
     """Whether a call on these tensors builds an autograd graph (grad mode on, a tensor requiring grad)."""
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)

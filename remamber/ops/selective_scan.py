@@ -329,25 +329,17 @@ def selective_scan(
 
 
 # Without gradients, scans smaller than this many state updates run the chunked PyTorch path
-# until the fused kernel is in the process: the kernel is several times faster, but bringing it in
-# (a JIT compilation of seconds the first time, ~0.4 s from numba's disk cache after) is not worth
-# it for a small model's first CLI call. Once a large call has brought the kernel in, every call
-# uses it; so does a process whose small calls have added up to FUSED_AFTER_INFERENCE updates (a
-# batch of images), by when the chunked path has cost more than loading the kernel.
+# until the fused kernel is in the process: the kernel is several times faster, but its one-time
+# JIT compilation (seconds, cached on disk afterwards; ~0.4 s to load from there) is not worth it
+# for a small model's first CLI call. Once a large call or :func:`scan_cpu.preload` (what the
+# commands that make many calls run first) has brought the kernel in, every call uses it.
 FUSED_MIN_INFERENCE = 1 << 22
-FUSED_AFTER_INFERENCE = 1 << 24
-_chunked_updates = 0  # state updates this process has run on the chunked path instead
 
 
 def _worth_compiling(u: Tensor, A: Tensor, *others: Optional[Tensor]) -> bool:
     """The fused kernel for every training call, for inference calls of at least
-    :data:`FUSED_MIN_INFERENCE` state updates (``b * d * l * n``), once smaller calls have added up
-    to :data:`FUSED_AFTER_INFERENCE`, and for every call once the kernel is in this process."""
-    global _chunked_updates
+    :data:`FUSED_MIN_INFERENCE` state updates (``b * d * l * n``), and for every call once the
+    kernel is compiled in this process."""
     if scan_cpu.needs_grad(u, A, *others):
         return True
-    updates = u.numel() * A.shape[1]
-    if updates >= FUSED_MIN_INFERENCE or _chunked_updates >= FUSED_AFTER_INFERENCE or scan_cpu.compiled(A.shape[1]):
-        return True
-    _chunked_updates += updates
-    return False
+    return u.numel() * A.shape[1] >= FUSED_MIN_INFERENCE or scan_cpu.compiled(A.shape[1])
