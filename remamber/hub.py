@@ -24,6 +24,7 @@ from remamber.modeling.config import ModelConfig
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+ONNX_NAME = "model.onnx"  # the weights of an ONNX export (remamber.onnx_runtime runs it)
 CARD_NAME = "README.md"
 TRAINING_NAME = "training.json"
 HUB_PATTERNS = [
@@ -234,7 +235,7 @@ def write_model_files(model, folder: Path, card: Optional[str] = None) -> None:
     (folder / CARD_NAME).write_text(card if card is not None else model_card(model.config), encoding="utf-8")
 
 
-MODEL_FILES = (WEIGHTS_NAME, "model.onnx")  # a model folder has our config.json and one of these
+MODEL_FILES = (WEIGHTS_NAME, ONNX_NAME)  # a model folder has our config.json and one of these
 # What an exported model folder holds besides MODEL_FILES (the tokenizer's files depend on its kind).
 EXPORT_FILES = frozenset({
     CONFIG_NAME, CARD_NAME, TRAINING_NAME, *MODEL_FILES, "tokenizer.json", "tokenizer_config.json",

@@ -86,7 +86,7 @@ def _cut(text: str, max_bytes: int) -> str:
 def output_stem(image_path: str | os.PathLike, text: str) -> str:
     """``<image-stem>.<text-slug>``, the name the outputs of one image and phrase share, cut to
     100 + 90 UTF-8 bytes so that file names stay within file-system limits (255 bytes)."""
-    return f"{_cut(Path(image_path).stem, 100)}.{_cut(text_slug(text), 90).rstrip('-') or 'text'}"
+    return f"{_cut(Path(image_path).stem, 100)}.{_cut(text_slug(text), 90).rstrip('-')}"
 
 
 def save_mask(path: str | os.PathLike, mask: np.ndarray) -> None:

@@ -13,12 +13,11 @@ import numpy as np
 from PIL import Image
 
 from remamber.errors import WeightsError, check_threshold, first_line
-from remamber.hub import WEIGHTS_NAME
+from remamber.hub import ONNX_NAME, WEIGHTS_NAME
 from remamber.modeling.config import ModelConfig
 from remamber.pixels import Prediction, clean_texts, model_input, to_prediction
 from remamber.tokens import folder_tokenizer, tokenize
 
-ONNX_NAME = "model.onnx"
 INPUT_NAMES = ("image", "input_ids", "attention_mask")
 OUTPUT_NAME = "logits"
 

@@ -78,8 +78,7 @@ def export(
         raise InputError("--metrics and --notes go with --format hub")
     from remamber.cli.weights import weights_or_default
     from remamber.export.hub import read_metrics, read_notes
-    from remamber.hub import WEIGHTS_NAME, check_replaceable
-    from remamber.onnx_runtime import ONNX_NAME
+    from remamber.hub import ONNX_NAME, WEIGHTS_NAME, check_replaceable
 
     # before any work: --out may only be new, empty, or a model folder of the same kind and files
     out = check_replaceable(out, ONNX_NAME if fmt == "onnx" else WEIGHTS_NAME)
