@@ -322,9 +322,13 @@ def _cross_scan_by_index(x: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("hw", [(3, 5), (4, 4), (1, 7)])
-def test_cross_scan_orders_and_merge_is_adjoint(hw):
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_cross_scan_orders_and_merge_is_adjoint(hw, channels_last):
     h, w = hw
-    x = torch.randn(2, 3, h, w, requires_grad=True)
+    x = torch.randn(2, 3, h, w)
+    if channels_last:  # what LayerNorm2d and the CPU's 1x1 convolutions hand on
+        x = x.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+    x.requires_grad_()
     xs = cross_scan(x)
     assert torch.equal(xs, _cross_scan_by_index(x))
     ys = torch.randn(2, 4, 3, h * w, requires_grad=True)
@@ -372,3 +376,19 @@ def test_cuda_dispatch_matches_reference_forward_backward(case, with_z, monkeypa
     g_new = torch.autograd.grad(out, list(on_gpu.values()), grad_out.cuda())
     for name, a, b in zip(leaves, g_new, g_ref):
         assert _max_rel(a.cpu(), b) <= CUDA_TOL, name
+
+
+def test_fused_forward_places_its_output_behind_delta():
+    """The forward's output starts OUTPUT_LAG bytes past delta's data, modulo a page (its speed
+    depended on that placement by up to 25%)."""
+    import numpy as np
+
+    stream = np.empty(1000, np.float32)[3:]  # any address
+    out = scan_cpu._empty_near((2, 3, 50), stream)
+    assert out.shape == (2, 3, 50) and out.dtype == np.float32 and out.flags.c_contiguous
+    assert (out.ctypes.data - stream.ctypes.data) % scan_cpu.PAGE == scan_cpu.OUTPUT_LAG
+    kw = _inputs(1, 4, 300, 1)
+    with torch.no_grad():
+        y = scan_cpu.selective_scan_fused(**kw, delta_softplus=True)
+    assert (y.data_ptr() - kw["delta"].data_ptr()) % scan_cpu.PAGE == scan_cpu.OUTPUT_LAG
+    assert _max_rel(y, selective_scan_ref(**kw, delta_softplus=True)) <= 1e-5

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from remamber.modeling.layers import BatchNorm2d, resize_like
+from remamber.ops.winograd import conv3x3
 
 
 class ConvBN(nn.Module):
@@ -42,6 +43,17 @@ class Mixer(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.conv2(self.act(self.norm(self.dwconv(self.conv1(x)))))
+
+
+class Conv3x3(nn.Conv2d):
+    """A 3x3 convolution with padding 1 (same parameters as ``nn.Conv2d``) that runs
+    :func:`remamber.ops.winograd.conv3x3`: Winograd F(4x4, 3x3) for large CPU inference calls."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__(cin, cout, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return conv3x3(x, self.weight, self.bias)
 
 
 def upsample_conv_ref(x: Tensor, up: nn.Upsample, conv: nn.Conv2d) -> Tensor:
@@ -81,11 +93,11 @@ class ConvDecoder(nn.Module):
         self.mixer2 = Mixer(dims[2] + hidden, hidden)
         self.mixer1 = Mixer(dims[1] + hidden, hidden)
         self.neck = nn.Sequential(
-            nn.Conv2d(hidden + dims[0], hidden, 3, padding=1),
+            Conv3x3(hidden + dims[0], hidden),
             BatchNorm2d(hidden),
             nn.ReLU(),
             nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True),
-            nn.Conv2d(hidden, hidden, 3, padding=1),
+            Conv3x3(hidden, hidden),
             BatchNorm2d(hidden),
             nn.ReLU(),
             nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True),

@@ -1,0 +1,85 @@
+"""Winograd F(4x4, 3x3) convolutions against the plain convolution, forward and backward, and
+when the decoder takes them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+from remamber.modeling.decoder import Conv3x3, ConvDecoder
+from remamber.ops import winograd
+from remamber.ops.winograd import conv3x3, conv3x3_ref, conv3x3_winograd, use_winograd
+
+TOL = 5e-5  # max error relative to the largest output; F(4, 3) in float32 measures about 1e-5
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach().double(), b.detach().double()
+    return float((a - b).abs().max() / b.abs().max())
+
+
+@pytest.mark.parametrize(
+    "n, cin, cout, h, w, bias, block",
+    [
+        (1, 16, 8, 8, 8, True, winograd.BLOCK_FLOATS),
+        (2, 5, 3, 7, 9, False, winograd.BLOCK_FLOATS),  # sizes that are not multiples of the tile
+        (1, 3, 4, 1, 1, True, winograd.BLOCK_FLOATS),  # one pixel: every tap but the centre is padding
+        (2, 6, 5, 13, 6, True, 36 * 2 * 2 * 6),  # one tile row per block: four blocks
+    ],
+)
+def test_winograd_matches_the_plain_convolution(n, cin, cout, h, w, bias, block):
+    g = torch.Generator().manual_seed(h * w + cin)
+    x = torch.randn(n, cin, h, w, generator=g, requires_grad=True)
+    weight = torch.randn(cout, cin, 3, 3, generator=g, requires_grad=True)
+    b = torch.randn(cout, generator=g, requires_grad=True) if bias else None
+    leaves = [t for t in (x, weight, b) if t is not None]
+    ref = conv3x3_ref(x, weight, b)
+    out = conv3x3_winograd(x, weight, b, block_floats=block)
+    assert out.shape == ref.shape and out.stride(1) == 1  # channels last
+    assert _rel(out, ref) <= TOL
+    grad_out = torch.randn(ref.shape, generator=g)
+    ref_grads = torch.autograd.grad(ref, leaves, grad_out)
+    grads = torch.autograd.grad(out, leaves, grad_out)
+    for got, want in zip(grads, ref_grads):
+        assert _rel(got, want) <= TOL
+
+
+def test_winograd_is_taken_for_large_cpu_inference_only():
+    x = torch.randn(1, 128, 48, 48)
+    conv = nn.Conv2d(128, 128, 3, padding=1)
+    with torch.no_grad():
+        assert use_winograd(x, conv.weight, conv.bias)
+        assert not use_winograd(x[:, :, :40, :40], conv.weight, conv.bias)  # too few pixels
+        assert not use_winograd(x[:, :64], conv.weight[:, :64], conv.bias)  # too few channels
+        assert not use_winograd(x.double(), conv.weight.double(), conv.bias.double())
+    assert not use_winograd(x, conv.weight, conv.bias)  # the weights want gradients: training keeps F.conv2d
+    with torch.inference_mode():
+        assert use_winograd(x, conv.weight, conv.bias)
+        assert torch.equal(conv3x3(x[:, :64], conv.weight[:, :64], conv.bias), conv3x3_ref(x[:, :64], conv.weight[:, :64], conv.bias))
+        assert _rel(conv3x3(x, conv.weight, conv.bias), conv(x)) <= TOL
+
+
+def test_winograd_is_not_traced_into_an_export():
+    conv = Conv3x3(128, 128).eval()
+    x = torch.randn(1, 128, 48, 48)
+    with torch.no_grad():
+        traced = torch.jit.trace(conv, x, check_trace=False)
+    kinds = {node.kind() for node in traced.graph.nodes()}
+    assert "aten::_convolution" in kinds and "aten::bmm" not in kinds
+
+
+def test_decoder_with_winograd_matches_the_plain_decoder(monkeypatch):
+    torch.manual_seed(0)
+    dims, hidden = [32, 64, 96, 128], 128
+    decoder = ConvDecoder(dims, hidden).eval()
+    assert isinstance(decoder.neck[0], Conv3x3) and isinstance(decoder.neck[4], Conv3x3)
+    assert set(decoder.neck[0].state_dict()) == {"weight", "bias"}  # same keys as nn.Conv2d
+    feats = [torch.randn(1, d, 56 // 2**i, 56 // 2**i) for i, d in enumerate(dims)]
+    taken = []
+    monkeypatch.setattr("remamber.ops.winograd.conv3x3_winograd", lambda *a: taken.append(1) or conv3x3_winograd(*a))
+    with torch.inference_mode():
+        fast = decoder(feats)
+        monkeypatch.setattr("remamber.ops.winograd.use_winograd", lambda *a: False)
+        plain = decoder(feats)
+    assert len(taken) == 2 and _rel(fast, plain) <= TOL
