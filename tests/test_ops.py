@@ -392,3 +392,17 @@ def test_fused_forward_places_its_output_behind_delta():
         y = scan_cpu.selective_scan_fused(**kw, delta_softplus=True)
     assert (y.data_ptr() - kw["delta"].data_ptr()) % scan_cpu.PAGE == scan_cpu.OUTPUT_LAG
     assert _max_rel(y, selective_scan_ref(**kw, delta_softplus=True)) <= 1e-5
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_channels_first_copies_any_layout(batch):
+    from remamber.ops.cross_scan import channels_first
+
+    x = torch.randn(batch, 5, 6, 7)
+    last = x.to(memory_format=torch.channels_last)
+    for given in (x, last, x[..., ::2], last[:, 1:4]):
+        out = channels_first(given)
+        assert out.is_contiguous() and torch.equal(out, given)
+    leaf = last.clone().requires_grad_()
+    (g,) = torch.autograd.grad((channels_first(leaf) * x).sum(), leaf)
+    assert torch.equal(g, x)

@@ -29,9 +29,10 @@ _AT = [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 
 # output pixels the direct convolution is as fast (benchmarks/conv.py).
 MIN_CHANNEL_PRODUCT = 128 * 128
 MIN_PIXELS = 48 * 48
-# Tile rows are transformed and multiplied a block at a time, each block's transformed input
-# at most this many floats (64 MiB), so that memory does not grow 2.25x with the image.
-BLOCK_FLOATS = 1 << 24
+# Tile rows are transformed and multiplied a block at a time (at least one row), each block's
+# transformed input at most this many floats (8 MiB), so that memory does not grow 2.25x with the
+# image; 1-16 Mi floats ran at the same speed.
+BLOCK_FLOATS = 1 << 21
 
 
 def _matrices(like: Tensor) -> tuple[Tensor, Tensor, Tensor]:
