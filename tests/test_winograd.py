@@ -57,7 +57,11 @@ def test_winograd_is_taken_for_large_cpu_inference_only():
     with torch.inference_mode():
         assert use_winograd(x, conv.weight, conv.bias)
         assert torch.equal(conv3x3(x[:, :64], conv.weight[:, :64], conv.bias), conv3x3_ref(x[:, :64], conv.weight[:, :64], conv.bias))
+        # parameters under inference mode: the bias is added while each block is put in place
         assert _rel(conv3x3(x, conv.weight, conv.bias), conv(x)) <= TOL
+        assert conv3x3(x[:0], conv.weight, conv.bias).shape == (0, 128, 48, 48)  # an empty batch
+        assert not use_winograd(x, torch.randn(128, 128, 5, 5))  # not a 3x3 kernel
+        assert not use_winograd(x, conv.weight, conv.bias.double())
 
 
 def test_winograd_is_not_traced_into_an_export():

@@ -359,9 +359,9 @@ def _empty_near(shape: tuple, stream: np.ndarray, lag: int = OUTPUT_LAG) -> np.n
     """An uninitialised float32 array whose data starts ``lag`` bytes past ``stream``'s, modulo a page.
 
     The forward writes its output row by row in step with reading ``u`` and ``delta``. Where the
-    output sat within a 4 KiB page relative to them changed its speed by up to 25% at
-    (8, 2048, 900, 1) on the Intel VM (17.6-20 ms close behind ``delta``, 25 ms far from it;
-    BENCHMARKS.md); the inputs come as they are, the output can be placed.
+    output sat within a 4 KiB page relative to them changed its time at (8, 2048, 900, 1) on the
+    Intel VM from 17.6-20 ms (close behind ``delta``) to 25 ms (far from it; BENCHMARKS.md); the
+    inputs come as they are, the output can be placed.
     """
     size = int(np.prod(shape))
     raw = np.empty(size + PAGE // 4, np.float32)
