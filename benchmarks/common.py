@@ -1,11 +1,16 @@
-"""Helpers shared by the benchmark scripts: the machine record of a result and best-of-N timing."""
+"""Helpers shared by the benchmark scripts: the machine record of a result, best-of-N timing and the
+arguments of the timing scripts."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import time
+from pathlib import Path
 from typing import Any, Callable
+
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def cpu_model() -> str | None:
@@ -38,3 +43,17 @@ def best_of(fn: Callable[[], Any], repeat: int, sync: Callable[[], None] = lambd
         sync()
         best = min(best, time.perf_counter() - start)
     return best, result
+
+
+def timing_parser(doc: str, result: str, repeat: int) -> argparse.ArgumentParser:
+    """A timing script's parser with ``--repeat`` (calls per timing, the fastest kept; default
+    ``repeat``) and ``--out`` (default ``results/<result>``)."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeat", type=int, default=repeat, help=f"calls per timing, the fastest kept (default {repeat})")
+    ap.add_argument("--out", type=Path, default=RESULTS / result)
+    return ap
+
+
+def allocator_note(kept: bool) -> str:
+    """The ``allocator`` entry of a result: whether freed memory was kept in the process."""
+    return "freed memory kept in the process (mallopt)" if kept else "system default"

@@ -12,15 +12,13 @@ max error of each against a float64 convolution, relative to the largest output.
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
 
 import torch
 
 from remamber.engine.allocator import keep_freed_memory
 from remamber.io import write_json
 from remamber.ops.winograd import conv3x3_ref, conv3x3_winograd, use_winograd
-from common import best_of, machine
+from common import allocator_note, best_of, machine, timing_parser
 
 # (in, out, size, where): the decoder's neck convolutions are hidden + dims[0] -> hidden at a
 # quarter of the input size, then hidden -> hidden at half of it.
@@ -60,9 +58,7 @@ def bench(cin: int, cout: int, size: int, repeat: int) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--repeat", type=int, default=3, help="calls per timing, the fastest kept (default 3)")
-    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "conv.json")
+    ap = timing_parser(__doc__, "conv.json", 3)
     args = ap.parse_args()
     kept = keep_freed_memory()
     rows = []
@@ -75,7 +71,7 @@ def main() -> None:
     write_json(args.out, {
         "command": "python benchmarks/conv.py",
         "machine": machine(),
-        "allocator": "freed memory kept in the process (mallopt)" if kept else "system default",
+        "allocator": allocator_note(kept),
         "results": rows,
     })
     print(f"wrote {args.out}")

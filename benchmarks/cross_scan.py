@@ -11,8 +11,6 @@ against ``x.contiguous()``. Writes ``benchmarks/results/cross_scan.json``.
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -20,7 +18,7 @@ from torch import Tensor
 from remamber.engine.allocator import keep_freed_memory
 from remamber.io import write_json
 from remamber.ops.cross_scan import channels_first, cross_scan
-from common import best_of, machine
+from common import allocator_note, best_of, machine, timing_parser
 
 # (channels, side, calls per 480 px forward of base): stages 1-4 (d_inner = 2 x dim; the Twister's
 # spatial scans included) and the Twister's channel scans are too small to matter.
@@ -37,9 +35,7 @@ def plain_cross_scan(x: Tensor) -> Tensor:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--repeat", type=int, default=9, help="calls per timing, the fastest kept (default 9)")
-    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "cross_scan.json")
+    ap = timing_parser(__doc__, "cross_scan.json", 9)
     args = ap.parse_args()
     kept = keep_freed_memory()
     rows, before, after = [], 0.0, 0.0
@@ -62,7 +58,7 @@ def main() -> None:
     write_json(args.out, {
         "command": "python benchmarks/cross_scan.py",
         "machine": machine(),
-        "allocator": "freed memory kept in the process (mallopt)" if kept else "system default",
+        "allocator": allocator_note(kept),
         "results": rows,
         "per_base_480_forward_ms": {"plain": round(before, 1), "cross_scan": round(after, 1)},
     })

@@ -23,9 +23,7 @@ write one output): a forward that only streamed its inputs would take that long,
 
 from __future__ import annotations
 
-import argparse
 import time
-from pathlib import Path
 
 import torch
 
@@ -33,7 +31,7 @@ from remamber.engine.allocator import keep_freed_memory
 from remamber.io import write_json
 from remamber.ops import scan_cpu
 from remamber.ops.selective_scan import selective_scan_chunked, selective_scan_ref
-from common import best_of, machine
+from common import allocator_note, best_of, machine, timing_parser
 
 # (b, d, l, n) at ReMamber shapes: stage 1 at 480 (120x120 tokens, 4 directions x 256 channels),
 # stage 1 at 256 (64x64, 4 x 192), stage 3 at 480 with batch 8 (30x30, 4 x 512).
@@ -122,10 +120,8 @@ def bench(shape: tuple, repeat: int) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = timing_parser(__doc__, "scan.json", 3)
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--repeat", type=int, default=3, help="calls per timing, the fastest kept (default 3)")
-    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "scan.json")
     args = ap.parse_args()
     kept = keep_freed_memory()
     rows = []
@@ -149,7 +145,7 @@ def main() -> None:
         "command": "python benchmarks/scan.py" + (" --quick" if args.quick else ""),
         "machine": machine(numba_threads=scan_cpu.numba.get_num_threads()),
         "mamba_ssm": mamba,
-        "allocator": "freed memory kept in the process (mallopt)" if kept else "system default",
+        "allocator": allocator_note(kept),
         "goals": {"forward_speedup": 30, "backward_speedup": 10},
         "results": rows,
     })

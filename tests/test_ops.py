@@ -407,6 +407,7 @@ def test_channels_first_copies_any_layout(batch):
     assert torch.equal(g, x)
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit.trace
 def test_cross_scan_traced_at_one_batch_size_runs_at_another():
     """What an ONNX export needs: nothing in the traced graph fixes the batch size."""
     make = lambda b: torch.randn(b, 3, 4, 5).to(memory_format=torch.channels_last)  # noqa: E731

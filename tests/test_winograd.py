@@ -64,6 +64,7 @@ def test_winograd_is_taken_for_large_cpu_inference_only():
         assert not use_winograd(x, conv.weight, conv.bias.double())
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit.trace
 def test_winograd_is_not_traced_into_an_export():
     conv = Conv3x3(128, 128).eval()
     x = torch.randn(1, 128, 48, 48)

@@ -84,10 +84,12 @@ def conv3x3_winograd(x: Tensor, weight: Tensor, bias: Tensor | None = None, bloc
 def use_winograd(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> bool:
     """Whether :func:`conv3x3` takes the Winograd path: float32 CPU inference (no gradient
     wanted, not traced for export) of a 3x3 convolution large enough to gain from it."""
+    if traced():  # first: the shape checks below would be recorded into the trace
+        return False
     tensors = [t for t in (x, weight, bias) if t is not None]
     if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors) or x.dim() != 4 or x.numel() == 0:
         return False
-    if weight.shape[1:] != (x.shape[1], 3, 3) or traced():
+    if weight.shape[1:] != (x.shape[1], 3, 3):
         return False
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return False
