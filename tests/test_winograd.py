@@ -62,6 +62,8 @@ def test_winograd_is_taken_for_large_cpu_inference_only():
         assert conv3x3(x[:0], conv.weight, conv.bias).shape == (0, 128, 48, 48)  # an empty batch
         assert not use_winograd(x, torch.randn(128, 128, 5, 5))  # not a 3x3 kernel
         assert not use_winograd(x, conv.weight, conv.bias.double())
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # bfloat16 products: the direct convolution
+            assert not use_winograd(x, conv.weight, conv.bias)
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit.trace

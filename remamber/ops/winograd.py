@@ -81,10 +81,19 @@ def conv3x3_winograd(x: Tensor, weight: Tensor, bias: Tensor | None = None, bloc
     return out.view(n, 4 * th, 4 * tw, o)[:, :h, :w].permute(0, 3, 1, 2)
 
 
+def _autocast_cpu() -> bool:
+    """Whether CPU autocast is on: its lower-precision products would meet the transforms' larger
+    rounding, so the direct convolution runs in that precision instead."""
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_cpu_enabled()
+
+
 def use_winograd(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> bool:
     """Whether :func:`conv3x3` takes the Winograd path: float32 CPU inference (no gradient
-    wanted, not traced for export) of a 3x3 convolution large enough to gain from it."""
-    if traced():  # first: the shape checks below would be recorded into the trace
+    wanted, not traced for export, no autocast) of a 3x3 convolution large enough to gain from it."""
+    if traced() or _autocast_cpu():  # first: the shape checks below would be recorded into a trace
         return False
     tensors = [t for t in (x, weight, bias) if t is not None]
     if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors) or x.dim() != 4 or x.numel() == 0:
