@@ -5,8 +5,8 @@ convolution becomes one product per point: ``Y = A^T [(G g G^T) * (B^T d B)] A``
 input channels, the 36 points are 36 matrix products ``(tiles x C) @ (C x O)``: 4x fewer
 multiply-adds than the direct convolution (36 instead of 144 per 4x4 tile and channel pair),
 plus the tile transforms, which are small matrix products over all tiles at once. The decoder's
-largest layer (512 -> 512 channels at 240x240, ``base`` at 480 px) takes 0.36 s instead of 0.81 s
-on two cores (``benchmarks/conv.py``). Rounding: max error about 1e-5 of the largest output,
+largest layer (512 -> 512 channels at 240x240, ``base`` at 480 px) takes 0.36 s instead of 0.76 s
+on two cores (``benchmarks/conv.py``, ``results/conv.json``). Rounding: max error about 1e-5 of the largest output,
 where the direct convolution's is a few 1e-7 (points 0, +-1, +-2 of the standard F(4, 3)).
 
 :func:`conv3x3` picks the path; :func:`conv3x3_ref` is the plain convolution beside it.
