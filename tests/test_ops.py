@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import io
+import os
 import subprocess
 import sys
 import warnings
@@ -391,6 +392,67 @@ def test_fused_forward_places_its_output_behind_delta():
         y = scan_cpu.selective_scan_fused(**kw, delta_softplus=True)
     assert (y.data_ptr() - kw["delta"].data_ptr()) % scan_cpu.PAGE == scan_cpu.OUTPUT_LAG
     assert _max_rel(y, selective_scan_ref(**kw, delta_softplus=True)) <= 1e-5
+
+
+def _elementwise(fn):
+    """A compiled loop applying the kernels' inline float32 function ``fn`` to an array."""
+    numba = pytest.importorskip("numba")
+
+    @numba.njit
+    def run(x, out):
+        for i in range(x.shape[0]):
+            out[i] = fn(x[i])
+
+    return lambda x: (run(x, out := np.empty_like(x)), out)[1]
+
+
+@pytest.mark.parametrize("variant", ["_exp2_scalef", "_exp2_bits"])
+def test_both_exp2_variants_match_numpy(variant):
+    """The kernels' exp2 (scalef on AVX-512, float bits elsewhere; only one runs in the kernels of a
+    given machine): relative error <= 3e-7 over the float range, 0 below it and huge above it."""
+    if variant == "_exp2_scalef" and importlib.import_module("llvmlite.binding").llvm_version_info < (17,):
+        pytest.skip("llvm.ldexp needs LLVM 17")
+    exp2 = _elementwise(getattr(scan_cpu, variant))
+    x = np.linspace(-125.9, 126.9, 200_001, dtype=np.float32)
+    rel = np.abs(exp2(x) / np.exp2(x.astype(np.float64)) - 1)
+    assert rel.max() <= 3e-7
+    edge = exp2(np.array([-1e30, -500, -150, 150, 500, 1e30], np.float32))
+    assert (edge[:3] <= 1.2e-38).all() and (edge[:3] >= 0).all() and (edge[3:] >= 1e38).all()
+    assert exp2(np.array([0.0, 1.0, -1.0, 10.0], np.float32)).tolist() == [1.0, 2.0, 0.5, 1024.0]
+
+
+def test_log1p_matches_numpy_on_its_interval():
+    w = np.linspace(0, 1, 100_001, dtype=np.float32)
+    got = _elementwise(scan_cpu._log1p_unit)(w).astype(np.float64)
+    want = np.log1p(w.astype(np.float64))
+    assert np.abs(got - want).max() <= 2e-7 * np.maximum(want, 1e-30).max()
+    assert (np.abs(got[1:] / want[1:] - 1) <= 3e-7).all()  # float32 rounding: ~2 ulp
+
+
+def test_fused_on_a_target_without_avx512_matches_reference(tmp_path):
+    """numba compiling for a generic x86-64 (the bit-built exp2, 256-bit or narrower vectors): the
+    d_state 1 forward and backward still match the reference."""
+    code = """
+import torch
+from remamber.ops import scan_cpu, selective_scan_ref
+assert scan_cpu._exp2 is scan_cpu._exp2_bits
+g = torch.Generator().manual_seed(0)
+u, delta = torch.randn(2, 8, 150, generator=g), torch.randn(2, 8, 150, generator=g)
+A, D, bias = -3 * torch.rand(8, 1, generator=g), torch.randn(8, generator=g), torch.randn(8, generator=g)
+B, C = torch.randn(2, 4, 1, 150, generator=g), torch.randn(2, 4, 1, 150, generator=g)
+outs = []
+for fn in (scan_cpu.selective_scan_fused, selective_scan_ref):
+    x = u.clone().requires_grad_()
+    y = fn(x, delta, A, B, C, D, delta_bias=bias, delta_softplus=True)
+    y.square().sum().backward()
+    outs.append((y.detach(), x.grad))
+for a, b in zip(*outs):
+    print(((a - b).abs().max() / b.abs().max()).item())
+"""
+    env = dict(os.environ, NUMBA_CPU_NAME="generic", NUMBA_CACHE_DIR=str(tmp_path))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert all(float(v) <= 1e-5 for v in proc.stdout.split()), proc.stdout
 
 
 @pytest.mark.parametrize("batch", [1, 2])

@@ -49,9 +49,27 @@ def _jit(**options):
     return wrap
 
 
+def _use_scalef() -> bool:
+    """Whether the kernels' exp2 applies 2**k with ``llvm.ldexp``: when numba compiles for a CPU
+    with AVX-512 (the host, unless NUMBA_CPU_NAME / NUMBA_CPU_FEATURES name another target), where
+    it is one ``vscalefps``, and its LLVM has that intrinsic (LLVM 17 and later)."""
+    from llvmlite import binding
+    from numba.core import config
+
+    if binding.llvm_version_info < (17,):
+        return False
+    if config.CPU_FEATURES is not None:
+        features = config.CPU_FEATURES
+    elif config.CPU_NAME is not None:
+        return False  # a named target without its features: assume a portable one
+    else:
+        features = binding.get_host_cpu_features().flatten()
+    return "+avx512f" in features.split(",")
+
+
 if AVAILABLE:
     from llvmlite import ir
-    from numba.core import types
+    from numba.core import cgutils, types
     from numba.extending import intrinsic
 
     @intrinsic
@@ -68,32 +86,91 @@ if AVAILABLE:
 
         return types.float32(bits), codegen
 
-    # exp(x) = p * 2**k with p from Cephes' expf polynomial on [-ln2/2, ln2/2] and 2**k built from
-    # its float bits; no libm call, so every loop that uses it vectorises (SIMD).
-    _LOG2E, _LN2_HI, _LN2_LO = np.float32(1.4426950408889634), np.float32(0.693359375), np.float32(-2.12194440e-4)
+    @intrinsic
+    def _prefer_512_bit_vectors(typingctx):  # pragma: no cover - compiled
+        """Let LLVM vectorise the function this is called in with 512-bit registers where the CPU
+        has them (a per-function ``prefer-vector-width``; LLVM's tuning for recent Intel CPUs
+        prefers 256 bits). The d_state 1 forward runs ~15% faster with it on the Intel VM
+        (BENCHMARKS.md); numba's process-wide switch would also slow the backward down."""
+
+        def codegen(context, builder, signature, args):
+            # llvmlite validates only its known attribute names; a key-value string attribute is
+            # written to the IR as it is, and LLVM ignores one it does not use
+            set.add(builder.function.attributes, '"prefer-vector-width"="512"')
+            return context.get_dummy_value()
+
+        return types.none(), codegen
+
+    def _call_llvm(builder, name: str, signature, args):
+        """Call the LLVM intrinsic ``name`` with the numba ``signature``'s float32/int32 types."""
+        lltype = {types.float32: ir.FloatType(), types.int32: ir.IntType(32)}
+        fnty = ir.FunctionType(lltype[signature.return_type], [lltype[t] for t in signature.args])
+        return builder.call(cgutils.get_or_insert_function(builder.module, fnty, name), args)
+
+    @intrinsic
+    def _rint(typingctx, x):  # pragma: no cover - compiled
+        """``x`` rounded to the nearest integer (``llvm.rint``: one vector instruction, no libm)."""
+        return types.float32(types.float32), lambda context, builder, sig, args: _call_llvm(builder, "llvm.rint.f32", sig, args)
+
+    @intrinsic
+    def _ldexp(typingctx, x, k):  # pragma: no cover - compiled
+        """``x * 2**k`` (``llvm.ldexp``: ``vscalefps`` with AVX-512; libm calls without it)."""
+        return types.float32(types.float32, types.int32), lambda context, builder, sig, args: _call_llvm(
+            builder, "llvm.ldexp.f32.i32", sig, args
+        )
+
+    # exp2(x) = p(f) * 2**k, x = k + f with |f| <= 1/2: p a degree-6 fit of 2**f (relative error
+    # ~1e-7 in float32, with the rounding of its evaluation); no libm call, so every loop that uses
+    # it vectorises (SIMD). exp(x) = exp2(x log2(e)); a decay exp(delta a) is exp2(delta a2) with
+    # a2 = a log2(e) computed once per row.
+    _LOG2E = np.float32(1.4426950408889634)
+    _EXP2 = tuple(np.float32(c) for c in (
+        1.5345800784416497e-04, 1.3399932067841291e-03, 9.618489071726799e-03, 5.550328642129898e-02,
+        0.24022646248340607, 0.6931471824645996,
+    ))
+    # log1p(w) = s q(s^2), s = w / (2 + w) in [0, 1/3]: q a degree-4 fit of 2 atanh(s) / s (error < 7e-8)
+    _LOG1P = tuple(np.float32(2 * c) for c in (
+        0.14089155197143555, 0.13980305194854736, 0.20012454688549042, 0.3333315849304199, 1.0,
+    ))
+
+    @_jit(inline="always", fastmath=True)
+    def _exp2_poly(f):  # pragma: no cover
+        """2**f for |f| <= 1/2."""
+        p = _EXP2[0]
+        for c in _EXP2[1:]:
+            p = p * f + c
+        return p * f + np.float32(1.0)
+
+    @_jit(inline="always", fastmath=True)
+    def _exp2_scalef(x):  # pragma: no cover
+        """exp2 with 2**k applied by ``ldexp`` (one ``vscalefps``, which also gives 0 and inf past
+        the float range): for CPUs with AVX-512."""
+        x = min(x, np.float32(128.0))  # a larger x would not convert to int32
+        k = _rint(x)
+        return _ldexp(_exp2_poly(x - k), np.int32(k))
+
+    @_jit(inline="always", fastmath=True)
+    def _exp2_bits(x):  # pragma: no cover
+        """exp2 with 2**k built from float bits, x clamped to [-126, 127]: for other CPUs."""
+        x = min(max(x, np.float32(-126.0)), np.float32(127.0))
+        k = _rint(x)
+        return _exp2_poly(x - k) * _as_float32((np.int32(k) + np.int32(127)) << np.int32(23))
+
+    _exp2 = _exp2_scalef if _use_scalef() else _exp2_bits
 
     @_jit(inline="always", fastmath=True)
     def _exp(x):  # pragma: no cover
-        x = min(max(x, np.float32(-87.0)), np.float32(88.0))
-        kf = np.floor(x * _LOG2E + np.float32(0.5))  # float32; math.floor would call libm
-        r = x - kf * _LN2_HI - kf * _LN2_LO
-        p = np.float32(1.9875691500e-4)
-        p = p * r + np.float32(1.3981999507e-3)
-        p = p * r + np.float32(8.3334519073e-3)
-        p = p * r + np.float32(4.1665795894e-2)
-        p = p * r + np.float32(1.6666665459e-1)
-        p = p * r + np.float32(5.0000001201e-1)
-        return (p * r * r + r + np.float32(1.0)) * _as_float32((np.int32(kf) + np.int32(127)) << np.int32(23))
+        return _exp2(x * _LOG2E)
 
     @_jit(inline="always", fastmath=True)
     def _log1p_unit(w):  # pragma: no cover
-        """log(1 + w) for w in [0, 1]: 2 atanh(w / (2 + w)) by its series (error < 2e-8)."""
+        """log(1 + w) for w in [0, 1]."""
         s = w / (np.float32(2.0) + w)
         s2 = s * s
-        q = np.float32(1 / 13)
-        for c in (np.float32(1 / 11), np.float32(1 / 9), np.float32(1 / 7), np.float32(0.2), np.float32(1 / 3), np.float32(1.0)):
+        q = _LOG1P[0]
+        for c in _LOG1P[1:]:
             q = q * s2 + c
-        return np.float32(2.0) * s * q
+        return s * q
 
     @_jit(inline="always", fastmath=True)
     def _sigmoid(v):  # pragma: no cover
@@ -116,12 +193,12 @@ if AVAILABLE:
         return max(v, np.float32(0.0)) + _log1p_unit(e)
 
     @_jit(inline="always", fastmath=True)
-    def _states(deltas, a, x, Bs, decay, hs):  # pragma: no cover
-        """One state dimension over one chunk: the decays ``exp(delta * a)`` (SIMD), then the
-        recurrence from ``hs[0]``, ``hs[j + 1]`` being the state after step ``j``."""
+    def _states(deltas, a2, x, Bs, decay, hs):  # pragma: no cover
+        """One state dimension over one chunk: the decays ``exp(delta * a) = exp2(delta * a2)``
+        (SIMD), then the recurrence from ``hs[0]``, ``hs[j + 1]`` being the state after step ``j``."""
         m = Bs.shape[0]
         for j in range(m):
-            decay[j] = _exp(deltas[j] * a)
+            decay[j] = _exp2(deltas[j] * a2)
         h = hs[0]
         for j in range(m):
             h = decay[j] * h + x[j] * Bs[j]
@@ -133,9 +210,9 @@ if AVAILABLE:
         independent recurrences in one loop, so each hides the others' multiply-add latency."""
         m = t1 - t0
         for q in range(4):
-            a = A_row[k + q]
+            a2 = A_row[k + q] * _LOG2E
             for j in range(m):
-                decay4[q, j] = _exp(deltas[j] * a)
+                decay4[q, j] = _exp2(deltas[j] * a2)
         d0, d1, d2, d3 = decay4[0], decay4[1], decay4[2], decay4[3]
         B0, B1, B2, B3 = Bg[k, t0:t1], Bg[k + 1, t0:t1], Bg[k + 2, t0:t1], Bg[k + 3, t0:t1]
         C0, C1, C2, C3 = Cg[k, t0:t1], Cg[k + 1, t0:t1], Cg[k + 2, t0:t1], Cg[k + 3, t0:t1]
@@ -185,7 +262,7 @@ if AVAILABLE:
                     _four_states(deltas, A[di], k, x, B[bi, gi], C[bi, gi], t0, t1, decay4, h, y)
                 for k in range(quads, n):
                     hs[0] = h[k]
-                    _states(deltas, A[di, k], x, B[bi, gi, k, t0:t1], decay, hs)
+                    _states(deltas, A[di, k] * _LOG2E, x, B[bi, gi, k, t0:t1], decay, hs)
                     h[k] = hs[m]
                     Cs = C[bi, gi, k, t0:t1]
                     for j in range(m):
@@ -202,16 +279,16 @@ if AVAILABLE:
             last[bi, di, :] = h
 
     @_jit(inline="always", fastmath=True)
-    def _one_state(dts, us, Bs, bias, a, softplus, h, decay, drive, hs):  # pragma: no cover
-        """One state dimension over one chunk from state ``h``: every step's delta, decay and drive
-        in one pass (SIMD), then the recurrence, ``hs[j]`` being the state after step ``j``;
-        returns the last state."""
+    def _one_state(dts, us, Bs, bias, a2, softplus, h, decay, drive, hs):  # pragma: no cover
+        """One state dimension over one chunk from state ``h``: every step's delta, decay
+        ``exp2(delta * a2)`` and drive in one pass (SIMD), then the recurrence, ``hs[j]`` being
+        the state after step ``j``; returns the last state."""
         m = us.shape[0]
         for j in range(m):
             v = dts[j] + bias
             if softplus:
                 v = _softplus(v, _exp(-abs(v)))
-            decay[j] = _exp(v * a)
+            decay[j] = _exp2(v * a2)
             drive[j] = v * us[j] * Bs[j]
         for j in range(m):
             h = decay[j] * h + drive[j]
@@ -228,6 +305,7 @@ if AVAILABLE:
         n = A.shape[1]
         per_group = d // B.shape[1]
         for r in prange(b * d):
+            _prefer_512_bit_vectors()
             bi, di, gi = _row(r, d, per_group)
             ur, dtr, outr = u[bi, di], dt[bi, di], out[bi, di]
             Dd, bias_d = D[di], bias[di]
@@ -243,12 +321,12 @@ if AVAILABLE:
                 if starts is not None:
                     starts[bi, di, t0 // chunk, :] = h
                 us, dts, ys = ur[t0:t1], dtr[t0:t1], yr[t0:t1]
-                h[0] = _one_state(dts, us, B[bi, gi, 0, t0:t1], bias_d, A[di, 0], softplus, h[0], decay, drive, hs)
+                h[0] = _one_state(dts, us, B[bi, gi, 0, t0:t1], bias_d, A[di, 0] * _LOG2E, softplus, h[0], decay, drive, hs)
                 Cs = C[bi, gi, 0, t0:t1]
                 for j in range(m):
                     ys[j] = hs[j] * Cs[j] + Dd * us[j]
                 for k in range(1, n):
-                    h[k] = _one_state(dts, us, B[bi, gi, k, t0:t1], bias_d, A[di, k], softplus, h[k], decay, drive, hs)
+                    h[k] = _one_state(dts, us, B[bi, gi, k, t0:t1], bias_d, A[di, k] * _LOG2E, softplus, h[k], decay, drive, hs)
                     Cs = C[bi, gi, k, t0:t1]
                     for j in range(m):
                         ys[j] += hs[j] * Cs[j]
@@ -319,7 +397,7 @@ if AVAILABLE:
                         Bs, Cs = B[bi, gi, k, t0:t1], C[bi, gi, k, t0:t1]
                         dBs, dCs = dB_part[bi, gi, p, k, t0:t1], dC_part[bi, gi, p, k, t0:t1]
                         hs[0] = starts[bi, di, c, k]
-                        _states(deltas, a, x, Bs, decay, hs)
+                        _states(deltas, a * _LOG2E, x, Bs, decay, hs)
                         # the adjoint recurrence lam_j = decay_{j+1} lam_{j+1} + dy_j C_j, one
                         # multiply-add per step on the serial chain
                         lam_k = carry[k] + dyc[m - 1] * Cs[m - 1]
