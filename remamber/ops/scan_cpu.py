@@ -50,21 +50,17 @@ def _jit(**options):
 
 
 def _use_scalef() -> bool:
-    """Whether the kernels' exp2 applies 2**k with ``llvm.ldexp``: when numba compiles for a CPU
-    with AVX-512 (the host, unless NUMBA_CPU_NAME / NUMBA_CPU_FEATURES name another target), where
-    it is one ``vscalefps``, and its LLVM has that intrinsic (LLVM 17 and later)."""
+    """Whether the kernels' exp2 applies 2**k with ``llvm.ldexp``: where numba's target (the host,
+    or NUMBA_CPU_FEATURES; ``NUMBA_CPU_NAME=generic`` has none, ``NUMBA_ENABLE_AVX=0`` drops AVX)
+    has AVX-512F and AVX-512VL and its LLVM lowers that intrinsic to ``vscalefps`` (LLVM 22 on;
+    earlier ones call libm's ``ldexpf`` per element, which stops the loops vectorising)."""
     from llvmlite import binding
-    from numba.core import config
+    from numba.core import codegen, config
 
-    if binding.llvm_version_info < (17,):
+    if binding.llvm_version_info < (22,):
         return False
-    if config.CPU_FEATURES is not None:
-        features = config.CPU_FEATURES
-    elif config.CPU_NAME is not None:
-        return False  # a named target without its features: assume a portable one
-    else:
-        features = binding.get_host_cpu_features().flatten()
-    return "+avx512f" in features.split(",")
+    features = config.CPU_FEATURES if config.CPU_FEATURES is not None else codegen.get_host_cpu_features()
+    return {"+avx512f", "+avx512vl"} <= set(features.split(","))
 
 
 if AVAILABLE:
@@ -114,21 +110,24 @@ if AVAILABLE:
 
     @intrinsic
     def _ldexp(typingctx, x, k):  # pragma: no cover - compiled
-        """``x * 2**k`` (``llvm.ldexp``: ``vscalefps`` with AVX-512; libm calls without it)."""
+        """``x * 2**k`` (``llvm.ldexp``; only where :func:`_use_scalef` says it is one instruction)."""
         return types.float32(types.float32, types.int32), lambda context, builder, sig, args: _call_llvm(
             builder, "llvm.ldexp.f32.i32", sig, args
         )
 
-    # exp2(x) = p(f) * 2**k, x = k + f with |f| <= 1/2: p a degree-6 fit of 2**f (relative error
-    # ~1e-7 in float32, with the rounding of its evaluation); no libm call, so every loop that uses
-    # it vectorises (SIMD). exp(x) = exp2(x log2(e)); a decay exp(delta a) is exp2(delta a2) with
-    # a2 = a log2(e) computed once per row.
+    # exp2(x) = p(f) * 2**k, x = k + f with |f| <= 1/2: p a degree-6 fit of 2**f (fit error 1.5e-8,
+    # ~1e-7 with the rounding of its float32 evaluation); no libm call, so every loop that uses it
+    # vectorises (SIMD). exp(x) = exp2(x log2(e)): the rounding of x log2(e) adds a relative error of
+    # up to ~|x| 4e-8 (3.8e-6 near x = -87, where exp(x) is 1.6e-38), as the reference's own rounding
+    # of delta * A does. A decay exp(delta a) is exp2(delta a2), a2 = a log2(e) hoisted out of the
+    # per-step loops.
     _LOG2E = np.float32(1.4426950408889634)
     _EXP2 = tuple(np.float32(c) for c in (
         1.5345800784416497e-04, 1.3399932067841291e-03, 9.618489071726799e-03, 5.550328642129898e-02,
         0.24022646248340607, 0.6931471824645996,
     ))
-    # log1p(w) = s q(s^2), s = w / (2 + w) in [0, 1/3]: q a degree-4 fit of 2 atanh(s) / s (error < 7e-8)
+    # log1p(w) = s q(s^2), s = w / (2 + w) in [0, 1/3]: q a degree-4 fit of 2 atanh(s) / s (fit error
+    # 5e-9; ~2e-7 with float32 rounding, as the 7-term series it replaces)
     _LOG1P = tuple(np.float32(2 * c) for c in (
         0.14089155197143555, 0.13980305194854736, 0.20012454688549042, 0.3333315849304199, 1.0,
     ))
@@ -143,15 +142,18 @@ if AVAILABLE:
 
     @_jit(inline="always", fastmath=True)
     def _exp2_scalef(x):  # pragma: no cover
-        """exp2 with 2**k applied by ``ldexp`` (one ``vscalefps``, which also gives 0 and inf past
-        the float range): for CPUs with AVX-512."""
-        x = min(x, np.float32(128.0))  # a larger x would not convert to int32
+        """exp2 with 2**k applied by ``ldexp`` (one ``vscalefps``): 0 below the float range, inf
+        above it; for AVX-512 targets. x is clamped to [-150, 128] so that k converts to int32 and
+        -inf gives 0, not NaN."""
+        x = min(max(x, np.float32(-150.0)), np.float32(128.0))
         k = _rint(x)
         return _ldexp(_exp2_poly(x - k), np.int32(k))
 
     @_jit(inline="always", fastmath=True)
     def _exp2_bits(x):  # pragma: no cover
-        """exp2 with 2**k built from float bits, x clamped to [-126, 127]: for other CPUs."""
+        """exp2 with 2**k built from float bits, x clamped to [-126, 127] (so ~1.2e-38 below the
+        float range and ~1.7e38 above it, where the scalef variant gives 0 and inf): for other
+        targets."""
         x = min(max(x, np.float32(-126.0)), np.float32(127.0))
         k = _rint(x)
         return _exp2_poly(x - k) * _as_float32((np.int32(k) + np.int32(127)) << np.int32(23))
