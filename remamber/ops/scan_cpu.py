@@ -195,10 +195,11 @@ if AVAILABLE:
         return max(v, np.float32(0.0)) + _log1p_unit(e)
 
     @_jit(inline="always", fastmath=True)
-    def _states(deltas, a2, x, Bs, decay, hs):  # pragma: no cover
-        """One state dimension over one chunk: the decays ``exp(delta * a) = exp2(delta * a2)``
+    def _states(deltas, a, x, Bs, decay, hs):  # pragma: no cover
+        """One state dimension over one chunk: the decays ``exp(delta * a) = exp2(delta * a log2 e)``
         (SIMD), then the recurrence from ``hs[0]``, ``hs[j + 1]`` being the state after step ``j``."""
         m = Bs.shape[0]
+        a2 = a * _LOG2E
         for j in range(m):
             decay[j] = _exp2(deltas[j] * a2)
         h = hs[0]
@@ -264,7 +265,7 @@ if AVAILABLE:
                     _four_states(deltas, A[di], k, x, B[bi, gi], C[bi, gi], t0, t1, decay4, h, y)
                 for k in range(quads, n):
                     hs[0] = h[k]
-                    _states(deltas, A[di, k] * _LOG2E, x, B[bi, gi, k, t0:t1], decay, hs)
+                    _states(deltas, A[di, k], x, B[bi, gi, k, t0:t1], decay, hs)
                     h[k] = hs[m]
                     Cs = C[bi, gi, k, t0:t1]
                     for j in range(m):
@@ -281,11 +282,12 @@ if AVAILABLE:
             last[bi, di, :] = h
 
     @_jit(inline="always", fastmath=True)
-    def _one_state(dts, us, Bs, bias, a2, softplus, h, decay, drive, hs):  # pragma: no cover
+    def _one_state(dts, us, Bs, bias, a, softplus, h, decay, drive, hs):  # pragma: no cover
         """One state dimension over one chunk from state ``h``: every step's delta, decay
-        ``exp2(delta * a2)`` and drive in one pass (SIMD), then the recurrence, ``hs[j]`` being
-        the state after step ``j``; returns the last state."""
+        ``exp2(delta * a log2 e)`` and drive in one pass (SIMD), then the recurrence, ``hs[j]``
+        being the state after step ``j``; returns the last state."""
         m = us.shape[0]
+        a2 = a * _LOG2E
         for j in range(m):
             v = dts[j] + bias
             if softplus:
@@ -323,12 +325,12 @@ if AVAILABLE:
                 if starts is not None:
                     starts[bi, di, t0 // chunk, :] = h
                 us, dts, ys = ur[t0:t1], dtr[t0:t1], yr[t0:t1]
-                h[0] = _one_state(dts, us, B[bi, gi, 0, t0:t1], bias_d, A[di, 0] * _LOG2E, softplus, h[0], decay, drive, hs)
+                h[0] = _one_state(dts, us, B[bi, gi, 0, t0:t1], bias_d, A[di, 0], softplus, h[0], decay, drive, hs)
                 Cs = C[bi, gi, 0, t0:t1]
                 for j in range(m):
                     ys[j] = hs[j] * Cs[j] + Dd * us[j]
                 for k in range(1, n):
-                    h[k] = _one_state(dts, us, B[bi, gi, k, t0:t1], bias_d, A[di, k] * _LOG2E, softplus, h[k], decay, drive, hs)
+                    h[k] = _one_state(dts, us, B[bi, gi, k, t0:t1], bias_d, A[di, k], softplus, h[k], decay, drive, hs)
                     Cs = C[bi, gi, k, t0:t1]
                     for j in range(m):
                         ys[j] += hs[j] * Cs[j]
@@ -399,7 +401,7 @@ if AVAILABLE:
                         Bs, Cs = B[bi, gi, k, t0:t1], C[bi, gi, k, t0:t1]
                         dBs, dCs = dB_part[bi, gi, p, k, t0:t1], dC_part[bi, gi, p, k, t0:t1]
                         hs[0] = starts[bi, di, c, k]
-                        _states(deltas, a * _LOG2E, x, Bs, decay, hs)
+                        _states(deltas, a, x, Bs, decay, hs)
                         # the adjoint recurrence lam_j = decay_{j+1} lam_{j+1} + dy_j C_j, one
                         # multiply-add per step on the serial chain
                         lam_k = carry[k] + dyc[m - 1] * Cs[m - 1]
