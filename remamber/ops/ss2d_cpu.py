@@ -1,0 +1,183 @@
+"""SS2D's scan for CPU inference in one numba kernel: cross-scan, selective scan and cross-merge.
+
+The composed path (:meth:`remamber.modeling.ss2d.SS2D.scan`) copies the map in its four scan
+orders (:func:`cross_scan`), projects each copy, scans each channel row and adds the four outputs
+back (:func:`cross_merge`): four map-sized copies written and read around the scan itself. Here
+the map stays channels-last, as SS2D's input projection leaves it, and one task per block of
+channels walks the ``h * w`` positions in each of the four orders, reading the block's channels at
+each position as one vector: the recurrences of all the block's channels advance together (SIMD
+across channels, where the row kernels of :mod:`remamber.ops.scan_cpu` run one chain per channel),
+and nothing is re-ordered. The kernel reads
+
+* the map ``x (b, l, d)``;
+* ``P (b, l, K, R + 2N)``, every position's projection to the delta rank ``R``, ``B`` and ``C`` for
+  each order: one matrix product in spatial order;
+* ``delta (b, K, l, d)`` in each order's step order: one batched product of the rank-``R`` part
+  (cheaper than forming it per step inside the kernel);
+
+and writes the four orders' outputs summed, channels-last ``(b, l, d)``: the layout the output
+LayerNorm reads. Inference only: calls that need gradients take the composed path, whose kernels
+have a backward. Same fp32 arithmetic as the row kernels (the same exp2 and softplus).
+:func:`cross_selective_scan_ref` is the plain composition beside it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from remamber.ops import scan_cpu
+from remamber.ops.cross_scan import cross_merge, cross_scan
+from remamber.ops.tracing import traced
+
+K_DIRECTIONS = 4
+# Channels per task, at most: 256 ran the base preset's stage 3-4 shapes fastest on the 2-core VM;
+# with fewer channels than that per thread, one block per thread (BENCHMARKS.md).
+MAX_BLOCK = 256
+
+if scan_cpu.AVAILABLE:
+    from numba import prange
+
+    from remamber.ops.scan_cpu import _LOG2E, _exp, _exp2, _jit, _prefer_512_bit_vectors, _softplus
+
+    U = np.uint64  # unsigned indices: numba adds no negative-index wraparound, so the loops vectorise
+
+    @_jit(inline="always", fastmath=True)
+    def _step(xb, yb, Pb, delta, pos, t, k, d0, cb, bias, D, A2, R, N, h, dt, first):  # pragma: no cover
+        """Step ``t`` of order ``k`` (map position ``pos``) for channels ``d0 .. d0 + cb``: the
+        deltas, the ``N`` state updates and the output, added to ``yb[pos]`` (set by order 0)."""
+        for c in range(cb):
+            v = delta[t, d0 + c] + bias[k, d0 + c]
+            dt[c] = _softplus(v, _exp(-abs(v)))
+        if first:
+            for c in range(cb):
+                yb[pos, d0 + c] = D[k, d0 + c] * xb[pos, d0 + c]
+        else:
+            for c in range(cb):
+                yb[pos, d0 + c] += D[k, d0 + c] * xb[pos, d0 + c]
+        for n in range(N):
+            Bn = Pb[pos, k, R + n]
+            Cn = Pb[pos, k, R + N + n]
+            for c in range(cb):
+                v = dt[c]
+                hv = _exp2(v * A2[k, n, d0 + c]) * h[n, c] + v * xb[pos, d0 + c] * Bn
+                h[n, c] = hv
+                yb[pos, d0 + c] += Cn * hv
+
+    @_jit(parallel=True, fastmath=True)
+    def _cross_forward(x, P, delta, bias, A, D, height, width, block, out):  # pragma: no cover
+        """``out (b, l, d)`` = the four orders' scans of ``x (b, l, d)`` summed; ``A (K, N, d)``,
+        ``bias`` and ``D`` ``(K, d)``; ``P`` and ``delta`` as in the module docstring."""
+        b, L, d = x.shape
+        N = U(A.shape[1])
+        R = U(P.shape[3]) - U(2) * N
+        blocks = (d + block - 1) // block
+        A2 = A * _LOG2E  # decays exp(delta a) = exp2(delta a log2 e)
+        for task in prange(b * blocks):
+            _prefer_512_bit_vectors()
+            bi = task // blocks
+            d0 = (task % blocks) * block
+            cb = U(min(d0 + block, d) - d0)
+            d0 = U(d0)
+            h = np.empty((N, cb), np.float32)
+            dt = np.empty(cb, np.float32)
+            xb, yb, Pb = x[bi], out[bi], P[bi]
+            Lu, hu, wu = U(L), U(height), U(width)
+            for k in range(K_DIRECTIONS):
+                h[:] = 0.0
+                ku, dk = U(k), delta[bi, k]
+                t = U(0)
+                if k == 0:  # row-major
+                    for pos in range(Lu):
+                        _step(xb, yb, Pb, dk, pos, pos, ku, d0, cb, bias, D, A2, R, N, h, dt, True)
+                elif k == 2:  # row-major, reversed
+                    for t in range(Lu):
+                        _step(xb, yb, Pb, dk, Lu - U(1) - t, t, ku, d0, cb, bias, D, A2, R, N, h, dt, False)
+                else:  # column-major (k = 1), reversed (k = 3)
+                    for i in range(wu):
+                        col = i if k == 1 else wu - U(1) - i
+                        for j in range(hu):
+                            row = j if k == 1 else hu - U(1) - j
+                            _step(xb, yb, Pb, dk, row * wu + col, t, ku, d0, cb, bias, D, A2, R, N, h, dt, False)
+                            t += U(1)
+
+
+def block_size(b: int, d: int) -> int:
+    """Channels per task: ``b * d`` split evenly over the threads, a multiple of 16 (one AVX-512
+    vector), at most :data:`MAX_BLOCK`."""
+    per_thread = -(-b * d // scan_cpu.numba.get_num_threads())
+    return max(16, min(MAX_BLOCK, -(-per_thread // 16) * 16))
+
+
+def _in_step_order(low: Tensor, h: int, w: int) -> Tensor:
+    """``(b, l, K, R)`` in spatial order -> ``(b, K, l, R)``, order ``k``'s rows in its step order."""
+    b, _, _, R = low.shape
+    grid = low.view(b, h, w, K_DIRECTIONS, R)
+    rows = [grid[:, :, :, k].reshape(b, h * w, R) for k in (0, 2)]
+    cols = [grid[:, :, :, k].transpose(1, 2).reshape(b, h * w, R) for k in (1, 3)]
+    return torch.stack([rows[0], cols[0], rows[1].flip(1), cols[1].flip(1)], dim=1)
+
+
+def cross_selective_scan(
+    x: Tensor, x_proj_weight: Tensor, dt_projs_weight: Tensor, dt_projs_bias: Tensor, A: Tensor, D: Tensor
+) -> Tensor:
+    """The merged four-order scan of ``x (b, d, h, w)`` by the fused kernel (see :func:`usable`).
+
+    ``x_proj_weight (K, R + 2N, d)``, ``dt_projs_weight (K, d, R)``, ``dt_projs_bias (K, d)``,
+    ``A (K * d, N)`` (negative), ``D (K * d)``, as SS2D holds them (softplus on the deltas).
+    Returns ``(b, d, h, w)`` float32 with channels-last strides.
+    """
+    b, d, h, w = x.shape
+    L, R, N = h * w, dt_projs_weight.shape[-1], A.shape[1]
+    K = K_DIRECTIONS
+    f32 = lambda t: t.detach().float().contiguous()  # noqa: E731
+    xcl = f32(x.permute(0, 2, 3, 1).reshape(b, L, d))  # a view when x is channels-last
+    P = torch.matmul(xcl, f32(x_proj_weight).view(K * (R + 2 * N), d).t()).view(b, L, K, R + 2 * N)
+    delta = torch.matmul(_in_step_order(P[..., :R], h, w), f32(dt_projs_weight).transpose(1, 2))  # (b, K, L, d)
+    out = torch.empty(b, L, d)
+    _cross_forward(
+        xcl.numpy(), P.numpy(), delta.numpy(), f32(dt_projs_bias).view(K, d).numpy(),
+        f32(A).view(K, d, N).transpose(1, 2).contiguous().numpy(), f32(D).view(K, d).numpy(),
+        h, w, block_size(b, d), out.numpy(),
+    )
+    return out.view(b, h, w, d).permute(0, 3, 1, 2)
+
+
+def cross_selective_scan_ref(
+    x: Tensor, x_proj_weight: Tensor, dt_projs_weight: Tensor, dt_projs_bias: Tensor, A: Tensor, D: Tensor
+) -> Tensor:
+    """The plain composition :func:`cross_selective_scan` fuses: cross-scan, per-order projections,
+    :func:`selective_scan_ref` per channel row, cross-merge. Same arguments; ``(b, d, h, w)``."""
+    from remamber.ops.selective_scan import selective_scan_ref
+
+    b, d, h, w = x.shape
+    R, N = dt_projs_weight.shape[-1], A.shape[1]
+    xs = cross_scan(x).float()  # (b, K, d, l)
+    dts, Bs, Cs = torch.split(torch.matmul(x_proj_weight.float(), xs), [R, N, N], dim=2)
+    dts = torch.matmul(dt_projs_weight.float(), dts)
+    flat = lambda t: t.reshape(b, K_DIRECTIONS * d, h * w)  # noqa: E731
+    ys = selective_scan_ref(
+        flat(xs), flat(dts), A, Bs, Cs, D.float(), delta_bias=dt_projs_bias.reshape(-1).float(), delta_softplus=True
+    )
+    return cross_merge(ys.view(b, K_DIRECTIONS, d, h * w), h, w).view(b, d, h, w)
+
+
+def usable(x: Tensor, A: Tensor, *params: Tensor) -> bool:
+    """Whether :func:`cross_selective_scan` takes this call: numba present; CPU tensors; no
+    gradient wanted; not traced (an ONNX export) and the scan backend left on ``auto``; and the
+    kernel worth its one-time compilation (as for the row kernels, see
+    :func:`remamber.ops.selective_scan._worth_compiling`: a large call, or the kernel already in
+    the process)."""
+    from remamber.ops.selective_scan import FUSED_MIN_INFERENCE, current_backend
+
+    if not scan_cpu.AVAILABLE or traced() or current_backend() != "auto":
+        return False
+    if x.dim() != 4 or any(t.device.type != "cpu" for t in (x, A, *params)) or scan_cpu.needs_grad(x, A, *params):
+        return False
+    return x.numel() * K_DIRECTIONS * A.shape[1] >= FUSED_MIN_INFERENCE or compiled()
+
+
+def compiled() -> bool:
+    """Whether this process already has the kernel (compiled, or loaded from the disk cache)."""
+    return scan_cpu.AVAILABLE and bool(_cross_forward.signatures)
