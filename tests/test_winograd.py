@@ -1,5 +1,5 @@
-"""Winograd F(4x4, 3x3) convolutions against the plain convolution, forward and backward, and
-when the decoder takes them."""
+"""Winograd F(4x4, 3x3) convolutions (an inference path) against the plain convolution, and when
+the decoder takes them."""
 
 from __future__ import annotations
 
@@ -30,19 +30,32 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 )
 def test_winograd_matches_the_plain_convolution(n, cin, cout, h, w, bias, block):
     g = torch.Generator().manual_seed(h * w + cin)
-    x = torch.randn(n, cin, h, w, generator=g, requires_grad=True)
-    weight = torch.randn(cout, cin, 3, 3, generator=g, requires_grad=True)
-    b = torch.randn(cout, generator=g, requires_grad=True) if bias else None
-    leaves = [t for t in (x, weight, b) if t is not None]
+    x = torch.randn(n, cin, h, w, generator=g)
+    weight = torch.randn(cout, cin, 3, 3, generator=g)
+    b = torch.randn(cout, generator=g) if bias else None
     ref = conv3x3_ref(x, weight, b)
-    out = conv3x3_winograd(x, weight, b, block_floats=block)
-    assert out.shape == ref.shape and out.stride(1) == 1  # channels last
-    assert _rel(out, ref) <= TOL
-    grad_out = torch.randn(ref.shape, generator=g)
-    ref_grads = torch.autograd.grad(ref, leaves, grad_out)
-    grads = torch.autograd.grad(out, leaves, grad_out)
-    for got, want in zip(grads, ref_grads):
-        assert _rel(got, want) <= TOL
+    with torch.inference_mode():
+        out = conv3x3_winograd(x, weight, b, block_floats=block)
+        assert out.shape == ref.shape and out.is_contiguous(memory_format=torch.channels_last)
+        assert _rel(out, ref) <= TOL
+        # the filters made beforehand, and a channels-last input
+        given = conv3x3_winograd(x.to(memory_format=torch.channels_last), weight, b, winograd.winograd_filters(weight), block)
+        assert torch.equal(given, out)
+
+
+def test_decoder_conv_makes_its_filters_once_per_weight(monkeypatch):
+    conv = Conv3x3(128, 128).eval()
+    x = torch.randn(1, 128, 48, 48)
+    made = []
+    filters = winograd.winograd_filters
+    monkeypatch.setattr(winograd, "winograd_filters", lambda w: made.append(1) or filters(w))
+    with torch.inference_mode():
+        first = conv(x)
+        assert torch.equal(conv(x), first) and len(made) == 1
+    with torch.no_grad():
+        conv.weight.mul_(2.0)  # an in-place change: a new version of the weight
+    with torch.inference_mode():
+        assert len(made) == 1 and _rel(conv(x), conv3x3_ref(x, conv.weight, conv.bias)) <= TOL and len(made) == 2
 
 
 def test_winograd_is_taken_for_large_cpu_inference_only():

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from remamber.modeling.layers import BatchNorm2d, resize_like
-from remamber.ops.winograd import conv3x3
+from remamber.ops import winograd
 
 
 class ConvBN(nn.Module):
@@ -46,14 +46,27 @@ class Mixer(nn.Module):
 
 
 class Conv3x3(nn.Conv2d):
-    """A 3x3 convolution with padding 1 (same parameters as ``nn.Conv2d``) that runs
-    :func:`remamber.ops.winograd.conv3x3`: Winograd F(4x4, 3x3) for large CPU inference calls."""
+    """A 3x3 convolution with padding 1 (same parameters as ``nn.Conv2d``) that runs Winograd
+    F(4x4, 3x3) where :func:`remamber.ops.winograd.use_winograd` says so (large CPU inference
+    calls), with its transformed filters kept from call to call while the weight is unchanged."""
 
     def __init__(self, cin: int, cout: int) -> None:
         super().__init__(cin, cout, 3, padding=1)
+        self._filters: tuple[tuple[int, int], Tensor] | None = None  # ((data_ptr, version), filters)
 
     def forward(self, x: Tensor) -> Tensor:
-        return conv3x3(x, self.weight, self.bias)
+        if winograd.use_winograd(x, self.weight, self.bias):
+            return winograd.conv3x3_winograd(x, self.weight, self.bias, self.winograd_filters())
+        return winograd.conv3x3_ref(x, self.weight, self.bias)
+
+    def winograd_filters(self) -> Tensor:
+        """:func:`remamber.ops.winograd.winograd_filters` of the weight, made again only after the
+        weight has changed (an optimizer step or a load bumps its version)."""
+        key = (self.weight.data_ptr(), self.weight._version)
+        if self._filters is None or self._filters[0] != key:
+            with torch.no_grad():
+                self._filters = (key, winograd.winograd_filters(self.weight))
+        return self._filters[1]
 
 
 def upsample_conv_ref(x: Tensor, up: nn.Upsample, conv: nn.Conv2d) -> Tensor:

@@ -12,8 +12,10 @@ and nothing is re-ordered. The kernel reads
 * the map ``x (b, l, d)``;
 * ``P (b, l, K, R + 2N)``, every position's projection to the delta rank ``R``, ``B`` and ``C`` for
   each order: one matrix product in spatial order;
-* ``delta (b, K, l, d)`` in each order's step order: one batched product of the rank-``R`` part
-  (cheaper than forming it per step inside the kernel);
+* the deltas before softplus: for a delta rank ``R`` up to :data:`MAX_RANK_INSIDE`, made per step
+  inside the kernel from ``P`` and the delta projection (``R`` multiply-adds per channel, less than
+  reading them from memory); for larger ranks, ``delta (b, K, l, d)`` in each order's step order,
+  one batched matrix product;
 
 and writes the four orders' outputs summed, channels-last ``(b, l, d)``: the layout the output
 LayerNorm reads. Inference only: calls that need gradients take the composed path, whose kernels
@@ -35,6 +37,9 @@ K_DIRECTIONS = 4
 # Channels per task, at most: 256 ran the base preset's stage 3-4 shapes fastest on the 2-core VM;
 # with fewer channels than that per thread, one block per thread (BENCHMARKS.md).
 MAX_BLOCK = 256
+# Delta ranks up to this are projected inside the kernel: 1.5x faster at base's stage 1 (R = 8),
+# 1.2x at stage 2 (16); 1.3-1.7x slower at stages 3-4 (32, 64) than one batched product.
+MAX_RANK_INSIDE = 16
 
 if scan_cpu.AVAILABLE:
     from numba import prange
@@ -44,11 +49,22 @@ if scan_cpu.AVAILABLE:
     U = np.uint64  # unsigned indices: numba adds no negative-index wraparound, so the loops vectorise
 
     @_jit(inline="always", fastmath=True)
-    def _step(xb, yb, Pb, delta, pos, t, k, d0, cb, bias, D, A2, R, N, h, dt, first):  # pragma: no cover
+    def _step(xb, yb, Pb, delta, bi, Wt, pos, t, k, d0, cb, bias, D, A2, R, N, h, dt, first):  # pragma: no cover
         """Step ``t`` of order ``k`` (map position ``pos``) for channels ``d0 .. d0 + cb``: the
-        deltas, the ``N`` state updates and the output, added to ``yb[pos]`` (set by order 0)."""
+        deltas (read from ``delta[bi, k]``, or made from ``Pb``'s rank-R part and ``Wt`` when
+        ``delta`` is None), the ``N`` state updates and the output, added to ``yb[pos]`` (set by order 0)."""
+        if delta is None:
+            for c in range(cb):
+                dt[c] = bias[k, d0 + c]
+            for q in range(R):
+                pq = Pb[pos, k, q]
+                for c in range(cb):
+                    dt[c] += pq * Wt[k, q, d0 + c]
+        else:
+            for c in range(cb):
+                dt[c] = delta[bi, k, t, d0 + c] + bias[k, d0 + c]
         for c in range(cb):
-            v = delta[t, d0 + c] + bias[k, d0 + c]
+            v = dt[c]
             dt[c] = _softplus(v, _exp(-abs(v)))
         if first:
             for c in range(cb):
@@ -66,9 +82,10 @@ if scan_cpu.AVAILABLE:
                 yb[pos, d0 + c] += Cn * hv
 
     @_jit(parallel=True, fastmath=True)
-    def _cross_forward(x, P, delta, bias, A, D, height, width, block, out):  # pragma: no cover
+    def _cross_forward(x, P, delta, Wt, bias, A, D, height, width, block, out):  # pragma: no cover
         """``out (b, l, d)`` = the four orders' scans of ``x (b, l, d)`` summed; ``A (K, N, d)``,
-        ``bias`` and ``D`` ``(K, d)``; ``P`` and ``delta`` as in the module docstring."""
+        ``bias`` and ``D`` ``(K, d)``; ``P`` and ``delta`` as in the module docstring, or ``delta``
+        None and ``Wt (K, R, d)`` the delta projection (numba compiles each variant)."""
         b, L, d = x.shape
         N = U(A.shape[1])
         R = U(P.shape[3]) - U(2) * N
@@ -86,20 +103,20 @@ if scan_cpu.AVAILABLE:
             Lu, hu, wu = U(L), U(height), U(width)
             for k in range(K_DIRECTIONS):
                 h[:] = 0.0
-                ku, dk = U(k), delta[bi, k]
+                ku = U(k)
                 t = U(0)
                 if k == 0:  # row-major
                     for pos in range(Lu):
-                        _step(xb, yb, Pb, dk, pos, pos, ku, d0, cb, bias, D, A2, R, N, h, dt, True)
+                        _step(xb, yb, Pb, delta, U(bi), Wt, pos, pos, ku, d0, cb, bias, D, A2, R, N, h, dt, True)
                 elif k == 2:  # row-major, reversed
                     for t in range(Lu):
-                        _step(xb, yb, Pb, dk, Lu - U(1) - t, t, ku, d0, cb, bias, D, A2, R, N, h, dt, False)
+                        _step(xb, yb, Pb, delta, U(bi), Wt, Lu - U(1) - t, t, ku, d0, cb, bias, D, A2, R, N, h, dt, False)
                 else:  # column-major (k = 1), reversed (k = 3)
                     for i in range(wu):
                         col = i if k == 1 else wu - U(1) - i
                         for j in range(hu):
                             row = j if k == 1 else hu - U(1) - j
-                            _step(xb, yb, Pb, dk, row * wu + col, t, ku, d0, cb, bias, D, A2, R, N, h, dt, False)
+                            _step(xb, yb, Pb, delta, U(bi), Wt, row * wu + col, t, ku, d0, cb, bias, D, A2, R, N, h, dt, False)
                             t += U(1)
 
 
@@ -134,10 +151,11 @@ def cross_selective_scan(
     f32 = lambda t: t.detach().float().contiguous()  # noqa: E731
     xcl = f32(x.permute(0, 2, 3, 1).reshape(b, L, d))  # a view when x is channels-last
     P = torch.matmul(xcl, f32(x_proj_weight).view(K * (R + 2 * N), d).t()).view(b, L, K, R + 2 * N)
-    delta = torch.matmul(_in_step_order(P[..., :R], h, w), f32(dt_projs_weight).transpose(1, 2))  # (b, K, L, d)
+    Wt = f32(dt_projs_weight.transpose(1, 2))  # (K, R, d)
+    delta = None if R <= MAX_RANK_INSIDE else torch.matmul(_in_step_order(P[..., :R], h, w), Wt).numpy()  # (b, K, L, d)
     out = torch.empty(b, L, d)
     _cross_forward(
-        xcl.numpy(), P.numpy(), delta.numpy(), f32(dt_projs_bias).view(K, d).numpy(),
+        xcl.numpy(), P.numpy(), delta, Wt.numpy(), f32(dt_projs_bias).view(K, d).numpy(),
         f32(A).view(K, d, N).transpose(1, 2).contiguous().numpy(), f32(D).view(K, d).numpy(),
         h, w, block_size(b, d), out.numpy(),
     )
