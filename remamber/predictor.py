@@ -27,12 +27,14 @@ def resolve_device(device: str) -> torch.device:
 
 
 def prefer_fused_scan(device: torch.device, d_state: int) -> None:
-    """Many inference calls ahead on the CPU: bring the fused scan kernel in now, so that every
-    call takes the same fast path (see :func:`remamber.ops.scan_cpu.preload`)."""
+    """Many inference calls ahead on the CPU: bring the fused scan kernels in now, so that every
+    call takes the same fast path (see :func:`remamber.ops.scan_cpu.preload` and
+    :func:`remamber.ops.ss2d_cpu.preload`)."""
     if device.type == "cpu":
-        from remamber.ops import scan_cpu
+        from remamber.ops import scan_cpu, ss2d_cpu
 
         scan_cpu.preload(d_state)
+        ss2d_cpu.preload()
 
 
 class Predictor:

@@ -149,3 +149,15 @@ for inside in (2, 0):  # deltas made in the kernel, and read
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr
     assert all(float(v) <= 1e-5 for v in proc.stdout.split()), proc.stdout
+
+
+def test_preload_brings_the_kernel_into_a_fresh_process(tmp_path):
+    code = """
+from remamber.ops import ss2d_cpu
+before = ss2d_cpu.compiled()
+print(before, ss2d_cpu.preload(), len(ss2d_cpu._cross_forward.signatures))
+"""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["False", "True", "2"]  # both variants: deltas made inside, and read

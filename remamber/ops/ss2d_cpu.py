@@ -53,13 +53,23 @@ if scan_cpu.AVAILABLE:
         """Step ``t`` of order ``k`` (map position ``pos``) for channels ``d0 .. d0 + cb``: the
         deltas (read from ``delta[bi, k]``, or made from ``Pb``'s rank-R part and ``Wt`` when
         ``delta`` is None), the ``N`` state updates and the output, added to ``yb[pos]`` (set by order 0)."""
-        if delta is None:
+        if delta is None:  # four ranks a pass: a quarter of the loads and stores of dt
             for c in range(cb):
                 dt[c] = bias[k, d0 + c]
-            for q in range(R):
+            q = U(0)
+            while q + U(4) <= R:
+                p0, p1, p2, p3 = Pb[pos, k, q], Pb[pos, k, q + U(1)], Pb[pos, k, q + U(2)], Pb[pos, k, q + U(3)]
+                for c in range(cb):
+                    dt[c] += (
+                        p0 * Wt[k, q, d0 + c] + p1 * Wt[k, q + U(1), d0 + c]
+                        + p2 * Wt[k, q + U(2), d0 + c] + p3 * Wt[k, q + U(3), d0 + c]
+                    )
+                q += U(4)
+            while q < R:
                 pq = Pb[pos, k, q]
                 for c in range(cb):
                     dt[c] += pq * Wt[k, q, d0 + c]
+                q += U(1)
         else:
             for c in range(cb):
                 dt[c] = delta[bi, k, t, d0 + c] + bias[k, d0 + c]
@@ -199,3 +209,18 @@ def usable(x: Tensor, A: Tensor, *params: Tensor) -> bool:
 def compiled() -> bool:
     """Whether this process already has the kernel (compiled, or loaded from the disk cache)."""
     return scan_cpu.AVAILABLE and bool(_cross_forward.signatures)
+
+
+def preload() -> bool:
+    """Bring both variants of the kernel (deltas made inside, and read) into this process with two
+    tiny calls, so that every later inference call takes it (what the commands that make many calls
+    run first; see :func:`remamber.ops.scan_cpu.preload`). Returns whether it is available."""
+    if not scan_cpu.AVAILABLE:
+        return False
+    if not compiled():
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(1, 1, 2, 2, generator=g)
+        for rank in (1, MAX_RANK_INSIDE + 1):
+            weights = torch.randn(4, rank + 2, 1, generator=g), torch.randn(4, 1, rank, generator=g), torch.zeros(4, 1)
+            cross_selective_scan(x, *weights, -torch.ones(4, 1), torch.ones(4))
+    return True
