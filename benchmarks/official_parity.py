@@ -6,10 +6,10 @@ our model's logits with theirs.
     git clone https://github.com/yyh-rain-song/ReMamber /tmp/official
     python benchmarks/official_parity.py /tmp/official --deps /tmp/official-deps
     python benchmarks/official_parity.py --only small --no-fixture         # REMAMBER_OFFICIAL=/tmp/official
-    python benchmarks/official_parity.py /tmp/official --deps /tmp/official-deps --only base --scan easy \
+    python benchmarks/official_parity.py /tmp/official --deps /tmp/official-deps --only base base-256 --scan easy \
         --no-fixture --out benchmarks/results/official_parity_easy_scan.json  # the official's fastest scan
 
-Two configurations, both with seeded random weights (every tensor perturbed so that no two
+Three configurations, all with seeded random weights (every tensor perturbed so that no two
 norms or biases are alike):
 
 * ``small``: dims [8, 16, 32, 64], depths [1, 1, 2, 1], d_state 2, a 2-layer 64-wide CLIP text
@@ -20,7 +20,9 @@ norms or biases are alike):
   writes the test fixture ``tests/fixtures/official_small/`` (the official checkpoint as .pth,
   the inputs and the official logits) that ``tests/test_official.py`` converts and checks.
 * ``base``: the official configuration (``update_mamba_config("base")``, CLIP ViT-L/14 text
-  config), 480x480, batch 1.  Results go to ``benchmarks/results/official_parity.json``.
+  config), 480x480, batch 1; ``base-256``: the same at 256x256.  Results go to
+  ``benchmarks/results/official_parity.json`` (``--out``; a file that exists keeps the results
+  of configurations not run).
 
 Reported per configuration: max / mean |ours - official| on the logits, and as the yardstick of
 float32 rounding the same for our model run with its sequential reference scan instead of its
@@ -82,6 +84,7 @@ CONFIGS = {
     ),
     "base": dict(image=480, batch=1, seed=0, arch={}, text=dict(CLIP_L14_TEXT), channel_scan=None, local_hidden=None),
 }
+CONFIGS["base-256"] = dict(CONFIGS["base"], image=256)  # the same model at 256 px (timings at both sizes)
 
 
 # ============================================================================ official side
@@ -430,7 +433,7 @@ def main() -> None:
                     help="path of an official ReMamber checkout (default: $REMAMBER_OFFICIAL)")
     ap.add_argument("--deps", default=os.environ.get("REMAMBER_OFFICIAL_DEPS"),
                     help="a pip --target folder with einops and yacs (default: $REMAMBER_OFFICIAL_DEPS)")
-    ap.add_argument("--only", choices=sorted(CONFIGS), help="run one configuration")
+    ap.add_argument("--only", nargs="+", choices=sorted(CONFIGS), help="run these configurations (default: all)")
     ap.add_argument("--scan", choices=["ref", "easy"], default="ref", help="the official pure-PyTorch scan to use")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-fixture", action="store_true", help="do not rewrite tests/fixtures/official_small")
@@ -454,7 +457,7 @@ def main() -> None:
         if _missing(mod):
             ap.error(f"the official code needs {mod}: pip install --no-deps --target DIR einops yacs, then --deps DIR")
 
-    names = [args.only] if args.only else ["small", "base"]
+    names = args.only or list(CONFIGS)
     command = "python benchmarks/official_parity.py " + " ".join(sys.argv[1:])
     rev = _revision(official, args.official_rev)
     results = {}
@@ -471,7 +474,7 @@ def main() -> None:
         machine=machine(torch_threads=args.threads, python=platform.python_version()),
         total_s=round(time.perf_counter() - started, 1), results=results,
     )
-    if args.out.exists() and args.only:  # keep the other configuration's last result
+    if args.out.exists() and args.only:  # keep the last results of the configurations not run
         old = json.loads(args.out.read_text())
         record["results"] = {**old.get("results", {}), **results}
     write_json(args.out, record)

@@ -30,7 +30,9 @@ from remamber.ops.tracing import traced
 _G = [[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6], [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]]
 
 # Below this many multiply-adds per output pixel and image (in * out channels) or this many
-# output pixels the direct convolution is as fast (benchmarks/conv.py).
+# output pixels the direct convolution was as fast with the earlier PyTorch tile transforms
+# (benchmarks/conv.py). With the kernels below, `tiny`'s two layers (under the threshold) would
+# gain ~1 ms per image; they keep the direct convolution's 20-50x smaller rounding instead.
 MIN_CHANNEL_PRODUCT = 128 * 128
 MIN_PIXELS = 48 * 48
 # Tile rows are transformed and multiplied a block at a time, each block's transformed input
