@@ -56,7 +56,7 @@ def bench(cin: int, cout: int, size: int, repeat: int) -> dict:
             row[f"{name}_s"] = round(seconds, 4)
             row[f"{name}_max_rel_err"] = float((out.double() - exact).abs().max() / scale)
         row["speedup"] = round(row["direct_s"] / row["winograd_s"], 2)
-        row["used_by_conv3x3"] = use_winograd(x, weight, bias)
+        row["winograd_taken"] = use_winograd(x, weight, bias)
     return row
 
 
@@ -70,7 +70,7 @@ def main() -> None:
         rows.append(row)
         print(f"{where:22s} {cin:4d} -> {cout:4d} at {size}x{size}: direct {row['direct_s']:.4f} s, winograd "
               f"{row['winograd_s']:.4f} s (x{row['speedup']}), max rel err {row['direct_max_rel_err']:.1e} / "
-              f"{row['winograd_max_rel_err']:.1e}, used: {row['used_by_conv3x3']}", flush=True)
+              f"{row['winograd_max_rel_err']:.1e}, used: {row['winograd_taken']}", flush=True)
     write_json(args.out, {
         "command": "python benchmarks/conv.py",
         "machine": machine(),

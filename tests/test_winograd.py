@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn as nn
 
 from remamber.modeling.decoder import Conv3x3, ConvDecoder
 from remamber.ops import winograd
-from remamber.ops.winograd import conv3x3, conv3x3_ref, conv3x3_winograd, use_winograd
+from remamber.ops.winograd import conv3x3_ref, conv3x3_winograd, use_winograd
 
 TOL = 5e-5  # max error relative to the largest output; F(4, 3) in float32 measures about 1e-5
 
@@ -58,9 +57,9 @@ def test_decoder_conv_makes_its_filters_once_per_weight(monkeypatch):
         assert len(made) == 1 and _rel(conv(x), conv3x3_ref(x, conv.weight, conv.bias)) <= TOL and len(made) == 2
 
 
-def test_winograd_is_taken_for_large_cpu_inference_only():
+def test_winograd_is_taken_for_large_cpu_inference_only(monkeypatch):
     x = torch.randn(1, 128, 48, 48)
-    conv = nn.Conv2d(128, 128, 3, padding=1)
+    conv = Conv3x3(128, 128)
     with torch.no_grad():
         assert use_winograd(x, conv.weight, conv.bias)
         assert not use_winograd(x[:, :, :40, :40], conv.weight, conv.bias)  # too few pixels
@@ -69,14 +68,16 @@ def test_winograd_is_taken_for_large_cpu_inference_only():
     assert not use_winograd(x, conv.weight, conv.bias)  # the weights want gradients: training keeps F.conv2d
     with torch.inference_mode():
         assert use_winograd(x, conv.weight, conv.bias)
-        assert torch.equal(conv3x3(x[:, :64], conv.weight[:, :64], conv.bias), conv3x3_ref(x[:, :64], conv.weight[:, :64], conv.bias))
-        # parameters under inference mode: the bias is added while each block is put in place
-        assert _rel(conv3x3(x, conv.weight, conv.bias), conv(x)) <= TOL
-        assert conv3x3(x[:0], conv.weight, conv.bias).shape == (0, 128, 48, 48)  # an empty batch
+        narrow = Conv3x3(64, 128)
+        assert torch.equal(narrow(x[:, :64]), conv3x3_ref(x[:, :64], narrow.weight, narrow.bias))
+        assert _rel(conv(x), conv3x3_ref(x, conv.weight, conv.bias)) <= TOL
+        assert conv(x[:0]).shape == (0, 128, 48, 48)  # an empty batch
         assert not use_winograd(x, torch.randn(128, 128, 5, 5))  # not a 3x3 kernel
         assert not use_winograd(x, conv.weight, conv.bias.double())
         with torch.autocast("cpu", dtype=torch.bfloat16):  # bfloat16 products: the direct convolution
             assert not use_winograd(x, conv.weight, conv.bias)
+        monkeypatch.setattr(winograd.scan_cpu, "AVAILABLE", False)  # no numba: the direct convolution
+        assert not use_winograd(x, conv.weight, conv.bias)
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit.trace
@@ -95,11 +96,37 @@ def test_decoder_with_winograd_matches_the_plain_decoder(monkeypatch):
     decoder = ConvDecoder(dims, hidden).eval()
     assert isinstance(decoder.neck[0], Conv3x3) and isinstance(decoder.neck[4], Conv3x3)
     assert set(decoder.neck[0].state_dict()) == {"weight", "bias"}  # same keys as nn.Conv2d
+    for bn in (decoder.neck[1], decoder.neck[5]):  # trained-like statistics, so that folding them is tested
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+        bn.weight.data.uniform_(0.5, 1.5)
+        bn.bias.data.uniform_(-0.3, 0.3)
     feats = [torch.randn(1, d, 56 // 2**i, 56 // 2**i) for i, d in enumerate(dims)]
     taken = []
-    monkeypatch.setattr("remamber.ops.winograd.conv3x3_winograd", lambda *a: taken.append(1) or conv3x3_winograd(*a))
+    monkeypatch.setattr(
+        "remamber.ops.winograd.conv3x3_winograd", lambda *a, **k: taken.append(sorted(k)) or conv3x3_winograd(*a, **k)
+    )
     with torch.inference_mode():
         fast = decoder(feats)
         monkeypatch.setattr("remamber.ops.winograd.use_winograd", lambda *a: False)
         plain = decoder(feats)
-    assert len(taken) == 2 and _rel(fast, plain) <= TOL
+    assert taken == [["affine", "relu"]] * 2 and _rel(fast, plain) <= TOL  # BatchNorm and ReLU folded in
+    decoder.train()  # batch statistics: no folding
+    monkeypatch.undo()
+    taken.clear()
+    with torch.no_grad():
+        decoder(feats)
+    assert not taken
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_winograd_applies_a_folded_batchnorm_and_relu(bias):
+    g = torch.Generator().manual_seed(5)
+    x, weight = torch.randn(2, 7, 11, 9, generator=g), torch.randn(6, 7, 3, 3, generator=g)
+    b = torch.randn(6, generator=g) if bias else None
+    scale, shift = torch.rand(6, generator=g) + 0.5, torch.randn(6, generator=g)
+    affine = conv3x3_ref(x, weight, b) * scale[:, None, None] + shift[:, None, None]
+    assert (affine < 0).any()
+    with torch.inference_mode():
+        assert _rel(conv3x3_winograd(x, weight, b, affine=(scale, shift)), affine) <= TOL
+        assert _rel(conv3x3_winograd(x, weight, b, affine=(scale, shift), relu=True), torch.relu(affine)) <= TOL

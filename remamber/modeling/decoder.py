@@ -123,4 +123,18 @@ class ConvDecoder(nn.Module):
         out = self.mixer2(torch.cat([resize_like(out, c3), c3], dim=1))
         out = self.mixer1(torch.cat([resize_like(out, c2), c2], dim=1))
         neck = self.neck
-        return upsample_conv(neck[:-2](torch.cat([resize_like(out, c1), c1], dim=1)), neck[-2], neck[-1])
+        out = self._conv_bn_relu(torch.cat([resize_like(out, c1), c1], dim=1), 0)
+        out = self._conv_bn_relu(neck[3](out), 4)
+        return upsample_conv(out, neck[7], neck[8])
+
+    def _conv_bn_relu(self, x: Tensor, i: int) -> Tensor:
+        """``neck[i + 2](neck[i + 1](neck[i](x)))``: the 3x3 convolution, BatchNorm and ReLU. Where the
+        convolution takes Winograd and the BatchNorm uses its running statistics (eval mode), the
+        BatchNorm is folded into a per-channel scale and shift that the Winograd kernel applies,
+        with the ReLU, while it puts the output in place (no separate passes over the map)."""
+        conv, bn, act = self.neck[i], self.neck[i + 1], self.neck[i + 2]
+        if bn.training or not (bn.affine and bn.track_running_stats) or not winograd.use_winograd(x, conv.weight, conv.bias):
+            return act(bn(conv(x)))
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        affine = (scale, bn.bias - bn.running_mean * scale)
+        return winograd.conv3x3_winograd(x, conv.weight, conv.bias, conv.winograd_filters(), affine=affine, relu=True)

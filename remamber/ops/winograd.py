@@ -12,7 +12,8 @@ once per weight (:class:`remamber.modeling.decoder.Conv3x3` keeps them). The dec
 (``benchmarks/conv.py``, ``results/conv.json``). Rounding: max error about 1e-5 of the largest
 output, where the direct convolution's is a few 1e-7 (points 0, +-1, +-2 of the standard F(4, 3)).
 
-:func:`conv3x3` picks the path; :func:`conv3x3_ref` is the plain convolution beside it.
+:func:`use_winograd` picks the path (the decoder's ``Conv3x3`` asks it); :func:`conv3x3_ref` is the
+plain convolution beside it.
 """
 
 from __future__ import annotations
@@ -91,10 +92,17 @@ if scan_cpu.AVAILABLE:
         s34, d34 = m3[ch] + m4[ch], m3[ch] - m4[ch]
         return m0[ch] + s12 + s34, d12 + _F(2.0) * d34, s12 + _F(4.0) * s34, d12 + _F(8.0) * d34 + m5[ch]
 
+    @_jit(inline="always", fastmath=True)
+    def _finish(y, scale, shift, relu):  # pragma: no cover
+        """``y * scale + shift``, then ReLU when asked."""
+        v = y * scale + shift
+        return max(v, _F(0.0)) if relu else v
+
     @_jit(parallel=True, fastmath=True)
-    def _output_tiles(m, bias, p0, p1, tw, out):  # pragma: no cover
-        """``out[image, 4 p + i, 4 q + j] = (A^T m A)[i, j] + bias`` for the tiles of tile rows
-        ``p0 .. p1`` (numbered as by :func:`_input_tiles`), inside ``out (n, h, w, o)``."""
+    def _output_tiles(m, scale, shift, relu, p0, p1, tw, out):  # pragma: no cover
+        """``out[image, 4 p + i, 4 q + j] = (A^T m A)[i, j] * scale + shift`` (then ReLU if ``relu``)
+        for the tiles of tile rows ``p0 .. p1`` (numbered as by :func:`_input_tiles`), inside
+        ``out (n, h, w, o)``; ``scale`` and ``shift`` per output channel."""
         n, h, w, o = out.shape
         rows = p1 - p0
         for tile in prange(n * rows * tw):
@@ -113,12 +121,14 @@ if scan_cpu.AVAILABLE:
                     y0, y1, y2, y3 = out[ni, r, 4 * q], out[ni, r, 4 * q + 1], out[ni, r, 4 * q + 2], out[ni, r, 4 * q + 3]
                     for ch in range(o):
                         a, b, c, d = _at(s0, s1, s2, s3, s4, s5, ch)
-                        y0[ch], y1[ch], y2[ch], y3[ch] = a + bias[ch], b + bias[ch], c + bias[ch], d + bias[ch]
+                        sc, sh = scale[ch], shift[ch]
+                        y0[ch], y1[ch] = _finish(a, sc, sh, relu), _finish(b, sc, sh, relu)
+                        y2[ch], y3[ch] = _finish(c, sc, sh, relu), _finish(d, sc, sh, relu)
                 else:  # the right edge: the first w - 4 q columns
                     for j in range(w - 4 * q):
                         y = out[ni, r, 4 * q + j]
                         for ch in range(o):
-                            y[ch] = _at(s0, s1, s2, s3, s4, s5, ch)[j] + bias[ch]
+                            y[ch] = _finish(_at(s0, s1, s2, s3, s4, s5, ch)[j], scale[ch], shift[ch], relu)
 
 
 def conv3x3_ref(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -134,11 +144,15 @@ def winograd_filters(weight: Tensor) -> Tensor:
 
 
 def conv3x3_winograd(
-    x: Tensor, weight: Tensor, bias: Tensor | None = None, filters: Tensor | None = None, block_floats: int = BLOCK_FLOATS
+    x: Tensor, weight: Tensor, bias: Tensor | None = None, filters: Tensor | None = None,
+    block_floats: int = BLOCK_FLOATS, affine: tuple[Tensor, Tensor] | None = None, relu: bool = False,
 ) -> Tensor:
     """``conv3x3_ref(x, weight, bias)`` by F(4x4, 3x3) for float32 CPU inference (no autograd):
     ``x (n, c, h, w)``, ``weight (o, c, 3, 3)``; ``filters``, when given, is
-    :func:`winograd_filters` of ``weight``. Returns ``(n, o, h, w)`` in channels-last memory."""
+    :func:`winograd_filters` of ``weight``. ``affine = (scale, shift)`` maps each output channel
+    to ``y * scale + shift`` after the bias (a BatchNorm in eval mode, folded), and ``relu`` applies
+    a ReLU after that, both while the output is put in place. Returns ``(n, o, h, w)`` in
+    channels-last memory."""
     n, c, h, w = x.shape
     o = weight.shape[0]
     u = winograd_filters(weight) if filters is None else filters
@@ -148,7 +162,10 @@ def conv3x3_winograd(
     for border in (padded[:, :1], padded[:, h + 1 :], padded[:, :, :1], padded[:, :, w + 1 :]):
         border.zero_()
     out = x.new_empty(n, h, w, o)
-    bias_np = bias.detach().contiguous().numpy() if bias is not None else np.zeros(o, np.float32)
+    scale, shift = torch.ones(o), torch.zeros(o) if bias is None else bias.detach().float()
+    if affine is not None:
+        scale, shift = affine[0].detach().float(), shift * affine[0].detach().float() + affine[1].detach().float()
+    scale_np, shift_np = scale.contiguous().numpy(), shift.contiguous().numpy()
     rows = max(1, min(th, block_floats // max(1, 36 * n * tw * c)))
     v, m = x.new_empty(36, n * rows * tw, c), x.new_empty(36, n * rows * tw, o)
     for p0 in range(0, th, rows):
@@ -156,7 +173,7 @@ def conv3x3_winograd(
         tiles = n * (p1 - p0) * tw
         _input_tiles(padded.numpy(), p0, p1, v[:, :tiles].numpy())
         torch.bmm(v[:, :tiles], u, out=m[:, :tiles])  # the convolution, one product per point
-        _output_tiles(m[:, :tiles].numpy(), bias_np, p0, p1, tw, out.numpy())
+        _output_tiles(m[:, :tiles].numpy(), scale_np, shift_np, relu, p0, p1, tw, out.numpy())
     return out.permute(0, 3, 1, 2)
 
 
@@ -183,11 +200,3 @@ def use_winograd(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> bool:
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return False
     return x.shape[1] * weight.shape[0] >= MIN_CHANNEL_PRODUCT and x.shape[2] * x.shape[3] >= MIN_PIXELS
-
-
-def conv3x3(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """A 3x3 convolution with padding 1: :func:`conv3x3_winograd` where :func:`use_winograd`
-    says so, else :func:`conv3x3_ref`."""
-    if use_winograd(x, weight, bias):
-        return conv3x3_winograd(x, weight, bias)
-    return conv3x3_ref(x, weight, bias)
