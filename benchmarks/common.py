@@ -57,3 +57,14 @@ def timing_parser(doc: str, result: str, repeat: int) -> argparse.ArgumentParser
 def allocator_note(kept: bool) -> str:
     """The ``allocator`` entry of a result: whether freed memory was kept in the process."""
     return "freed memory kept in the process (mallopt)" if kept else "system default"
+
+
+def write_per_forward(out: Path, command: str, kept: bool, rows: list[dict], totals: dict[str, float]) -> None:
+    """Write a per-shape timing result (``rows``) with ``totals``: each path's milliseconds weighted by
+    the calls of one ``base`` forward at 480 px; print the totals."""
+    from remamber.io import write_json
+
+    totals = {name: round(ms, 1) for name, ms in totals.items()}
+    write_json(out, {"command": command, "machine": machine(), "allocator": allocator_note(kept), "results": rows,
+                     "per_base_480_forward_ms": totals})
+    print("per base 480 px forward: " + ", ".join(f"{name} {ms:.1f} ms" for name, ms in totals.items()) + f"; wrote {out}")

@@ -16,9 +16,8 @@ import torch
 from torch import Tensor
 
 from remamber.engine.allocator import keep_freed_memory
-from remamber.io import write_json
 from remamber.ops.cross_scan import channels_first, cross_scan
-from common import allocator_note, best_of, machine, timing_parser
+from common import best_of, timing_parser, write_per_forward
 
 # (channels, side, calls per 480 px forward of base): stages 1-4 (d_inner = 2 x dim; the Twister's
 # spatial scans included) and the Twister's channel scans are too small to matter.
@@ -55,14 +54,7 @@ def main() -> None:
             print(f"{channels:5d} x {side}x{side}: plain {row['plain_ms']} ms, cross_scan {row['cross_scan_ms']} ms "
                   f"(x{row['speedup']}); contiguous {row['contiguous_ms']} ms, channels_first {row['channels_first_ms']} ms",
                   flush=True)
-    write_json(args.out, {
-        "command": "python benchmarks/cross_scan.py",
-        "machine": machine(),
-        "allocator": allocator_note(kept),
-        "results": rows,
-        "per_base_480_forward_ms": {"plain": round(before, 1), "cross_scan": round(after, 1)},
-    })
-    print(f"per base 480 px forward: plain {before:.1f} ms, cross_scan {after:.1f} ms; wrote {args.out}")
+    write_per_forward(args.out, "python benchmarks/cross_scan.py", kept, rows, {"plain": before, "cross_scan": after})
 
 
 if __name__ == "__main__":

@@ -18,10 +18,9 @@ from __future__ import annotations
 import torch
 
 from remamber.engine.allocator import keep_freed_memory
-from remamber.io import write_json
 from remamber.modeling.ss2d import SS2D
 from remamber.ops import ss2d_cpu
-from common import allocator_note, best_of, machine, timing_parser
+from common import best_of, timing_parser, write_per_forward
 
 # (d_model, map height, map width, calls per 480 px forward of base, where)
 SHAPES = [
@@ -72,14 +71,7 @@ def main() -> None:
             rows.append(row)
             print(f"{where:22s} {module.d_inner:5d} x {h}x{w}: composed {row['composed_ms']} ms, fused {row['fused_ms']} ms "
                   f"(x{row['speedup']}), max rel diff {row['max_rel_diff']:.1e}", flush=True)
-    write_json(args.out, {
-        "command": "python benchmarks/ss2d_scan.py",
-        "machine": machine(),
-        "allocator": allocator_note(kept),
-        "results": rows,
-        "per_base_480_forward_ms": {"composed": round(before, 1), "fused": round(after, 1)},
-    })
-    print(f"per base 480 px forward: composed {before:.1f} ms, fused {after:.1f} ms; wrote {args.out}")
+    write_per_forward(args.out, "python benchmarks/ss2d_scan.py", kept, rows, {"composed": before, "fused": after})
 
 
 if __name__ == "__main__":
