@@ -32,12 +32,12 @@ def _max_rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 SHAPES = [
-    dict(b=2, d=8, h=5, w=7, n=1),
-    dict(b=1, d=40, h=9, w=4, n=2),  # 40 channels: blocks of 16 with a short last one
-    dict(b=2, d=16, h=1, w=40, n=1),  # the Twister's channel scan: one row
-    dict(b=1, d=24, h=6, w=6, n=16),
-    dict(b=1, d=17, h=3, w=3, n=1),
-    dict(b=1, d=32, h=30, w=31, n=1),  # 930 steps per order
+    dict(b=2, d=8, h=5, w=7, n=1, r=3),
+    dict(b=1, d=40, h=9, w=4, n=2, r=6),  # ranks four at a time and one by one; blocks of 32 and 8 on 2 threads
+    dict(b=2, d=16, h=1, w=40, n=1, r=4),  # the Twister's channel scan: one row
+    dict(b=1, d=24, h=6, w=6, n=16, r=3),
+    dict(b=1, d=17, h=3, w=3, n=1, r=1),
+    dict(b=1, d=32, h=30, w=31, n=1, r=9),  # 930 steps per order
 ]
 
 
@@ -50,7 +50,7 @@ def test_fused_matches_the_composition(s, channels_last, deltas, monkeypatch):
     x = torch.randn(s["b"], s["d"], s["h"], s["w"], generator=torch.Generator().manual_seed(1))
     if channels_last:
         x = x.to(memory_format=torch.channels_last)
-    weights = _weights(s["d"], s["n"], rank=3)
+    weights = _weights(s["d"], s["n"], rank=s["r"])
     out = ss2d_cpu.cross_selective_scan(x, *weights)
     assert out.shape == x.shape and out.is_contiguous(memory_format=torch.channels_last)
     assert _max_rel(out, ss2d_cpu.cross_selective_scan_ref(x, *weights)) <= 1e-5

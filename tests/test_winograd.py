@@ -3,6 +3,9 @@ the decoder takes them."""
 
 from __future__ import annotations
 
+import copy
+import pickle
+
 import pytest
 import torch
 
@@ -55,6 +58,13 @@ def test_decoder_conv_makes_its_filters_once_per_weight(monkeypatch):
         conv.weight.mul_(2.0)  # an in-place change: a new version of the weight
     with torch.inference_mode():
         assert len(made) == 1 and _rel(conv(x), conv3x3_ref(x, conv.weight, conv.bias)) <= TOL and len(made) == 2
+    other = Conv3x3(128, 128).state_dict()
+    conv.load_state_dict(other, assign=True)  # another tensor
+    with torch.inference_mode():
+        assert _rel(conv(x), conv3x3_ref(x, other["weight"], other["bias"])) <= TOL and len(made) == 3
+    assert copy.deepcopy(conv)._filters is None and pickle.loads(pickle.dumps(conv))._filters is None
+    conv.float()  # .to() and the like drop them
+    assert conv._filters is None
 
 
 def test_winograd_is_taken_for_large_cpu_inference_only(monkeypatch):
@@ -111,12 +121,26 @@ def test_decoder_with_winograd_matches_the_plain_decoder(monkeypatch):
         monkeypatch.setattr("remamber.ops.winograd.use_winograd", lambda *a: False)
         plain = decoder(feats)
     assert taken == [["affine", "relu"]] * 2 and _rel(fast, plain) <= TOL  # BatchNorm and ReLU folded in
-    decoder.train()  # batch statistics: no folding
-    monkeypatch.undo()
+    monkeypatch.setattr("remamber.ops.winograd.use_winograd", use_winograd)  # the real one again
     taken.clear()
+    with torch.inference_mode():
+        handle = decoder.neck[5].register_forward_hook(lambda *a: None)  # hooks run only through module calls
+        decoder(feats)
+        handle.remove()
+    assert taken == [["affine", "relu"], []]
+    taken.clear()
+    decoder.requires_grad_(False)  # all frozen but the neck's BatchNorms: no folding, gradients reach them
+    decoder.neck[1].requires_grad_(True)
+    decoder.neck[5].requires_grad_(True)
+    assert use_winograd(feats[0].new_empty(1, 160, 56, 56), decoder.neck[0].weight, decoder.neck[0].bias)
+    decoder(feats).sum().backward()
+    # the first convolution by Winograd alone (BatchNorm applied after it); the second's input wants
+    # gradients, so the direct convolution
+    assert taken == [[]] and decoder.neck[1].weight.grad is not None
+    decoder.train()  # batch statistics: no folding
     with torch.no_grad():
         decoder(feats)
-    assert not taken
+    assert taken == [[], [], []]
 
 
 @pytest.mark.parametrize("bias", [False, True])

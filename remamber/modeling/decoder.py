@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import weakref
 
 import torch
 import torch.nn as nn
@@ -11,6 +12,7 @@ from torch import Tensor
 
 from remamber.modeling.layers import BatchNorm2d, resize_like
 from remamber.ops import winograd
+from remamber.ops.scan_cpu import needs_grad
 
 
 class ConvBN(nn.Module):
@@ -52,7 +54,7 @@ class Conv3x3(nn.Conv2d):
 
     def __init__(self, cin: int, cout: int) -> None:
         super().__init__(cin, cout, 3, padding=1)
-        self._filters: tuple[tuple[int, int], Tensor] | None = None  # ((data_ptr, version), filters)
+        self._filters: tuple[weakref.ref, int, int, Tensor] | None = None  # (weight, data_ptr, version, filters)
 
     def forward(self, x: Tensor) -> Tensor:
         if winograd.use_winograd(x, self.weight, self.bias):
@@ -60,13 +62,25 @@ class Conv3x3(nn.Conv2d):
         return winograd.conv3x3_ref(x, self.weight, self.bias)
 
     def winograd_filters(self) -> Tensor:
-        """:func:`remamber.ops.winograd.winograd_filters` of the weight, made again only after the
-        weight has changed (an optimizer step or a load bumps its version)."""
-        key = (self.weight.data_ptr(), self.weight._version)
-        if self._filters is None or self._filters[0] != key:
+        """:func:`remamber.ops.winograd.winograd_filters` of the weight, made again only when the
+        weight has changed: another tensor (a load with ``assign=True``, ``.to()``), other memory, or
+        an in-place change (an optimizer or EMA step, ``load_state_dict``: each bumps the tensor's
+        version). Edits through ``weight.data`` bypass the version; after one, set ``_filters = None``."""
+        w = self.weight
+        cached = self._filters
+        if cached is None or cached[0]() is not w or cached[1:3] != (w.data_ptr(), w._version):
             with torch.no_grad():
-                self._filters = (key, winograd.winograd_filters(self.weight))
-        return self._filters[1]
+                cached = self._filters = (weakref.ref(w), w.data_ptr(), w._version, winograd.winograd_filters(w))
+        return cached[3]
+
+    def _apply(self, fn, recurse=True):  # .to(), .cuda(), .float(): the kept filters go
+        self._filters = None
+        return super()._apply(fn, recurse)
+
+    def __getstate__(self) -> dict:  # pickling and deepcopy leave the kept filters out
+        state = self.__dict__.copy()
+        state["_filters"] = None
+        return state
 
 
 def upsample_conv_ref(x: Tensor, up: nn.Upsample, conv: nn.Conv2d) -> Tensor:
@@ -133,7 +147,11 @@ class ConvDecoder(nn.Module):
         BatchNorm is folded into a per-channel scale and shift that the Winograd kernel applies,
         with the ReLU, while it puts the output in place (no separate passes over the map)."""
         conv, bn, act = self.neck[i], self.neck[i + 1], self.neck[i + 2]
-        if bn.training or not (bn.affine and bn.track_running_stats) or not winograd.use_winograd(x, conv.weight, conv.bias):
+        hooked = any(m._forward_hooks or m._forward_pre_hooks for m in (conv, bn, act))  # they run only via calls
+        if (
+            bn.training or not (bn.affine and bn.track_running_stats) or hooked or needs_grad(bn.weight, bn.bias)
+            or not winograd.use_winograd(x, conv.weight, conv.bias)
+        ):
             return act(bn(conv(x)))
         scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
         affine = (scale, bn.bias - bn.running_mean * scale)

@@ -163,7 +163,7 @@ def cross_selective_scan(
     P = torch.matmul(xcl, f32(x_proj_weight).view(K * (R + 2 * N), d).t()).view(b, L, K, R + 2 * N)
     Wt = f32(dt_projs_weight.transpose(1, 2))  # (K, R, d)
     delta = None if R <= MAX_RANK_INSIDE else torch.matmul(_in_step_order(P[..., :R], h, w), Wt).numpy()  # (b, K, L, d)
-    out = torch.empty(b, L, d)
+    out = torch.empty(b, L, d, dtype=torch.float32, device="cpu")
     _cross_forward(
         xcl.numpy(), P.numpy(), delta, Wt.numpy(), f32(dt_projs_bias).view(K, d).numpy(),
         f32(A).view(K, d, N).transpose(1, 2).contiguous().numpy(), f32(D).view(K, d).numpy(),
@@ -217,10 +217,9 @@ def preload() -> bool:
     run first; see :func:`remamber.ops.scan_cpu.preload`). Returns whether it is available."""
     if not scan_cpu.AVAILABLE:
         return False
-    if not compiled():
-        g = torch.Generator().manual_seed(0)
-        x = torch.randn(1, 1, 2, 2, generator=g)
-        for rank in (1, MAX_RANK_INSIDE + 1):
-            weights = torch.randn(4, rank + 2, 1, generator=g), torch.randn(4, 1, rank, generator=g), torch.zeros(4, 1)
-            cross_selective_scan(x, *weights, -torch.ones(4, 1), torch.ones(4))
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 1, 2, 2, generator=g)
+    for rank in (1, MAX_RANK_INSIDE + 1):  # each call microseconds once its variant is in the process
+        weights = torch.randn(4, rank + 2, 1, generator=g), torch.randn(4, 1, rank, generator=g), torch.zeros(4, 1)
+        cross_selective_scan(x, *weights, -torch.ones(4, 1), torch.ones(4))
     return True

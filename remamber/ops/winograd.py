@@ -162,7 +162,8 @@ def conv3x3_winograd(
     for border in (padded[:, :1], padded[:, h + 1 :], padded[:, :, :1], padded[:, :, w + 1 :]):
         border.zero_()
     out = x.new_empty(n, h, w, o)
-    scale, shift = torch.ones(o), torch.zeros(o) if bias is None else bias.detach().float()
+    scale = torch.ones(o, dtype=torch.float32)
+    shift = torch.zeros(o, dtype=torch.float32) if bias is None else bias.detach().float()
     if affine is not None:
         scale, shift = affine[0].detach().float(), shift * affine[0].detach().float() + affine[1].detach().float()
     scale_np, shift_np = scale.contiguous().numpy(), shift.contiguous().numpy()
@@ -187,7 +188,7 @@ def _autocast_cpu() -> bool:
 
 
 def use_winograd(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> bool:
-    """Whether :func:`conv3x3` takes the Winograd path: float32 CPU inference (no gradient
+    """Whether a 3x3 convolution (the decoder's ``Conv3x3``) takes the Winograd path: float32 CPU inference (no gradient
     wanted, not traced for export, no autocast; numba present) of a 3x3 convolution large enough
     to gain from it."""
     if not scan_cpu.AVAILABLE or traced() or _autocast_cpu():  # first: the shape checks below would be recorded into a trace
