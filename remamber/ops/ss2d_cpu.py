@@ -37,8 +37,9 @@ K_DIRECTIONS = 4
 # Channels per task, at most: 256 ran the base preset's stage 3-4 shapes fastest on the 2-core VM;
 # with fewer channels than that per thread, one block per thread (BENCHMARKS.md).
 MAX_BLOCK = 256
-# Delta ranks up to this are projected inside the kernel: 1.5x faster at base's stage 1 (R = 8),
-# 1.2x at stage 2 (16); 1.3-1.7x slower at stages 3-4 (32, 64) than one batched product.
+# Delta ranks up to this are projected inside the kernel: 1.5-1.6x faster at base's stage 1 (R = 8),
+# 1.1-1.3x at stage 2 and the channel scans (16); 1.1-1.3x slower at stages 3-4 (32, 64) than one
+# batched product (the 2-core VM, 2026-11-24).
 MAX_RANK_INSIDE = 16
 
 if scan_cpu.AVAILABLE:
