@@ -104,7 +104,7 @@ if scan_cpu.AVAILABLE:
         A2 = A * _LOG2E  # decays exp(delta a) = exp2(delta a log2 e)
         for task in prange(b * blocks):
             _prefer_512_bit_vectors()
-            bi = task // blocks
+            bi = U(task // blocks)
             d0 = (task % blocks) * block
             cb = U(min(d0 + block, d) - d0)
             d0 = U(d0)
@@ -118,16 +118,16 @@ if scan_cpu.AVAILABLE:
                 t = U(0)
                 if k == 0:  # row-major
                     for pos in range(Lu):
-                        _step(xb, yb, Pb, delta, U(bi), Wt, pos, pos, ku, d0, cb, bias, D, A2, R, N, h, dt, True)
+                        _step(xb, yb, Pb, delta, bi, Wt, pos, pos, ku, d0, cb, bias, D, A2, R, N, h, dt, True)
                 elif k == 2:  # row-major, reversed
                     for t in range(Lu):
-                        _step(xb, yb, Pb, delta, U(bi), Wt, Lu - U(1) - t, t, ku, d0, cb, bias, D, A2, R, N, h, dt, False)
+                        _step(xb, yb, Pb, delta, bi, Wt, Lu - U(1) - t, t, ku, d0, cb, bias, D, A2, R, N, h, dt, False)
                 else:  # column-major (k = 1), reversed (k = 3)
                     for i in range(wu):
                         col = i if k == 1 else wu - U(1) - i
                         for j in range(hu):
                             row = j if k == 1 else hu - U(1) - j
-                            _step(xb, yb, Pb, delta, U(bi), Wt, row * wu + col, t, ku, d0, cb, bias, D, A2, R, N, h, dt, False)
+                            _step(xb, yb, Pb, delta, bi, Wt, row * wu + col, t, ku, d0, cb, bias, D, A2, R, N, h, dt, False)
                             t += U(1)
 
 

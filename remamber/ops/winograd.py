@@ -8,7 +8,7 @@ tile transforms are two numba kernels, vectorised across the channels of the cha
 one writes ``B^T d B`` of every tile straight from the padded input, the other applies ``A^T . A``,
 adds the bias and puts each output tile in place; the transformed filters ``G g G^T`` are made
 once per weight (:class:`remamber.modeling.decoder.Conv3x3` keeps them). The decoder's largest layer
-(512 -> 512 channels at 240x240, ``base`` at 480 px) takes 0.27 s instead of 0.76 s on two cores
+(512 -> 512 channels at 240x240, ``base`` at 480 px) takes 0.26 s instead of 0.71 s on two cores
 (``benchmarks/conv.py``, ``results/conv.json``). Rounding: max error about 1e-5 of the largest
 output, where the direct convolution's is a few 1e-7 (points 0, +-1, +-2 of the standard F(4, 3)).
 
@@ -188,10 +188,11 @@ def _autocast_cpu() -> bool:
 
 
 def use_winograd(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> bool:
-    """Whether a 3x3 convolution (the decoder's ``Conv3x3``) takes the Winograd path: float32 CPU inference (no gradient
-    wanted, not traced for export, no autocast; numba present) of a 3x3 convolution large enough
-    to gain from it."""
-    if not scan_cpu.AVAILABLE or traced() or _autocast_cpu():  # first: the shape checks below would be recorded into a trace
+    """Whether a 3x3 convolution (the decoder's ``Conv3x3``) takes the Winograd path: float32 CPU
+    inference (no gradient wanted, not traced for export, no autocast; numba present) of a 3x3
+    convolution large enough to gain from it."""
+    # first: the shape checks below would be recorded into a trace
+    if not scan_cpu.AVAILABLE or traced() or _autocast_cpu():
         return False
     tensors = [t for t in (x, weight, bias) if t is not None]
     if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors) or x.dim() != 4 or x.numel() == 0:
