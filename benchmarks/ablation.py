@@ -48,8 +48,10 @@ VARIANTS: dict[str, tuple[str, dict[str, str]]] = {
     "mambavision": ("backbone", {"backbone": "mambavision"}),
 }
 GROUP_TITLES = {
-    "fusion": "Fusion (paper Table 1; hmnet from HMNet)", "scan": "Twister scan order (paper Table 3)",
-    "interaction": "Twister text interactions (paper Table 4)", "backbone": "Backbone blocks (MambaOut, MambaVision)",
+    "fusion": "Fusion (paper Table 1; hmnet from HMNet)",
+    "scan": "Twister scan order (paper Table 3)",
+    "interaction": "Twister text interactions (paper Table 4)",
+    "backbone": "Backbone blocks (MambaOut, MambaVision)",
 }
 DEFAULT_NAMES = {"fusion": "twister", "scan": "channel-spatial", "interaction": "both", "backbone": "vss"}
 SPLITS = ("val", "test")
@@ -61,7 +63,22 @@ def remamber(*args: str) -> subprocess.CompletedProcess:
 
 
 def prepare_data(data: Path) -> list[str]:
-    cmd = ["prepare", "shapes", "--out", str(data), "--train", "2000", "--val", "150", "--test", "150", "--size", "128", "--seed", "0"]
+    cmd = [
+        "prepare",
+        "shapes",
+        "--out",
+        str(data),
+        "--train",
+        "2000",
+        "--val",
+        "150",
+        "--test",
+        "150",
+        "--size",
+        "128",
+        "--seed",
+        "0",
+    ]
     if not (data / "dataset.json").exists():
         res = remamber(*cmd)
         if res.returncode:
@@ -71,10 +88,35 @@ def prepare_data(data: Path) -> list[str]:
 
 def train_command(args: argparse.Namespace, flags: dict[str, str], seed: int, out: Path) -> list[str]:
     cmd = [
-        "train", "--data", str(args.data), "--out", str(out), "--preset", "tiny", "--image-size", str(args.image_size),
-        "--epochs", "100", "--max-steps", str(args.steps), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
-        "--min-lr", "1e-5", "--warmup-steps", str(min(50, args.steps // 10)), "--clip-grad", "1.0",
-        "--val-split", "", "--log-every", "25", "--seed", str(seed),
+        "train",
+        "--data",
+        str(args.data),
+        "--out",
+        str(out),
+        "--preset",
+        "tiny",
+        "--image-size",
+        str(args.image_size),
+        "--epochs",
+        "100",
+        "--max-steps",
+        str(args.steps),
+        "--batch-size",
+        str(args.batch_size),
+        "--lr",
+        str(args.lr),
+        "--min-lr",
+        "1e-5",
+        "--warmup-steps",
+        str(min(50, args.steps // 10)),
+        "--clip-grad",
+        "1.0",
+        "--val-split",
+        "",
+        "--log-every",
+        "25",
+        "--seed",
+        str(seed),
     ]
     for key, value in flags.items():
         cmd += [f"--{key}", value]
@@ -92,10 +134,18 @@ def run_variant(args: argparse.Namespace, name: str, flags: dict[str, str], seed
     minutes = (time.time() - start) / 60
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if line.strip()]
     losses = [r["loss"] for r in log if "loss" in r]
-    record = {"variant": name, "seed": seed, "train_command": "remamber " + " ".join(cmd), "train_minutes": round(minutes, 2),
-              "final_loss": losses[-1] if losses else None, "splits": {}}
+    record = {
+        "variant": name,
+        "seed": seed,
+        "train_command": "remamber " + " ".join(cmd),
+        "train_minutes": round(minutes, 2),
+        "final_loss": losses[-1] if losses else None,
+        "splits": {},
+    }
     for split in SPLITS:
-        ev = remamber("eval", "--weights", str(out / "checkpoints" / "last"), "--data", str(args.data), "--split", split, "--json")
+        ev = remamber(
+            "eval", "--weights", str(out / "checkpoints" / "last"), "--data", str(args.data), "--split", split, "--json"
+        )
         if ev.returncode:
             raise RuntimeError(f"eval of {name} on {split} failed: {ev.stderr.strip()}")
         result = json.loads(ev.stdout)
@@ -108,7 +158,7 @@ def measure_models(args: argparse.Namespace, trained: dict[str, int]) -> dict[st
     run to load), all in this one process."""
     import torch
 
-    from remamber.hub import load_pretrained
+    from remamber.hub.folders import load_pretrained
 
     torch.set_num_threads(os.cpu_count() or 1)
     out = {}
@@ -128,8 +178,11 @@ def measure_models(args: argparse.Namespace, trained: dict[str, int]) -> dict[st
                     model(image, ids, mask)
                     runs.append(time.perf_counter() - t)
             times[str(size)] = round(statistics.median(runs), 4)
-        out[name] = {"params_M": round(model.parameter_counts()["total"] / 1e6, 3),
-                     "fusion_params_M": round(model.parameter_counts()["fusion"] / 1e6, 3), "latency_s": times}
+        out[name] = {
+            "params_M": round(model.parameter_counts()["total"] / 1e6, 3),
+            "fusion_params_M": round(model.parameter_counts()["fusion"] / 1e6, 3),
+            "latency_s": times,
+        }
     return out
 
 
@@ -141,7 +194,9 @@ def summarize(runs: list[dict]) -> dict[str, dict]:
     out = {}
     for name, rs in by_name.items():
         mean = {s: {m: statistics.fmean(r["splits"][s][m] for r in rs) for m in METRICS} for s in SPLITS}
-        spread = {s: (max(r["splits"][s]["oIoU"] for r in rs) - min(r["splits"][s]["oIoU"] for r in rs)) for s in SPLITS}
+        spread = {
+            s: (max(r["splits"][s]["oIoU"] for r in rs) - min(r["splits"][s]["oIoU"] for r in rs)) for s in SPLITS
+        }
         out[name] = {"seeds": sorted(r["seed"] for r in rs), "mean": mean, "oIoU_range_over_seeds": spread}
     return out
 
@@ -155,8 +210,12 @@ def table(summary: dict[str, dict], models: dict[str, dict], image_size: int) ->
         names = [n for n in names if n in summary]
         if len(names) < 2:
             continue
-        lines += [f"**{title}**", "", f"| variant | seeds | {head} | test oIoU range over seeds | params (M) | CPU s @{image_size} | CPU s @256 |",
-                  "|---" * (6 + 2 * len(METRICS)) + "|"]
+        lines += [
+            f"**{title}**",
+            "",
+            f"| variant | seeds | {head} | test oIoU range over seeds | params (M) | CPU s @{image_size} | CPU s @256 |",
+            "|---" * (6 + 2 * len(METRICS)) + "|",
+        ]
         for n in names:
             s = summary[n]
             cells = " | ".join(f"{100 * s['mean'][sp][m]:.1f}" for sp in SPLITS for m in METRICS)
@@ -164,7 +223,9 @@ def table(summary: dict[str, dict], models: dict[str, dict], image_size: int) ->
             mm = models.get(n, {})
             lat = mm.get("latency_s", {})
             spread = f"{100 * s['oIoU_range_over_seeds']['test']:.1f}" if len(s["seeds"]) > 1 else "-"
-            lines.append(f"| {label} | {len(s['seeds'])} | {cells} | {spread} | {mm.get('params_M', '')} | {lat.get(str(image_size), '')} | {lat.get('256', '')} |")
+            lines.append(
+                f"| {label} | {len(s['seeds'])} | {cells} | {spread} | {mm.get('params_M', '')} | {lat.get(str(image_size), '')} | {lat.get('256', '')} |"
+            )
         lines.append("")
     return "\n".join(lines)
 
@@ -201,11 +262,13 @@ def main() -> None:
             done.add((name, seed))
             print(f"  {rec['train_minutes']} min; test oIoU {100 * rec['splits']['test']['oIoU']:.1f}", flush=True)
             _write(args.out, settings, prepare_cmd, runs, previous.get("models", {}))
-    trained = {n: min(r["seed"] for r in runs if r["variant"] == n) for n in VARIANTS if any(r["variant"] == n for r in runs)}
+    trained = {
+        n: min(r["seed"] for r in runs if r["variant"] == n) for n in VARIANTS if any(r["variant"] == n for r in runs)
+    }
     models = measure_models(args, trained)
     result = _write(args.out, settings, prepare_cmd, runs, models)
     md = table(result["summary"], models, args.image_size)
-    from remamber.io import atomic_open
+    from remamber.utils.io import atomic_open
 
     with atomic_open(args.out.with_suffix(".md"), "w") as f:
         f.write(md + "\n")
@@ -214,12 +277,16 @@ def main() -> None:
 
 def _write(out: Path, settings: dict, prepare_cmd: list[str], runs: list[dict], models: dict) -> dict:
 
-    from remamber.io import write_json
+    from remamber.utils.io import write_json
 
     result = {
-        "benchmark": "ablation", "settings": settings, "prepare_command": "remamber " + " ".join(prepare_cmd),
+        "benchmark": "ablation",
+        "settings": settings,
+        "prepare_command": "remamber " + " ".join(prepare_cmd),
         "machine": machine(),
-        "runs": runs, "summary": summarize(runs), "models": models,
+        "runs": runs,
+        "summary": summarize(runs),
+        "models": models,
     }
     write_json(out, result)
     return result

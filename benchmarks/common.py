@@ -7,8 +7,9 @@ import argparse
 import os
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -29,8 +30,14 @@ def machine(**extra: Any) -> dict:
     """What a result was measured on: CPUs, torch's threads, platform and torch version, plus ``extra``."""
     import torch
 
-    return {"cpus": os.cpu_count(), "cpu_model": cpu_model(), "torch_threads": torch.get_num_threads(),
-            "platform": platform.platform(), "torch": torch.__version__, **extra}
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": cpu_model(),
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        **extra,
+    }
 
 
 def best_of(fn: Callable[[], Any], repeat: int, sync: Callable[[], None] = lambda: None) -> tuple[float, Any]:
@@ -62,9 +69,19 @@ def allocator_note(kept: bool) -> str:
 def write_per_forward(out: Path, command: str, kept: bool, rows: list[dict], totals: dict[str, float]) -> None:
     """Write a per-shape timing result (``rows``) with ``totals``: each path's milliseconds weighted by
     the calls of one ``base`` forward at 480 px; print the totals."""
-    from remamber.io import write_json
+    from remamber.utils.io import write_json
 
     totals = {name: round(ms, 1) for name, ms in totals.items()}
-    write_json(out, {"command": command, "machine": machine(), "allocator": allocator_note(kept), "results": rows,
-                     "per_base_480_forward_ms": totals})
-    print("per base 480 px forward: " + ", ".join(f"{name} {ms:.1f} ms" for name, ms in totals.items()) + f"; wrote {out}")
+    write_json(
+        out,
+        {
+            "command": command,
+            "machine": machine(),
+            "allocator": allocator_note(kept),
+            "results": rows,
+            "per_base_480_forward_ms": totals,
+        },
+    )
+    print(
+        "per base 480 px forward: " + ", ".join(f"{name} {ms:.1f} ms" for name, ms in totals.items()) + f"; wrote {out}"
+    )

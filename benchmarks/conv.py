@@ -13,13 +13,12 @@ relative to the largest output. Writes ``benchmarks/results/conv.json``.
 
 from __future__ import annotations
 
-
 import torch
+from common import allocator_note, best_of, machine, timing_parser
 
 from remamber.engine.allocator import keep_freed_memory
-from remamber.io import write_json
 from remamber.ops.winograd import conv3x3_ref, conv3x3_winograd, use_winograd, winograd_filters
-from common import allocator_note, best_of, machine, timing_parser
+from remamber.utils.io import write_json
 
 # (in, out, size, where): the decoder's neck convolutions are hidden + dims[0] -> hidden at a
 # quarter of the input size, then hidden -> hidden at half of it.
@@ -68,15 +67,21 @@ def main() -> None:
     for cin, cout, size, where in SHAPES:
         row = {"in": cin, "out": cout, "size": size, "where": where, **bench(cin, cout, size, args.repeat)}
         rows.append(row)
-        print(f"{where:22s} {cin:4d} -> {cout:4d} at {size}x{size}: direct {row['direct_s']:.4f} s, winograd "
-              f"{row['winograd_s']:.4f} s (x{row['speedup']}), max rel err {row['direct_max_rel_err']:.1e} / "
-              f"{row['winograd_max_rel_err']:.1e}, used: {row['winograd_taken']}", flush=True)
-    write_json(args.out, {
-        "command": "python benchmarks/conv.py",
-        "machine": machine(),
-        "allocator": allocator_note(kept),
-        "results": rows,
-    })
+        print(
+            f"{where:22s} {cin:4d} -> {cout:4d} at {size}x{size}: direct {row['direct_s']:.4f} s, winograd "
+            f"{row['winograd_s']:.4f} s (x{row['speedup']}), max rel err {row['direct_max_rel_err']:.1e} / "
+            f"{row['winograd_max_rel_err']:.1e}, used: {row['winograd_taken']}",
+            flush=True,
+        )
+    write_json(
+        args.out,
+        {
+            "command": "python benchmarks/conv.py",
+            "machine": machine(),
+            "allocator": allocator_note(kept),
+            "results": rows,
+        },
+    )
     print(f"wrote {args.out}")
 
 

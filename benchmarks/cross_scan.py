@@ -11,13 +11,12 @@ against ``x.contiguous()``. Writes ``benchmarks/results/cross_scan.json``.
 
 from __future__ import annotations
 
-
 import torch
+from common import best_of, timing_parser, write_per_forward
 from torch import Tensor
 
 from remamber.engine.allocator import keep_freed_memory
 from remamber.ops.cross_scan import channels_first, cross_scan
-from common import best_of, timing_parser, write_per_forward
 
 # (channels, side, calls per 480 px forward of base): stages 1-4 (d_inner = 2 x dim; the Twister's
 # spatial scans included) and the Twister's channel scans are too small to matter.
@@ -43,17 +42,23 @@ def main() -> None:
             x = torch.randn(1, channels, side, side).to(memory_format=torch.channels_last)
             assert torch.equal(cross_scan(x), plain_cross_scan(x))
             row = {"channels": channels, "side": side, "calls_per_forward": calls}
-            for name, fn in (("plain", plain_cross_scan), ("cross_scan", cross_scan),
-                             ("contiguous", Tensor.contiguous), ("channels_first", channels_first)):
+            for name, fn in (
+                ("plain", plain_cross_scan),
+                ("cross_scan", cross_scan),
+                ("contiguous", Tensor.contiguous),
+                ("channels_first", channels_first),
+            ):
                 fn(x)  # warm-up
                 row[f"{name}_ms"] = round(best_of(lambda: fn(x), args.repeat)[0] * 1e3, 2)
             row["speedup"] = round(row["plain_ms"] / row["cross_scan_ms"], 2)
             before += calls * row["plain_ms"]
             after += calls * row["cross_scan_ms"]
             rows.append(row)
-            print(f"{channels:5d} x {side}x{side}: plain {row['plain_ms']} ms, cross_scan {row['cross_scan_ms']} ms "
-                  f"(x{row['speedup']}); contiguous {row['contiguous_ms']} ms, channels_first {row['channels_first_ms']} ms",
-                  flush=True)
+            print(
+                f"{channels:5d} x {side}x{side}: plain {row['plain_ms']} ms, cross_scan {row['cross_scan_ms']} ms "
+                f"(x{row['speedup']}); contiguous {row['contiguous_ms']} ms, channels_first {row['channels_first_ms']} ms",
+                flush=True,
+            )
     write_per_forward(args.out, "python benchmarks/cross_scan.py", kept, rows, {"plain": before, "cross_scan": after})
 
 

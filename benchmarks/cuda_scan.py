@@ -20,13 +20,13 @@ import sys
 from pathlib import Path
 
 import torch
-
-from remamber.io import write_json
-from remamber.modeling.presets import PRESETS, build_model, preset_config
-from remamber.ops.selective_scan import selective_scan, selective_scan_chunked, selective_scan_ref
 from common import best_of, machine
 from latency import random_inputs
 from scan import LEAVES, SHAPES, inputs, max_rel
+
+from remamber.modeling.presets import PRESETS, build_model, preset_config
+from remamber.ops.selective_scan import selective_scan, selective_scan_chunked, selective_scan_ref
+from remamber.utils.io import write_json
 
 scan_module = importlib.import_module("remamber.ops.selective_scan")
 RESULTS = Path(__file__).resolve().parent / "results" / "cuda_scan.json"
@@ -55,7 +55,9 @@ def bench_shape(shape: tuple, paths: dict, repeat: int) -> dict:
     kw = {k: v.cuda() for k, v in inputs(*shape).items()}
     for k in LEAVES:  # leaves once, outside the timed calls (autograd.grad does not accumulate)
         kw[k].requires_grad_()
-    grad_out = torch.randn(shape[0], shape[1], shape[2], device="cuda", generator=torch.Generator("cuda").manual_seed(1))
+    grad_out = torch.randn(
+        shape[0], shape[1], shape[2], device="cuda", generator=torch.Generator("cuda").manual_seed(1)
+    )
     row: dict = {"shape": dict(zip("bdln", shape))}
     seconds, results = {}, {}
     for name, fn in paths.items():
@@ -82,8 +84,10 @@ def bench_shape(shape: tuple, paths: dict, repeat: int) -> dict:
         out, grads = results[name]
         row[f"{name}_forward_speedup"] = round(seconds["reference"] / seconds[name], 1)
         row[f"{name}_forward_backward_speedup"] = round(seconds["reference_bwd"] / seconds[name + "_bwd"], 1)
-        row[f"{name}_max_rel_err"] = {"out": max_rel(out, ref_out),
-                                      **{k: max_rel(g, r) for k, g, r in zip(LEAVES, grads, ref_grads)}}
+        row[f"{name}_max_rel_err"] = {
+            "out": max_rel(out, ref_out),
+            **{k: max_rel(g, r) for k, g, r in zip(LEAVES, grads, ref_grads)},
+        }
     print(row, flush=True)
     return row
 
@@ -130,25 +134,33 @@ def main() -> None:
     presets = []
     for preset in PRESETS:
         for size in SIZES:
-            row = {"preset": preset, "size": size,
-                   "chunked_s": round(preset_forward(preset, size, False, args.repeat), 4)}
+            row = {
+                "preset": preset,
+                "size": size,
+                "chunked_s": round(preset_forward(preset, size, False, args.repeat), 4),
+            }
             if kernel is not None:
                 row["mamba_ssm_s"] = round(preset_forward(preset, size, True, args.repeat), 4)
                 row["mamba_ssm_speedup"] = round(row["chunked_s"] / row["mamba_ssm_s"], 2)
             print(row, flush=True)
             presets.append(row)
     props = torch.cuda.get_device_properties(0)
-    write_json(args.out, {
-        "command": " ".join(["python benchmarks/cuda_scan.py", *sys.argv[1:]]),
-        "machine": machine(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1), cuda=torch.version.cuda),
-        "mamba_ssm": mamba,
-        "what": "fp32 on the GPU (TF32 off); scan seconds are the best of --repeat synchronised calls after a "
-                "warm-up (the two reference loops: one call, no warm-up); preset seconds the best of "
-                f"max(--repeat, {PRESET_CALLS}) after {PRESET_WARMUP} warm-up calls; errors are max |x - ref| / max |ref| "
-                "against our reference loop",
-        "scan": rows,
-        "presets_forward": presets,
-    })
+    write_json(
+        args.out,
+        {
+            "command": " ".join(["python benchmarks/cuda_scan.py", *sys.argv[1:]]),
+            "machine": machine(
+                gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1), cuda=torch.version.cuda
+            ),
+            "mamba_ssm": mamba,
+            "what": "fp32 on the GPU (TF32 off); scan seconds are the best of --repeat synchronised calls after a "
+            "warm-up (the two reference loops: one call, no warm-up); preset seconds the best of "
+            f"max(--repeat, {PRESET_CALLS}) after {PRESET_WARMUP} warm-up calls; errors are max |x - ref| / max |ref| "
+            "against our reference loop",
+            "scan": rows,
+            "presets_forward": presets,
+        },
+    )
     print(f"wrote {args.out}")
 
 

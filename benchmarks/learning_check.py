@@ -16,12 +16,25 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from common import machine
 
 REPO = Path(__file__).resolve().parents[1]
 CLEAR_MARGIN = 0.05  # "clearly beats": 5 points over the best baseline on each of mIoU, oIoU and P@50
-COLOURS = ("red", "green", "blue", "yellow", "orange", "purple", "pink", "brown", "black", "white", "gray", "grey", "cyan")
+COLOURS = (
+    "red",
+    "green",
+    "blue",
+    "yellow",
+    "orange",
+    "purple",
+    "pink",
+    "brown",
+    "black",
+    "white",
+    "gray",
+    "grey",
+    "cyan",
+)
 
 
 def objects_by_image(data: Path) -> dict[int, list[dict]]:
@@ -44,7 +57,11 @@ def baseline_masks(record: dict, objects: list[dict]) -> dict[str, np.ndarray]:
     named = next((c for c in words if c in COLOURS), None)
     coloured = [i for i, o in enumerate(objects) if named and o.get("attributes", {}).get("color") == named]
     by_colour = max(coloured, key=lambda i: objects[i]["area"]) if coloured else largest
-    return {"whole image": np.ones((h, w), bool), "largest object": masks[largest], "named colour (largest)": masks[by_colour]}
+    return {
+        "whole image": np.ones((h, w), bool),
+        "largest object": masks[largest],
+        "named colour (largest)": masks[by_colour],
+    }
 
 
 def evaluate_baselines(data: Path, split: str) -> dict[str, dict]:
@@ -84,18 +101,33 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
-    from remamber.data.shapes import prepare_shapes
     from remamber.data.dataset import ReferringDataset
-    from remamber.engine.evaluate import evaluate
+    from remamber.data.shapes import prepare_shapes
     from remamber.engine.allocator import keep_freed_memory
+    from remamber.engine.evaluate import evaluate
     from remamber.engine.train import TrainConfig, Trainer
-    from remamber.hub import load_pretrained
+    from remamber.hub.folders import load_pretrained
 
     prepare_shapes(args.data, counts={"train": args.train_images, "val": 60, "test": 100}, seed=args.seed)
     cfg = TrainConfig(
-        data=str(args.data), out=str(args.run), preset="tiny", image_size=args.image_size, text_lr_scale=args.text_lr_scale, epochs=1000, max_steps=args.max_steps,
-        time_limit=args.minutes, batch_size=args.batch_size, lr=args.lr, min_lr=args.lr / 100, warmup_steps=50,
-        clip_grad=1.0, val_every=200, val_limit=200, ckpt_every=200, log_every=20, seed=args.seed,
+        data=str(args.data),
+        out=str(args.run),
+        preset="tiny",
+        image_size=args.image_size,
+        text_lr_scale=args.text_lr_scale,
+        epochs=1000,
+        max_steps=args.max_steps,
+        time_limit=args.minutes,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        min_lr=args.lr / 100,
+        warmup_steps=50,
+        clip_grad=1.0,
+        val_every=200,
+        val_limit=200,
+        ckpt_every=200,
+        log_every=20,
+        seed=args.seed,
     )
     start = time.perf_counter()
     trainer = Trainer(cfg)
@@ -103,7 +135,9 @@ def main() -> None:
     result = trainer.fit()
     train_minutes = (time.perf_counter() - start) / 60
     model = load_pretrained(result.last)
-    test = ReferringDataset(args.data, "test", model.config.image_size, mean=model.config.pixel_mean, std=model.config.pixel_std)
+    test = ReferringDataset(
+        args.data, "test", model.config.image_size, mean=model.config.pixel_mean, std=model.config.pixel_std
+    )
     ours = evaluate(model, test, progress=False).summary
     baselines = evaluate_baselines(args.data, "test")
 
@@ -120,14 +154,18 @@ def main() -> None:
     record = {
         "command": "python benchmarks/learning_check.py " + " ".join(sys.argv[1:]),
         "machine": machine(),
-        "train": {"steps": result.steps, "minutes": round(train_minutes, 2), "config": {k: v for k, v in vars(cfg).items()}},
+        "train": {
+            "steps": result.steps,
+            "minutes": round(train_minutes, 2),
+            "config": {k: v for k, v in vars(cfg).items()},
+        },
         "test": {name: {k: v for k, v in s.items()} for name, s in rows.items()},
         "curve": cur,
         "margins": margins,
         "beats_baselines": all(v >= CLEAR_MARGIN for v in margins.values()),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    from remamber.io import write_json
+    from remamber.utils.io import write_json
 
     write_json(args.out, record)
     print(f"wrote {args.out}")

@@ -57,9 +57,10 @@ import time
 import types
 from pathlib import Path
 
-from remamber.engine.allocator import keep_freed_memory
-from remamber.io import write_json
 from common import best_of, machine
+
+from remamber.engine.allocator import keep_freed_memory
+from remamber.utils.io import write_json
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = REPO / "tests" / "fixtures" / "official_small"
@@ -68,19 +69,40 @@ TIMED_RUNS = 2  # timed forward calls per model after one warm-up call; the fast
 
 # CLIP ViT-L/14's text config (openai/clip-vit-large-patch14), as the official code downloads it.
 CLIP_L14_TEXT = dict(
-    vocab_size=49408, hidden_size=768, intermediate_size=3072, projection_dim=768, num_hidden_layers=12,
-    num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu", layer_norm_eps=1e-5,
-    attention_dropout=0.0, initializer_range=0.02, initializer_factor=1.0, pad_token_id=1, bos_token_id=0,
+    vocab_size=49408,
+    hidden_size=768,
+    intermediate_size=3072,
+    projection_dim=768,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    max_position_embeddings=77,
+    hidden_act="quick_gelu",
+    layer_norm_eps=1e-5,
+    attention_dropout=0.0,
+    initializer_range=0.02,
+    initializer_factor=1.0,
+    pad_token_id=1,
+    bos_token_id=0,
     eos_token_id=2,
 )
 
 CONFIGS = {
     "small": dict(
-        image=64, batch=2, seed=0,
+        image=64,
+        batch=2,
+        seed=0,
         arch=dict(dims=[8, 16, 32, 64], depths=[1, 1, 2, 1], ssm_d_state=2),
-        text=dict(CLIP_L14_TEXT, vocab_size=100, hidden_size=64, intermediate_size=256, projection_dim=64,
-                  num_hidden_layers=2, num_attention_heads=1),
-        channel_scan=4, local_hidden=32,
+        text=dict(
+            CLIP_L14_TEXT,
+            vocab_size=100,
+            hidden_size=64,
+            intermediate_size=256,
+            projection_dim=64,
+            num_hidden_layers=2,
+            num_attention_heads=1,
+        ),
+        channel_scan=4,
+        local_hidden=32,
     ),
     "base": dict(image=480, batch=1, seed=0, arch={}, text=dict(CLIP_L14_TEXT), channel_scan=None, local_hidden=None),
 }
@@ -116,6 +138,7 @@ def install_stubs() -> list[str]:
 
     stubbed = []
     if _missing("timm"):
+
         class DropPath(nn.Module):  # timm's stochastic depth (identity in eval)
             def __init__(self, drop_prob: float = 0.0, scale_by_keep: bool = True):
                 super().__init__()
@@ -134,24 +157,37 @@ def install_stubs() -> list[str]:
         _module("timm.models.registry", register_model=lambda fn: fn)
         stubbed.append("timm")
     if _missing("fvcore"):
+
         def unavailable(*_a, **_k):
             raise RuntimeError("fvcore is a stand-in here (FLOP counting is not available)")
 
         _module("fvcore")
-        _module("fvcore.nn", FlopCountAnalysis=unavailable, flop_count_str=unavailable, flop_count=unavailable,
-                parameter_count=unavailable)
+        _module(
+            "fvcore.nn",
+            FlopCountAnalysis=unavailable,
+            flop_count_str=unavailable,
+            flop_count=unavailable,
+            parameter_count=unavailable,
+        )
         stubbed.append("fvcore")
     if _missing("torchvision"):
         _module("torchvision")
         _module("torchvision.models", VisionTransformer=type("VisionTransformer", (nn.Module,), {}))
         stubbed.append("torchvision")
     if _missing("triton"):  # kernels are only decorated at import; the harness never calls them
+
         def unavailable(*_a, **_k):
             raise RuntimeError("triton is a stand-in here")
 
         _module("triton", jit=lambda fn: fn, next_power_of_2=unavailable, cdiv=unavailable)
-        _module("triton.language", constexpr=int, program_id=unavailable, arange=unavailable, load=unavailable,
-                store=unavailable)
+        _module(
+            "triton.language",
+            constexpr=int,
+            program_id=unavailable,
+            arange=unavailable,
+            load=unavailable,
+            store=unavailable,
+        )
         stubbed.append("triton")
     del torch
     return stubbed
@@ -173,7 +209,6 @@ def swap_scans(official: Path, scan: str) -> None:
     import torch
     import torch.nn.functional as F
     from einops import rearrange, repeat
-
     from vmamba_model import csms6s, vmamba
 
     ns = dict(torch=torch, F=F, rearrange=rearrange, repeat=repeat)
@@ -190,8 +225,10 @@ def swap_scans(official: Path, scan: str) -> None:
             return call(u, delta, A, B, C, D, delta_bias, delta_softplus)
 
     def get_csm(mode: int = 1):  # the triton uni-/bi-directional kernels compute what these compute
-        pairs = {1: (csms6s.CrossScan_Ab_1direction, csms6s.CrossMerge_Ab_1direction),
-                 2: (csms6s.CrossScan_Ab_2direction, csms6s.CrossMerge_Ab_2direction)}
+        pairs = {
+            1: (csms6s.CrossScan_Ab_1direction, csms6s.CrossMerge_Ab_1direction),
+            2: (csms6s.CrossScan_Ab_2direction, csms6s.CrossMerge_Ab_2direction),
+        }
         return pairs[mode]
 
     vmamba.SelectiveScanOflex = vmamba.SelectiveScanCore = vmamba.SelectiveScanMamba = PureScan
@@ -311,7 +348,10 @@ def run_official(name: str, official: Path, work: Path, scan: str, threads: int)
         for i, dim in enumerate(backbone.dims):
             backbone.text_guidencee[i] = nn.Sequential(nn.Linear(cfg["text"]["hidden_size"], dim), nn.ReLU())
             backbone.local_text_fusion[i] = utils.ImageTextCorr(
-                visual_dim=dim, text_dim=cfg["text"]["hidden_size"], hidden_dim=cfg["local_hidden"] or 512, out_dim=dim,
+                visual_dim=dim,
+                text_dim=cfg["text"]["hidden_size"],
+                hidden_dim=cfg["local_hidden"] or 512,
+                out_dim=dim,
             )
     perturb(model, cfg["seed"] + 2)
     model.eval()
@@ -331,10 +371,15 @@ def run_official(name: str, official: Path, work: Path, scan: str, threads: int)
     if name == "base":  # like the official best_checkpoint.pth, which also stores its argparse arguments
         ckpt["args"] = _argparse.Namespace(model="ReMamber_Conv", input_size=cfg["image"])
     torch.save(ckpt, work / "official.pth")
-    save_file({"image": image, "input_ids": ids, "attention_mask": mask, "logits": logits.contiguous()},
-              str(work / "io.safetensors"))
+    save_file(
+        {"image": image, "input_ids": ids, "attention_mask": mask, "logits": logits.contiguous()},
+        str(work / "io.safetensors"),
+    )
     info = dict(
-        stubbed_modules=stubbed, scan=scan, build_s=round(build_s, 2), forward_s=round(forward_s, 3),
+        stubbed_modules=stubbed,
+        scan=scan,
+        build_s=round(build_s, 2),
+        forward_s=round(forward_s, 3),
         parameters=sum(t.numel() for t in state.values() if t.is_floating_point()),
         text_parameters=sum(p.numel() for p in model.text_encoder.parameters()),
         logits_shape=list(logits.shape),
@@ -351,12 +396,23 @@ def compare(name: str, official: Path, work: Path, scan: str, threads: int, deps
     from safetensors.torch import load_file
 
     from remamber.export.official import convert_official
-    from remamber.hub import load_pretrained
+    from remamber.hub.folders import load_pretrained
     from remamber.modeling.text import build_scratch_tokenizer
     from remamber.ops import scan_backend
 
-    cmd = [sys.executable, __file__, str(official), "--worker", name, "--work", str(work), "--scan", scan,
-           "--threads", str(threads)] + (["--deps", deps] if deps else [])
+    cmd = [
+        sys.executable,
+        __file__,
+        str(official),
+        "--worker",
+        name,
+        "--work",
+        str(work),
+        "--scan",
+        scan,
+        "--threads",
+        str(threads),
+    ] + (["--deps", deps] if deps else [])
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -371,8 +427,9 @@ def compare(name: str, official: Path, work: Path, scan: str, threads: int, deps
     # the comparison feeds token ids directly).
     words = [f"w{i}" for i in range(cfg["text"]["vocab_size"] - 4)]
     t0 = time.perf_counter()
-    folder = convert_official(work / "official.pth", out=work / "ours", tokenizer=build_scratch_tokenizer(words),
-                              image_size=cfg["image"])
+    folder = convert_official(
+        work / "official.pth", out=work / "ours", tokenizer=build_scratch_tokenizer(words), image_size=cfg["image"]
+    )
     convert_s = time.perf_counter() - t0
     model = load_pretrained(folder)
     with torch.no_grad():
@@ -382,19 +439,33 @@ def compare(name: str, official: Path, work: Path, scan: str, threads: int, deps
     ref = io["logits"]
     diff = (ours - ref).abs().max().item()
     result = dict(
-        image_size=cfg["image"], batch=cfg["batch"], config=json.loads((folder / "config.json").read_text()),
-        logits_shape=list(ref.shape), max_abs_diff=diff, max_abs_logit=ref.abs().max().item(),
-        mean_abs_diff=(ours - ref).abs().mean().item(), ours_ref_scan_vs_official=(ours_ref - ref).abs().max().item(),
+        image_size=cfg["image"],
+        batch=cfg["batch"],
+        config=json.loads((folder / "config.json").read_text()),
+        logits_shape=list(ref.shape),
+        max_abs_diff=diff,
+        max_abs_logit=ref.abs().max().item(),
+        mean_abs_diff=(ours - ref).abs().mean().item(),
+        ours_ref_scan_vs_official=(ours_ref - ref).abs().max().item(),
         ours_default_vs_ref_scan=(ours - ours_ref).abs().max().item(),
-        official_forward_s=info["forward_s"], ours_forward_s=round(ours_s, 3), convert_s=round(convert_s, 2),
-        official_worker_s=round(worker_s, 1), official_build_s=info["build_s"], official_scan=info["scan"],
+        official_forward_s=info["forward_s"],
+        ours_forward_s=round(ours_s, 3),
+        convert_s=round(convert_s, 2),
+        official_worker_s=round(worker_s, 1),
+        official_build_s=info["build_s"],
+        official_scan=info["scan"],
         ours_scan=os.environ.get("REMAMBER_SCAN", "default"),
-        parameters=info["parameters"], text_parameters=info["text_parameters"],
-        checkpoint_bytes=(work / "official.pth").stat().st_size, stubbed_modules=info["stubbed_modules"],
+        parameters=info["parameters"],
+        text_parameters=info["text_parameters"],
+        checkpoint_bytes=(work / "official.pth").stat().st_size,
+        stubbed_modules=info["stubbed_modules"],
     )
-    print(f"{name}: max |ours - official| = {diff:.3e} (max |logit| {result['max_abs_logit']:.3g}; ours with its "
-          f"reference scan vs its default: {result['ours_default_vs_ref_scan']:.3e}); "
-          f"forward official {info['forward_s']:.2f} s, ours {ours_s:.2f} s; convert {convert_s:.1f} s", flush=True)
+    print(
+        f"{name}: max |ours - official| = {diff:.3e} (max |logit| {result['max_abs_logit']:.3g}; ours with its "
+        f"reference scan vs its default: {result['ours_default_vs_ref_scan']:.3e}); "
+        f"forward official {info['forward_s']:.2f} s, ours {ours_s:.2f} s; convert {convert_s:.1f} s",
+        flush=True,
+    )
     return result
 
 
@@ -406,13 +477,20 @@ def write_fixture(work: Path, result: dict, official_rev: str, command: str) -> 
     shutil.copyfile(work / "official.pth", FIXTURE / "official_conv_small.pth")
     shutil.copyfile(work / "io.safetensors", FIXTURE / "io.safetensors")
     meta = dict(
-        made_by=command, official_repo="yyh-rain-song/ReMamber",
-        files={"official_conv_small.pth": "{'model': official ConvSegmentor state dict (transformers-4.35 text names), 'epoch': 0}",
-               "io.safetensors": "image (2, 3, 64, 64), input_ids / attention_mask (2, 20), logits (2, 1, 64, 64) of the official forward"},
+        made_by=command,
+        official_repo="yyh-rain-song/ReMamber",
+        files={
+            "official_conv_small.pth": "{'model': official ConvSegmentor state dict (transformers-4.35 text names), 'epoch': 0}",
+            "io.safetensors": "image (2, 3, 64, 64), input_ids / attention_mask (2, 20), logits (2, 1, 64, 64) of the official forward",
+        },
         notes="official ReMamber_Conv at small sizes: text_guidencee / local_text_fusion rebuilt with the official classes "
-              "for 64-d text and width 32, Twister input_res=4; random weights perturbed (see perturb())",
-        official_revision=official_rev, torch=torch.__version__, max_abs_diff_when_made=result["max_abs_diff"],
-        image_size=result["image_size"], batch=result["batch"], config=CONFIGS["small"],
+        "for 64-d text and width 32, Twister input_res=4; random weights perturbed (see perturb())",
+        official_revision=official_rev,
+        torch=torch.__version__,
+        max_abs_diff_when_made=result["max_abs_diff"],
+        image_size=result["image_size"],
+        batch=result["batch"],
+        config=CONFIGS["small"],
     )
     (FIXTURE / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
 
@@ -428,17 +506,28 @@ def _revision(official: Path, given: str | None) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("official", nargs="?", default=os.environ.get("REMAMBER_OFFICIAL"),
-                    help="path of an official ReMamber checkout (default: $REMAMBER_OFFICIAL)")
-    ap.add_argument("--deps", default=os.environ.get("REMAMBER_OFFICIAL_DEPS"),
-                    help="a pip --target folder with einops and yacs (default: $REMAMBER_OFFICIAL_DEPS)")
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "official",
+        nargs="?",
+        default=os.environ.get("REMAMBER_OFFICIAL"),
+        help="path of an official ReMamber checkout (default: $REMAMBER_OFFICIAL)",
+    )
+    ap.add_argument(
+        "--deps",
+        default=os.environ.get("REMAMBER_OFFICIAL_DEPS"),
+        help="a pip --target folder with einops and yacs (default: $REMAMBER_OFFICIAL_DEPS)",
+    )
     ap.add_argument("--only", nargs="+", choices=sorted(CONFIGS), help="run these configurations (default: all)")
     ap.add_argument("--scan", choices=["ref", "easy"], default="ref", help="the official pure-PyTorch scan to use")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-fixture", action="store_true", help="do not rewrite tests/fixtures/official_small")
     ap.add_argument("--official-rev", help="the official checkout's commit, for the record (default: git rev-parse)")
-    ap.add_argument("--out", type=Path, default=RESULTS, help="the JSON to write (default: results/official_parity.json)")
+    ap.add_argument(
+        "--out", type=Path, default=RESULTS, help="the JSON to write (default: results/official_parity.json)"
+    )
     ap.add_argument("--worker", choices=sorted(CONFIGS), help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -464,15 +553,19 @@ def main() -> None:
     started = time.perf_counter()
     for name in names:
         with tempfile.TemporaryDirectory(prefix=f"parity-{name}-") as tmp:
-            results[name] = dict(compare(name, official, Path(tmp), args.scan, args.threads, args.deps), command=command)
+            results[name] = dict(
+                compare(name, official, Path(tmp), args.scan, args.threads, args.deps), command=command
+            )
             if name == "small" and not args.no_fixture:
                 write_fixture(Path(tmp), results[name], rev, command)
 
     record = dict(
         command=command,
-        official_repo="yyh-rain-song/ReMamber", official_revision=rev,
+        official_repo="yyh-rain-song/ReMamber",
+        official_revision=rev,
         machine=machine(torch_threads=args.threads, python=platform.python_version()),
-        total_s=round(time.perf_counter() - started, 1), results=results,
+        total_s=round(time.perf_counter() - started, 1),
+        results=results,
     )
     if args.out.exists() and args.only:  # keep the last results of the configurations not run
         old = json.loads(args.out.read_text())

@@ -26,12 +26,12 @@ from __future__ import annotations
 import time
 
 import torch
+from common import allocator_note, best_of, machine, timing_parser
 
 from remamber.engine.allocator import keep_freed_memory
-from remamber.io import write_json
 from remamber.ops import scan_cpu
 from remamber.ops.selective_scan import selective_scan_chunked, selective_scan_ref
-from common import allocator_note, best_of, machine, timing_parser
+from remamber.utils.io import write_json
 
 # (b, d, l, n) at ReMamber shapes: stage 1 at 480 (120x120 tokens, 4 directions x 256 channels),
 # stage 1 at 256 (64x64, 4 x 192), stage 3 at 480 with batch 8 (30x30, 4 x 512).
@@ -44,8 +44,15 @@ PATHS = {"reference": selective_scan_ref, "fused": scan_cpu.selective_scan_fused
 def inputs(b: int, d: int, l: int, n: int, seed: int = 0) -> dict:
     g = torch.Generator().manual_seed(seed)
     r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
-    return dict(u=r(b, d, l), delta=r(b, d, l), A=-torch.rand(d, n, generator=g) * 4 - 0.5,
-                B=r(b, 4, n, l), C=r(b, 4, n, l), D=r(d), delta_bias=r(d) * 0.5)
+    return dict(
+        u=r(b, d, l),
+        delta=r(b, d, l),
+        A=-torch.rand(d, n, generator=g) * 4 - 0.5,
+        B=r(b, 4, n, l),
+        C=r(b, 4, n, l),
+        D=r(d),
+        delta_bias=r(d) * 0.5,
+    )
 
 
 LEAVES = ("u", "delta", "A", "B", "C", "D", "delta_bias")  # the inputs gradients are taken for
@@ -85,7 +92,9 @@ def bench(shape: tuple, repeat: int) -> dict:
 
         fwd()  # warm-up (numba compiles on first use)
         secs[f"{name}_forward"] = timed(fwd, repeat)
-        if name == "reference":  # its backward timed once (the slow one); its gradient is what the others are checked against
+        if (
+            name == "reference"
+        ):  # its backward timed once (the slow one); its gradient is what the others are checked against
             start = time.perf_counter()
             outs["reference_grad_u"] = fwd_bwd()
             fb = time.perf_counter() - start
@@ -141,14 +150,17 @@ def main() -> None:
         mamba = "installed"
     except Exception as e:  # noqa: BLE001 - it does not import on CPU machines
         mamba = f"not importable here ({type(e).__name__})"
-    write_json(args.out, {
-        "command": "python benchmarks/scan.py" + (" --quick" if args.quick else ""),
-        "machine": machine(numba_threads=scan_cpu.numba.get_num_threads()),
-        "mamba_ssm": mamba,
-        "allocator": allocator_note(kept),
-        "goals": {"forward_speedup": 30, "backward_speedup": 10},
-        "results": rows,
-    })
+    write_json(
+        args.out,
+        {
+            "command": "python benchmarks/scan.py" + (" --quick" if args.quick else ""),
+            "machine": machine(numba_threads=scan_cpu.numba.get_num_threads()),
+            "mamba_ssm": mamba,
+            "allocator": allocator_note(kept),
+            "goals": {"forward_speedup": 30, "backward_speedup": 10},
+            "results": rows,
+        },
+    )
     print(f"wrote {args.out}")
 
 

@@ -16,11 +16,11 @@ directly. Writes ``benchmarks/results/ss2d_scan.json``.
 from __future__ import annotations
 
 import torch
+from common import best_of, timing_parser, write_per_forward
 
 from remamber.engine.allocator import keep_freed_memory
 from remamber.modeling.ss2d import SS2D
 from remamber.ops import ss2d_cpu
-from common import best_of, timing_parser, write_per_forward
 
 # (d_model, map height, map width, calls per 480 px forward of base, where)
 SHAPES = [
@@ -59,9 +59,16 @@ def main() -> None:
             x = torch.randn(1, module.d_inner, h, w).to(memory_format=torch.channels_last)
             assert ss2d_cpu.usable(x, module.A_logs)
             fused_out, plain_out = module.scan(x), composed(module, x)  # warm-up (and the kernels compiled)
-            row = {"where": where, "channels": module.d_inner, "height": h, "width": w, "delta_rank": module.dt_rank,
-                   "deltas": "in the kernel" if module.dt_rank <= ss2d_cpu.MAX_RANK_INSIDE else "batched product",
-                   "block": ss2d_cpu.block_size(1, module.d_inner), "calls_per_forward": calls}
+            row = {
+                "where": where,
+                "channels": module.d_inner,
+                "height": h,
+                "width": w,
+                "delta_rank": module.dt_rank,
+                "deltas": "in the kernel" if module.dt_rank <= ss2d_cpu.MAX_RANK_INSIDE else "batched product",
+                "block": ss2d_cpu.block_size(1, module.d_inner),
+                "calls_per_forward": calls,
+            }
             row["composed_ms"] = round(best_of(lambda: composed(module, x), args.repeat)[0] * 1e3, 2)
             row["fused_ms"] = round(best_of(lambda: module.scan(x), args.repeat)[0] * 1e3, 2)
             row["speedup"] = round(row["composed_ms"] / row["fused_ms"], 2)
@@ -69,8 +76,11 @@ def main() -> None:
             before += calls * row["composed_ms"]
             after += calls * row["fused_ms"]
             rows.append(row)
-            print(f"{where:22s} {module.d_inner:5d} x {h}x{w}: composed {row['composed_ms']} ms, fused {row['fused_ms']} ms "
-                  f"(x{row['speedup']}), max rel diff {row['max_rel_diff']:.1e}", flush=True)
+            print(
+                f"{where:22s} {module.d_inner:5d} x {h}x{w}: composed {row['composed_ms']} ms, fused {row['fused_ms']} ms "
+                f"(x{row['speedup']}), max rel diff {row['max_rel_diff']:.1e}",
+                flush=True,
+            )
     write_per_forward(args.out, "python benchmarks/ss2d_scan.py", kept, rows, {"composed": before, "fused": after})
 
 

@@ -61,7 +61,12 @@ def evaluate(model: nn.Module, val: ReferringDataset, n: int) -> dict:
                 acc.add(*sample_iou(p[0], g[0]))
     model.train()
     s = acc.summary()
-    return {"mIoU": round(s["mIoU"], 4), "oIoU": round(s["oIoU"], 4), "P@50": round(s["P@50"], 4), "sens": round(sum(sens) / len(sens), 4)}
+    return {
+        "mIoU": round(s["mIoU"], 4),
+        "oIoU": round(s["oIoU"], 4),
+        "P@50": round(s["P@50"], 4),
+        "sens": round(sum(sens) / len(sens), 4),
+    }
 
 
 def main() -> None:
@@ -90,7 +95,9 @@ def main() -> None:
         nn.init.normal_(model.text_encoder.model.get_input_embeddings().weight, 0.0, args.embed_std)
     opt = torch.optim.AdamW(_param_groups(model, 0.01, args.lr, args.text_lr_scale), lr=args.lr)
     base = [g["lr"] for g in opt.param_groups]
-    loader = torch.utils.data.DataLoader(train, batch_size=args.batch_size, shuffle=True, collate_fn=collate_fn, drop_last=True)
+    loader = torch.utils.data.DataLoader(
+        train, batch_size=args.batch_size, shuffle=True, collate_fn=collate_fn, drop_last=True
+    )
 
     step, losses, start, history = 0, [], time.time(), []
     while step < args.steps:
@@ -105,7 +112,12 @@ def main() -> None:
             losses.append(loss.item())
             step += 1
             if step % 100 == 0 or step == args.steps:
-                row = {"step": step, **evaluate(model, val, args.val), "loss": round(sum(losses[-100:]) / len(losses[-100:]), 4), "minutes": round((time.time() - start) / 60, 1)}
+                row = {
+                    "step": step,
+                    **evaluate(model, val, args.val),
+                    "loss": round(sum(losses[-100:]) / len(losses[-100:]), 4),
+                    "minutes": round((time.time() - start) / 60, 1),
+                }
                 history.append(row)
                 print(args.name, row, flush=True)
             if step >= args.steps:

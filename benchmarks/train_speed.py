@@ -25,16 +25,16 @@ import time
 from pathlib import Path
 
 import torch
+from common import machine
 
 from remamber.engine.allocator import keep_freed_memory
 from remamber.engine.losses import segmentation_loss
 from remamber.engine.train import _param_groups
-from remamber.io import write_json
 from remamber.modeling.presets import build_model, preset_config
 from remamber.modeling.text import BASIC_VOCAB
 from remamber.ops import scan_cpu
 from remamber.ops.selective_scan import scan_backend
-from common import machine
+from remamber.utils.io import write_json
 
 RESULTS = Path(__file__).resolve().parent / "results" / "train_speed.json"
 # label -> (scan backend, keep freed memory)
@@ -60,7 +60,9 @@ def measure(size: int, batch: int, backend: str, keep_memory: bool, steps: int, 
     """Median seconds per training step of a fresh `tiny` (seed 0) with one scan backend, in a
     process whose allocator is glibc's default unless ``keep_memory``."""
     if keep_memory and not keep_freed_memory():
-        raise SystemExit("freed memory cannot be kept here (not glibc, or REMAMBER_KEEP_FREED_MEMORY=0); this benchmark needs it")
+        raise SystemExit(
+            "freed memory cannot be kept here (not glibc, or REMAMBER_KEEP_FREED_MEMORY=0); this benchmark needs it"
+        )
     torch.manual_seed(0)
     model = build_model(preset_config("tiny").replace(image_size=size))
     model.train()
@@ -87,7 +89,11 @@ def measure(size: int, batch: int, backend: str, keep_memory: bool, steps: int, 
     total = sum(e.self_cpu_time_total for e in prof.key_averages())
     scan = sum(events.get(k, 0.0) for k in SCAN_EVENTS)
     sec = statistics.median(times)
-    return {"step_s": round(sec, 4), "images_per_s": round(batch / sec, 2), "scan_share": round(scan / total, 3) if total else None}
+    return {
+        "step_s": round(sec, 4),
+        "images_per_s": round(batch / sec, 2),
+        "scan_share": round(scan / total, 3) if total else None,
+    }
 
 
 def measure_in_subprocess(size: int, batch: int, label: str, steps: int) -> dict:
@@ -122,15 +128,21 @@ def main() -> None:
         row["fused_vs_pytorch_scan"] = round(row["pytorch_scan"]["step_s"] / row["train"]["step_s"], 2)
         row["kept_vs_released_memory"] = round(row["release_memory"]["step_s"] / row["train"]["step_s"], 2)
         rows.append(row)
-    write_json(args.out, {
-        "command": "python benchmarks/train_speed.py" + (" --quick" if args.quick else ""),
-        "machine": machine(numba_threads=scan_cpu.numba.get_num_threads() if scan_cpu.AVAILABLE else None),
-        "what": "tiny, scratch text encoder, random data; forward + loss + backward + AdamW; median of timed steps, faster of 2 rounds",
-        "configs": {"train": "fused scan, freed memory kept (as remamber train on a CPU)",
-                    "pytorch_scan": "the plain PyTorch (chunked) scan instead", "release_memory": "glibc's default allocator settings instead"},
-        "scan_share": "fraction of the profiled step's CPU time inside the fused scan's forward and backward",
-        "results": rows,
-    })
+    write_json(
+        args.out,
+        {
+            "command": "python benchmarks/train_speed.py" + (" --quick" if args.quick else ""),
+            "machine": machine(numba_threads=scan_cpu.numba.get_num_threads() if scan_cpu.AVAILABLE else None),
+            "what": "tiny, scratch text encoder, random data; forward + loss + backward + AdamW; median of timed steps, faster of 2 rounds",
+            "configs": {
+                "train": "fused scan, freed memory kept (as remamber train on a CPU)",
+                "pytorch_scan": "the plain PyTorch (chunked) scan instead",
+                "release_memory": "glibc's default allocator settings instead",
+            },
+            "scan_share": "fraction of the profiled step's CPU time inside the fused scan's forward and backward",
+            "results": rows,
+        },
+    )
     print(f"wrote {args.out}")
 
 

@@ -16,7 +16,7 @@ from PIL import Image
 
 from remamber.data.masks import encode_mask
 from remamber.data.shapes import generate_image
-from remamber.io import write_json
+from remamber.utils.io import write_json
 
 SEED = 2024
 IMAGES = 4
@@ -35,10 +35,14 @@ def main() -> None:
                 if expr.type in seen:
                     continue
                 seen.add(expr.type)
-                examples.append({
-                    "image": name, "text": text, "expr_type": expr.type,
-                    "mask": encode_mask(gen.labels == target + 1),
-                })
+                examples.append(
+                    {
+                        "image": name,
+                        "text": text,
+                        "expr_type": expr.type,
+                        "mask": encode_mask(gen.labels == target + 1),
+                    }
+                )
     write_json(HERE / "examples.json", examples, indent=1)
     print(json.dumps([(e["image"], e["expr_type"], e["text"]) for e in examples], indent=1))
 

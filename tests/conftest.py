@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-
 # --------------------------------------------------------------------------- REFER fixture
 
 
@@ -122,12 +121,18 @@ def _write_refer(root: Path) -> ReferFixture:
     fx.write_instances(
         {
             "images": [
-                {"id": i, "file_name": fx.image_path(i).name, "height": h, "width": w}
-                for i, (h, w) in images.items()
+                {"id": i, "file_name": fx.image_path(i).name, "height": h, "width": w} for i, (h, w) in images.items()
             ],
             "annotations": [
-                {"id": a, "image_id": img, "category_id": cat, "segmentation": seg,
-                 "area": int(m.sum()), "iscrowd": int(isinstance(seg, dict)), "bbox": [0, 0, 1, 1]}
+                {
+                    "id": a,
+                    "image_id": img,
+                    "category_id": cat,
+                    "segmentation": seg,
+                    "area": int(m.sum()),
+                    "iscrowd": int(isinstance(seg, dict)),
+                    "bbox": [0, 0, 1, 1],
+                }
                 for a, (img, cat, seg, m) in anns.items()
             ],
             "categories": [{"id": c, "name": n, "supercategory": n} for c, n in categories.items()],
@@ -139,14 +144,19 @@ def _write_refer(root: Path) -> ReferFixture:
         sentences = []
         for text in texts:
             sent_id += 1
-            sentences.append(
-                {"tokens": text.split(), "raw": text.upper(), "sent": text, "sent_id": sent_id}
-            )
+            sentences.append({"tokens": text.split(), "raw": text.upper(), "sent": text, "sent_id": sent_id})
             fx.expected[sent_id] = (split, text, mask, ref_id, categories[cat])
         pickled_refs.append(
-            {"ref_id": ref_id, "ann_id": ann_id, "image_id": image_id, "category_id": cat,
-             "split": split, "file_name": f"COCO_train2014_{image_id:012d}_{ann_id}.jpg",
-             "sent_ids": [s["sent_id"] for s in sentences], "sentences": sentences}
+            {
+                "ref_id": ref_id,
+                "ann_id": ann_id,
+                "image_id": image_id,
+                "category_id": cat,
+                "split": split,
+                "file_name": f"COCO_train2014_{image_id:012d}_{ann_id}.jpg",
+                "sent_ids": [s["sent_id"] for s in sentences],
+                "sentences": sentences,
+            }
         )
         counts = fx.counts.setdefault(split, {"samples": 0, "refs": 0, "images": set()})
         counts["samples"] += len(texts)

@@ -29,8 +29,13 @@ def run_cli(*args: str, env: dict | None = None, stdin: str | None = None, cwd: 
     full_env.pop("REMAMBER_DEBUG", None)
     with tempfile.TemporaryDirectory(prefix="remamber-cli-") as scratch:
         proc = subprocess.run(
-            [sys.executable, "-m", "remamber", *args], input=stdin, capture_output=True, text=True,
-            env=full_env, cwd=cwd if cwd is not None else scratch, timeout=300,
+            [sys.executable, "-m", "remamber", *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            env=full_env,
+            cwd=cwd if cwd is not None else scratch,
+            timeout=300,
         )
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
@@ -60,7 +65,7 @@ def tiny_model():
 @pytest.fixture(scope="session")
 def tiny_model_dir(tiny_model, tmp_path_factory) -> Path:
     """The tiny model saved as a model folder."""
-    from remamber.hub import save_pretrained
+    from remamber.hub.folders import save_pretrained
 
     return save_pretrained(tiny_model, tmp_path_factory.mktemp("models") / "tiny")
 

@@ -21,7 +21,7 @@ from remamber.data.transforms import (
     referent_crop,
     swap_left_right,
 )
-from remamber.errors import InputError
+from remamber.utils.errors import InputError
 
 NO_AUGMENT = dict(brightness=0.0, contrast=0.0, crop_scale=(1.0, 1.0))
 
@@ -69,7 +69,10 @@ def test_flip_swaps_words_and_mirrors_image_and_mask(refer_prepared):
     plain = ReferringDataset(refer_prepared, "train", image_size=40)
     i = next(k for k in range(len(plain)) if plain.record(k)["sentence"] == "man on the left")
     flipped = ReferringDataset(
-        refer_prepared, "train", image_size=40, train=True,
+        refer_prepared,
+        "train",
+        image_size=40,
+        train=True,
         augment=TrainAugment(flip_prob=1.0, **NO_AUGMENT),
     )
     a, b = plain[i], flipped[i]
@@ -78,7 +81,10 @@ def test_flip_swaps_words_and_mirrors_image_and_mask(refer_prepared):
     assert torch.equal(b["mask"], a["mask"].flip(-1))
     assert not torch.equal(b["mask"], a["mask"])  # the referent is off-centre: it moved
     never = ReferringDataset(
-        refer_prepared, "train", image_size=40, train=True,
+        refer_prepared,
+        "train",
+        image_size=40,
+        train=True,
         augment=TrainAugment(flip_prob=0.0, **NO_AUGMENT),
     )
     assert never[i]["text"] == "man on the left" and torch.equal(never[i]["image"], a["image"])
@@ -164,11 +170,14 @@ def test_loader_errors_are_one_line_input_errors(refer_prepared, refer_fixture, 
         ds[0]
 
 
-@pytest.mark.parametrize("damage, fragment", [
-    (lambda info: info.update(splits={"train": "train.jsonl"}), "splits is not a map"),
-    (lambda info: info.update(images_root=7), "images_root is not a string"),
-    (lambda info: info.update(format_version="2"), "format_version is not an integer"),
-])
+@pytest.mark.parametrize(
+    "damage, fragment",
+    [
+        (lambda info: info.update(splits={"train": "train.jsonl"}), "splits is not a map"),
+        (lambda info: info.update(images_root=7), "images_root is not a string"),
+        (lambda info: info.update(format_version="2"), "format_version is not an integer"),
+    ],
+)
 def test_a_damaged_dataset_description_is_an_input_error(refer_prepared, damage, fragment):
     import json
 

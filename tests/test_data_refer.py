@@ -13,7 +13,7 @@ from remamber.data.manifest import PreparedDataset
 from remamber.data.masks import decode_rle, encode_mask, segmentation_to_rle
 from remamber.data.prepare import prepare_refer
 from remamber.data.refer import load_refs, load_restricted_pickle
-from remamber.errors import InputError
+from remamber.utils.errors import InputError
 
 
 def _prepare(fx, out, **kw):
@@ -31,7 +31,9 @@ def test_counts_sentences_and_masks_exact(refer_fixture, tmp_path):
     for split, expected in fx.counts.items():
         got = info["splits"][split]
         assert (got["samples"], got["refs"], got["images"]) == (
-            expected["samples"], expected["refs"], expected["images"]
+            expected["samples"],
+            expected["refs"],
+            expected["images"],
         )
     assert len(info["sources"]["refs"]["sha256"]) == 64
     assert len(info["sources"]["instances"]["sha256"]) == 64
@@ -63,9 +65,7 @@ def test_unicode_survives(refer_fixture, tmp_path):
 
 def test_limit_keeps_first_refs_of_each_split(refer_fixture, tmp_path):
     result = _prepare(refer_fixture, tmp_path / "out", limit=1)
-    assert {s: v["refs"] for s, v in result.splits.items()} == {
-        "train": 1, "val": 1, "testA": 1, "testB": 1
-    }
+    assert {s: v["refs"] for s, v in result.splits.items()} == {"train": 1, "val": 1, "testA": 1, "testB": 1}
     assert result.splits["train"]["samples"] == 2  # ref 1 has two sentences
 
 

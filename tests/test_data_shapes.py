@@ -56,6 +56,7 @@ def _scenes_and_refs(folder: Path):
 def _target_index(ref: dict) -> int:
     return ref["ann_id"] % 10  # annotation ids are image_id * 10 + object index
 
+
 def _expressions(folder: Path):
     """Yield (scene, target index, sentence dict, Expression) for every generated sentence."""
     scenes, refs = _scenes_and_refs(folder)
@@ -63,7 +64,6 @@ def _expressions(folder: Path):
         scene, target = scenes[ref["image_id"]], _target_index(ref)
         for sentence in ref["sentences"]:
             yield scene, target, sentence, Expression.from_dict(sentence["expr"])
-
 
 
 def _files(folder: Path) -> dict[str, bytes]:

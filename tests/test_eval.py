@@ -134,7 +134,7 @@ def test_evaluate_tiny_model(tiny_model, shapes_dir, tmp_path, capsys):
 
 
 def test_bad_library_arguments(shapes_dir):
-    from remamber.errors import InputError
+    from remamber.utils.errors import InputError
 
     ds = _dataset(shapes_dir, "val")
     for kwargs in ({"threshold": 0.0}, {"threshold": 1.0}, {"eval_size": "native"}, {"batch_size": 0}):
@@ -144,9 +144,18 @@ def test_bad_library_arguments(shapes_dir):
 
 def test_report_files_and_histogram(tmp_path):
     rows = [
-        {"index": i, "sent_id": 10 + i, "ref_id": 1, "image": "a.png", "text": t, "expr_type": None,
-         "I": inter, "U": union, "IoU": inter / union if union else 0.0}
-        for i, (t, inter, union) in enumerate([("a, \"quoted\" text", 1, 2), ("b", 0, 0), ("ü", 9, 10)])
+        {
+            "index": i,
+            "sent_id": 10 + i,
+            "ref_id": 1,
+            "image": "a.png",
+            "text": t,
+            "expr_type": None,
+            "I": inter,
+            "U": union,
+            "IoU": inter / union if union else 0.0,
+        }
+        for i, (t, inter, union) in enumerate([('a, "quoted" text', 1, 2), ("b", 0, 0), ("ü", 9, 10)])
     ]
     acc = MetricAccumulator()
     for r in rows:
@@ -157,7 +166,7 @@ def test_report_files_and_histogram(tmp_path):
     with open(csv_path, encoding="utf-8", newline="") as f:
         read = list(csv.DictReader(f))
     assert list(read[0]) == list(ROW_FIELDS)
-    assert [r["text"] for r in read] == ["a, \"quoted\" text", "b", "ü"]
+    assert [r["text"] for r in read] == ['a, "quoted" text', "b", "ü"]
     assert [float(r["IoU"]) for r in read] == [0.5, 0.0, 0.9]
     from PIL import Image
 
@@ -175,9 +184,23 @@ def single_run(tiny_model_dir, shapes_dir, odd_split, tmp_path_factory):
     """One single-process ``remamber eval --json --report --save-masks`` run (batch size 1)."""
     out = tmp_path_factory.mktemp("eval1")
     res = run_cli(
-        "eval", "--weights", str(tiny_model_dir), "--data", str(shapes_dir), "--split", odd_split,
-        "--device", "cpu", "--batch-size", "1", "--json", "--report", str(out / "report.csv"),
-        "--save-masks", str(out / "masks"), env=ONE_THREAD,
+        "eval",
+        "--weights",
+        str(tiny_model_dir),
+        "--data",
+        str(shapes_dir),
+        "--split",
+        odd_split,
+        "--device",
+        "cpu",
+        "--batch-size",
+        "1",
+        "--json",
+        "--report",
+        str(out / "report.csv"),
+        "--save-masks",
+        str(out / "masks"),
+        env=ONE_THREAD,
     )
     assert res.code == 0, res.stderr
     return res, out
@@ -223,8 +246,20 @@ def test_cli_table_and_progress_bar(tiny_model_dir, shapes_dir):
     """Without --json: a Rich table in percent (all + one row per expression type); on a
     terminal (TTY_COMPATIBLE=1 tells Rich so) a progress bar over samples on stderr."""
     res = run_cli(
-        "eval", "-w", str(tiny_model_dir), "--data", str(shapes_dir), "--split", "test", "--device", "cpu",
-        "--limit", "2", "--eval-size", "input", env={**ONE_THREAD, "TTY_COMPATIBLE": "1", "COLUMNS": "160"},
+        "eval",
+        "-w",
+        str(tiny_model_dir),
+        "--data",
+        str(shapes_dir),
+        "--split",
+        "test",
+        "--device",
+        "cpu",
+        "--limit",
+        "2",
+        "--eval-size",
+        "input",
+        env={**ONE_THREAD, "TTY_COMPATIBLE": "1", "COLUMNS": "160"},
     )
     assert res.code == 0, res.stderr
     for word in ("mIoU %", "oIoU %", "P@50 %", "P@90 %", "all", "2 samples", "input size 128", "shapes test"):
@@ -240,9 +275,18 @@ def test_cli_help_states_defaults_and_definitions():
     assert res.code == 0
     text = " ".join(res.stdout.split())
     for fragment in (
-        "IoU >= X", "strictly greater", "exactly at the threshold is not in the mask", "original image size",
-        "--eval-size input", "mIoU = mean of the per-sample IoUs", "oIoU (overall IoU) = sum I / sum U",
-        "[default: 0.5]", "[default: original]", "[default: refcoco]", "[default: 8]", "[default: auto]",
+        "IoU >= X",
+        "strictly greater",
+        "exactly at the threshold is not in the mask",
+        "original image size",
+        "--eval-size input",
+        "mIoU = mean of the per-sample IoUs",
+        "oIoU (overall IoU) = sum I / sum U",
+        "[default: 0.5]",
+        "[default: original]",
+        "[default: refcoco]",
+        "[default: 8]",
+        "[default: auto]",
         "torchrun",
     ):
         assert fragment in text, fragment
@@ -261,10 +305,29 @@ def test_torchrun_two_processes_match_one(single_run, tiny_model_dir, shapes_dir
     assert single["samples"] == n and n % 2 == 1  # unequal shards: any double counting would show
 
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-        "-m", "remamber", "eval", "--weights", str(tiny_model_dir), "--data", str(shapes_dir),
-        "--split", odd_split, "--device", "cpu", "--batch-size", "1", "--json",
-        "--report", str(tmp_path / "report.csv"), "--save-masks", str(tmp_path / "masks"),
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "remamber",
+        "eval",
+        "--weights",
+        str(tiny_model_dir),
+        "--data",
+        str(shapes_dir),
+        "--split",
+        odd_split,
+        "--device",
+        "cpu",
+        "--batch-size",
+        "1",
+        "--json",
+        "--report",
+        str(tmp_path / "report.csv"),
+        "--save-masks",
+        str(tmp_path / "masks"),
     ]
     env = dict(os.environ, **ONE_THREAD)
     env.pop("REMAMBER_DEBUG", None)
@@ -300,18 +363,19 @@ def test_missing_and_unprepared_folders_name_the_prepare_command(tmp_path):
     missing = tmp_path / "nowhere"
     assert_one_line_error(
         _eval("--data", str(missing), "--split", "val", "--dataset", "shapes"),
-        "does not exist", f"remamber prepare shapes --out {missing}",
+        "does not exist",
+        f"remamber prepare shapes --out {missing}",
     )
     (tmp_path / "half").mkdir()
     assert_one_line_error(
-        _eval("--data", str(tmp_path / "half"), "--split", "val"), "not a prepared dataset", "remamber prepare",
+        _eval("--data", str(tmp_path / "half"), "--split", "val"),
+        "not a prepared dataset",
+        "remamber prepare",
     )
     # exactly as typed: the default model on RefCOCO in the data home
     home = {"REMAMBER_HOME": str(tmp_path / "home")}
     assert_one_line_error(_eval("--split", "testA", env=home), "refcoco", "`remamber prepare refcoco`")
-    assert_one_line_error(
-        _eval("--split", "val", "--dataset", "refcocog", env=home), "`remamber prepare refcocog`"
-    )
+    assert_one_line_error(_eval("--split", "val", "--dataset", "refcocog", env=home), "`remamber prepare refcocog`")
 
 
 @pytest.mark.parametrize(
@@ -340,8 +404,18 @@ def test_moved_images_point_at_images_root(shapes_dir, tmp_path):
 def test_failure_leaves_nothing_written(shapes_dir, tmp_path):
     out = tmp_path / "out"
     res = _eval(
-        "--data", str(shapes_dir), "--split", "val", "--weights", str(tmp_path / "no-model"),
-        "--report", str(out / "r.csv"), "--save-masks", str(out / "masks"), "--device", "cpu",
+        "--data",
+        str(shapes_dir),
+        "--split",
+        "val",
+        "--weights",
+        str(tmp_path / "no-model"),
+        "--report",
+        str(out / "r.csv"),
+        "--save-masks",
+        str(out / "masks"),
+        "--device",
+        "cpu",
     )
     assert_one_line_error(res)
     assert not out.exists()

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from model_fixtures import run_cli
 from PIL import Image
 
-from model_fixtures import run_cli
 from remamber.cli.weights import default_weights
 from remamber.data.masks import decode_rle
 from remamber.data.shapes import generate_image
@@ -88,7 +88,9 @@ def test_default_model_reads_the_words(default_model_results):
         with Image.open(result["mask"]) as im:
             masks[entry["text"]] = np.asarray(im) > 127
     pairs = [
-        (a, b) for i, a in enumerate(ENTRIES) for b in ENTRIES[i + 1 :]
+        (a, b)
+        for i, a in enumerate(ENTRIES)
+        for b in ENTRIES[i + 1 :]
         if a["image"] == b["image"] and not (decode_rle(a["mask"]) & decode_rle(b["mask"])).any()
     ]
     assert len(pairs) >= 6

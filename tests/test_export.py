@@ -8,15 +8,34 @@ import shutil
 
 import numpy as np
 import pytest
+from model_fixtures import assert_one_line_error, run_cli
 from PIL import Image
 
-from model_fixtures import assert_one_line_error, run_cli
-from remamber.errors import WeightsError
+from remamber.utils.errors import WeightsError
 
 EVAL_JSON = {
-    "samples": 10, "mIoU": 0.5, "oIoU": 0.625, "P@50": 0.4, "P@60": 0.3, "P@70": 0.2, "P@80": 0.1, "P@90": 0.0,
-    "dataset": "shapes", "split": "test",
-    "by_type": {"attribute": {"samples": 4, "mIoU": 0.75, "oIoU": 0.8125, "P@50": 1.0, "P@60": 0.5, "P@70": 0.5, "P@80": 0.25, "P@90": 0.0}},
+    "samples": 10,
+    "mIoU": 0.5,
+    "oIoU": 0.625,
+    "P@50": 0.4,
+    "P@60": 0.3,
+    "P@70": 0.2,
+    "P@80": 0.1,
+    "P@90": 0.0,
+    "dataset": "shapes",
+    "split": "test",
+    "by_type": {
+        "attribute": {
+            "samples": 4,
+            "mIoU": 0.75,
+            "oIoU": 0.8125,
+            "P@50": 1.0,
+            "P@60": 0.5,
+            "P@70": 0.5,
+            "P@80": 0.25,
+            "P@90": 0.0,
+        }
+    },
 }
 
 
@@ -26,22 +45,37 @@ def checkpoint_like(tiny_model_dir, tmp_path):
     folder = tmp_path / "ckpt"
     shutil.copytree(tiny_model_dir, folder)
     (folder / "trainer_state.pt").write_bytes(b"not for the hub")
-    record = {"dataset": "shapes", "train_samples": 123, "step": 40, "epoch": 1,
-              "settings": {"preset": "tiny", "batch_size": 8, "lr": 0.001, "seed": 0}, "val": None}
+    record = {
+        "dataset": "shapes",
+        "train_samples": 123,
+        "step": 40,
+        "epoch": 1,
+        "settings": {"preset": "tiny", "batch_size": 8, "lr": 0.001, "seed": 0},
+        "val": None,
+    }
     (folder / "training.json").write_text(json.dumps(record))
     return folder
 
 
 def test_export_hub_writes_a_clean_folder_with_a_card(checkpoint_like, tmp_path):
-    from remamber.hub import load_pretrained, load_state
+    from remamber.hub.folders import load_pretrained, load_state
 
     metrics = tmp_path / "test.json"
     metrics.write_text(json.dumps(EVAL_JSON))
     out = tmp_path / "hub"
-    res = run_cli("export", str(checkpoint_like), "--format", "hub", "--out", str(out), "--metrics", str(metrics), "--json")
+    res = run_cli(
+        "export", str(checkpoint_like), "--format", "hub", "--out", str(out), "--metrics", str(metrics), "--json"
+    )
     assert res.code == 0, res.stderr
     result = json.loads(res.stdout)
-    assert set(result["files"]) == {"README.md", "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "training.json"}
+    assert set(result["files"]) == {
+        "README.md",
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "training.json",
+    }
     card = (out / "README.md").read_text()
     assert "123 training samples" in card and "40 steps" in card and "batch_size=8" in card
     assert "| shapes | test | 10 | 50.00 | 62.50 |" in card
@@ -55,8 +89,14 @@ def test_export_hub_writes_a_clean_folder_with_a_card(checkpoint_like, tmp_path)
 def test_push_dry_run_lists_files_and_sends_nothing(checkpoint_like):
     nowhere = {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_TOKEN": "hf_test"}  # any request would fail
     res = run_cli(
-        "export", str(checkpoint_like), "--out", str(checkpoint_like.parent / "x"), "--push-to-hub", "me/model",
-        "--dry-run", env=nowhere,
+        "export",
+        str(checkpoint_like),
+        "--out",
+        str(checkpoint_like.parent / "x"),
+        "--push-to-hub",
+        "me/model",
+        "--dry-run",
+        env=nowhere,
     )
     assert res.code == 0, res.stderr
     assert "would upload to me/model" in res.stdout
@@ -66,7 +106,7 @@ def test_push_dry_run_lists_files_and_sends_nothing(checkpoint_like):
 def test_push_uploads_the_planned_files(checkpoint_like, monkeypatch):
     import huggingface_hub
 
-    from remamber.export.hub import push_to_hub
+    from remamber.hub.publish import push_to_hub
 
     calls = {}
 
@@ -108,14 +148,23 @@ def test_export_never_replaces_what_is_not_a_model_folder(tiny_model_dir, tmp_pa
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "keep.txt").write_text("precious")
     (tmp_path / "afile").write_text("hi")
-    for out, fragment in (("mine", "not a remamber model folder"), ("afile", "is a file"), (".", "not a remamber model folder")):
-        assert_one_line_error(run_cli("export", str(tiny_model_dir), "--out", out, cwd=tmp_path), fragment, "refusing to replace")
+    for out, fragment in (
+        ("mine", "not a remamber model folder"),
+        ("afile", "is a file"),
+        (".", "not a remamber model folder"),
+    ):
+        assert_one_line_error(
+            run_cli("export", str(tiny_model_dir), "--out", out, cwd=tmp_path), fragment, "refusing to replace"
+        )
     assert (tmp_path / "mine" / "keep.txt").read_text() == "precious" and (tmp_path / "afile").read_text() == "hi"
     (tmp_path / "empty").mkdir()
     for _ in range(2):  # an empty folder, then the model folder written there: both are replaced
         res = run_cli("export", str(tiny_model_dir), "--out", "empty", "--json", cwd=tmp_path)
         assert res.code == 0, res.stderr
-    assert json.loads(res.stdout)["out"] == str((tmp_path / "empty").resolve()) and (tmp_path / "empty" / "config.json").is_file()
+    assert (
+        json.loads(res.stdout)["out"] == str((tmp_path / "empty").resolve())
+        and (tmp_path / "empty" / "config.json").is_file()
+    )
 
 
 def test_export_never_drops_what_a_model_folder_holds_besides_the_export(checkpoint_like, tmp_path):
@@ -125,15 +174,18 @@ def test_export_never_drops_what_a_model_folder_holds_besides_the_export(checkpo
     shutil.copytree(checkpoint_like, notes)
     (notes / "trainer_state.pt").unlink(missing_ok=True)
     (notes / "notes.txt").write_text("mine")
-    for out, fmt, fragment in [(checkpoint_like, "hub", "trainer_state.pt"), (notes, "hub", "notes.txt"),
-                               (checkpoint_like, "onnx", "another kind")]:
+    for out, fmt, fragment in [
+        (checkpoint_like, "hub", "trainer_state.pt"),
+        (notes, "hub", "notes.txt"),
+        (checkpoint_like, "onnx", "another kind"),
+    ]:
         before = sorted(p.name for p in out.iterdir())
         assert_one_line_error(run_cli("export", str(checkpoint_like), "--format", fmt, "--out", str(out)), fragment)
         assert sorted(p.name for p in out.iterdir()) == before
 
 
 def test_push_needs_a_model_folder(tmp_path):
-    from remamber.export.hub import upload_plan
+    from remamber.hub.publish import upload_plan
 
     with pytest.raises(WeightsError, match="not a model folder"):
         upload_plan(tmp_path, "me/model")
@@ -166,13 +218,15 @@ def test_onnx_export_is_small_loop_free_and_verified(onnx_export):
 
 
 def test_onnx_predictor_matches_pytorch(onnx_export, tiny_model_dir):
-    from remamber.hub import load_pretrained, read_config
-    from remamber.onnx_runtime import OnnxPredictor
-    from remamber.predictor import Predictor
+    from remamber.hub.folders import load_pretrained, read_config
+    from remamber.inference.onnx_predictor import OnnxPredictor
+    from remamber.inference.predictor import Predictor
 
     out, _ = onnx_export
     rng = np.random.default_rng(3)
-    images = [Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)) for h, w in ((90, 120), (200, 150), (64, 64))]
+    images = [
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)) for h, w in ((90, 120), (200, 150), (64, 64))
+    ]
     texts = ["the red circle", "the second big square from the left", "a"]
     torch_pred, onnx_pred = Predictor(load_pretrained(tiny_model_dir)), OnnxPredictor(out, read_config(out))
     for image, text in zip(images, texts):
@@ -196,5 +250,7 @@ def test_segment_runs_an_onnx_folder(onnx_export, rgb_image, tmp_path):
 
 def test_push_without_network_is_one_line_error(checkpoint_like, tmp_path):
     nowhere = {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_TOKEN": "hf_test"}
-    res = run_cli("export", str(checkpoint_like), "--out", str(tmp_path / "x"), "--push-to-hub", "me/model", env=nowhere)
+    res = run_cli(
+        "export", str(checkpoint_like), "--out", str(tmp_path / "x"), "--push-to-hub", "me/model", env=nowhere
+    )
     assert_one_line_error(res, "push to me/model failed", code=1)

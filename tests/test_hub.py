@@ -7,10 +7,10 @@ import shutil
 
 import pytest
 import torch
-
 from model_fixtures import assert_one_line_error, run_cli
-from remamber.errors import ConfigError, WeightsError
-from remamber.hub import load_pretrained, parse_hub_spec, resolve_weights, save_pretrained
+
+from remamber.hub.folders import load_pretrained, parse_hub_spec, resolve_weights, save_pretrained
+from remamber.utils.errors import ConfigError, WeightsError
 
 
 def _outputs(model):
@@ -23,7 +23,11 @@ def _outputs(model):
 
 def test_save_load_round_trip_gives_identical_outputs(tiny_model, tiny_model_dir):
     assert sorted(p.name for p in tiny_model_dir.iterdir()) == [
-        "README.md", "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+        "README.md",
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
     ]
     loaded = load_pretrained(tiny_model_dir)
     assert loaded.config == tiny_model.config
@@ -114,17 +118,21 @@ def test_load_through_hub_cache_offline(tiny_model_dir, tmp_path, rgb_image):
     cache = _hub_cache(tmp_path, tiny_model_dir, revisions=("main", "v1"))
     env = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "HF_HOME": str(tmp_path / "hf")}
     for spec in ("acme/tiny-remamber", "hf://acme/tiny-remamber@v1"):
-        res = run_cli("segment", str(rgb_image), "red circle", "--weights", spec, "--out", str(tmp_path / "o"), "--json", env=env)
+        res = run_cli(
+            "segment", str(rgb_image), "red circle", "--weights", spec, "--out", str(tmp_path / "o"), "--json", env=env
+        )
         assert res.code == 0, res.stderr
         assert json.loads(res.stdout)["area"] >= 0
-    missing = run_cli("segment", str(rgb_image), "red circle", "--weights", "acme/not-cached", "--out", str(tmp_path), env=env)
+    missing = run_cli(
+        "segment", str(rgb_image), "red circle", "--weights", "acme/not-cached", "--out", str(tmp_path), env=env
+    )
     assert_one_line_error(missing, "acme/not-cached", "HF_HUB_OFFLINE")
 
 
 def test_written_files_get_usual_permissions(tiny_model, tmp_path):
     import os
 
-    from remamber.io import umask, write_json
+    from remamber.utils.io import umask, write_json
 
     write_json(tmp_path / "a.json", {"x": 1})
     assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o666 & ~umask()

@@ -96,9 +96,12 @@ def test_threshold_edge_is_strict():
 
 def test_accumulator_by_type_merge_and_order_independence():
     rng = np.random.default_rng(0)
-    samples = [(int(u * f), int(u), t) for u, f, t in zip(
-        rng.integers(1, 5000, 101), rng.random(101), rng.choice(["attribute", "position", "relation"], 101)
-    )]
+    samples = [
+        (int(u * f), int(u), t)
+        for u, f, t in zip(
+            rng.integers(1, 5000, 101), rng.random(101), rng.choice(["attribute", "position", "relation"], 101)
+        )
+    ]
     whole = MetricAccumulator()
     for inter, union, t in samples:
         whole.add(inter, union, t)
@@ -119,8 +122,18 @@ def test_accumulator_by_type_merge_and_order_independence():
 
 def test_no_by_type_without_types_and_empty_summary():
     acc = MetricAccumulator()
-    assert acc.summary() == {"samples": 0, "mIoU": 0.0, "oIoU": 0.0, "P@50": 0.0, "P@60": 0.0,
-                             "P@70": 0.0, "P@80": 0.0, "P@90": 0.0, "I": 0, "U": 0}
+    assert acc.summary() == {
+        "samples": 0,
+        "mIoU": 0.0,
+        "oIoU": 0.0,
+        "P@50": 0.0,
+        "P@60": 0.0,
+        "P@70": 0.0,
+        "P@80": 0.0,
+        "P@90": 0.0,
+        "I": 0,
+        "U": 0,
+    }
     acc.add_masks(np.ones((2, 2)), np.ones((2, 2)))
     assert "by_type" not in acc.summary() and acc.summary()["mIoU"] == 1.0
     with pytest.raises(ValueError):

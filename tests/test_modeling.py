@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from remamber.errors import ConfigError
 from remamber.modeling.config import ModelConfig
 from remamber.modeling.decoder import ConvDecoder, upsample_conv, upsample_conv_ref
 from remamber.modeling.presets import PRESETS, build_model, preset_config
 from remamber.modeling.ss2d import SS2D
 from remamber.modeling.twister import GlobalTextGuidance, LocalTextInteraction, Twister, TwisterLayer
 from remamber.modeling.vss import Downsample, PatchEmbed, VSSBlock
+from remamber.utils.errors import ConfigError
 
 
 def _check_grads(module: torch.nn.Module, out: torch.Tensor, *inputs: torch.Tensor) -> None:
@@ -77,7 +77,9 @@ def test_decoder_upsamples_to_4x_finest():
     _check_grads(dec, out, *feats)
 
 
-@pytest.mark.parametrize("cin, cout, k, align", [(64, 1, 3, True), (40, 2, 3, False), (50, 1, 5, True), (8, 1, 3, True)])
+@pytest.mark.parametrize(
+    "cin, cout, k, align", [(64, 1, 3, True), (40, 2, 3, False), (50, 1, 5, True), (8, 1, 3, True)]
+)
 def test_upsample_conv_matches_the_plain_composition(cin, cout, k, align):
     """The decoder's last layer with its taps before the upsampling, forward and backward; the
     last case (8 channels, 9 taps) takes the plain path."""
@@ -124,7 +126,9 @@ def test_base_parameter_counts_match_official():
     """Official ReMamber_Conv base, read off the official model (shared/DESIGN.md section 7)."""
     counts = {k: v / 1e6 for k, v in build_model("base").parameter_counts().items()}
     print("base parameter counts (M):", {k: round(v, 2) for k, v in counts.items()})
-    official = dict(total=254.6, text=123.1, visual=131.5, backbone=87.5, twister=29.1, global_text=1.5, local_text=3.9, decoder=9.5)
+    official = dict(
+        total=254.6, text=123.1, visual=131.5, backbone=87.5, twister=29.1, global_text=1.5, local_text=3.9, decoder=9.5
+    )
     for key, value in official.items():
         assert round(counts[key], 1) == value, (key, counts[key])
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from model_fixtures import assert_one_line_error, run_cli
-from remamber.errors import InputError, WeightsError
+
+from remamber.utils.errors import InputError, WeightsError
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "official_small"
 CKPT = FIXTURE / "official_conv_small.pth"
@@ -55,7 +55,7 @@ def _max_diff(model, io) -> float:
 
 
 def test_converted_fixture_reproduces_the_official_logits(converted, io):
-    from remamber.hub import load_pretrained, read_config
+    from remamber.hub.folders import load_pretrained, read_config
 
     config = read_config(converted)
     assert config.dims == [8, 16, 32, 64] and config.depths == [1, 1, 2, 1] and config.twister_depths == [2, 2, 2, 2]
@@ -87,7 +87,10 @@ def test_the_official_names_map_one_to_one():
         assert ours_to_official(ours) == official
     # text names are canonical (no text_model level) on the official side; ours follow transformers' layout
     assert official_to_ours("text_encoder.final_layer_norm.weight") == "text_encoder.model.final_layer_norm.weight"
-    assert ours_to_official("text_encoder.model.final_layer_norm.weight") == "text_encoder.text_model.final_layer_norm.weight"
+    assert (
+        ours_to_official("text_encoder.model.final_layer_norm.weight")
+        == "text_encoder.text_model.final_layer_norm.weight"
+    )
     assert official_to_ours("backbone.classifier.head.weight") is None
 
 
@@ -176,12 +179,14 @@ def test_a_tokenizer_larger_than_the_text_vocabulary_is_refused():
     from remamber.export.official import build_from_official
     from remamber.modeling.text import build_scratch_tokenizer
 
-    with pytest.raises(WeightsError, match="the tokenizer has 208 tokens but the checkpoint's text encoder knows only 100"):
+    with pytest.raises(
+        WeightsError, match="the tokenizer has 208 tokens but the checkpoint's text encoder knows only 100"
+    ):
         build_from_official(CKPT, tokenizer=build_scratch_tokenizer())
 
 
 def test_cli_converts_end_to_end(tmp_path, io):
-    from remamber.hub import load_pretrained
+    from remamber.hub.folders import load_pretrained
 
     tok_dir = tmp_path / "tok"
     small_tokenizer().save_pretrained(str(tok_dir))
@@ -196,14 +201,20 @@ def test_cli_converts_end_to_end(tmp_path, io):
 def test_cli_errors_are_one_line(tmp_path):
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"this is not a checkpoint")
-    assert_one_line_error(run_cli("export", "--from-official", str(junk), "--out", str(tmp_path / "o")),
-                          "not a readable PyTorch checkpoint")
-    assert_one_line_error(run_cli("export", "--from-official", str(CKPT), "--variant", "mamba", "--out", str(tmp_path / "o")),
-                          "no Mamba decoder")
+    assert_one_line_error(
+        run_cli("export", "--from-official", str(junk), "--out", str(tmp_path / "o")),
+        "not a readable PyTorch checkpoint",
+    )
+    assert_one_line_error(
+        run_cli("export", "--from-official", str(CKPT), "--variant", "mamba", "--out", str(tmp_path / "o")),
+        "no Mamba decoder",
+    )
     # the default tokenizer is CLIP's: offline with an empty cache it cannot be had
     offline = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
-    assert_one_line_error(run_cli("export", "--from-official", str(CKPT), "--out", str(tmp_path / "o"), env=offline),
-                          "openai/clip-vit-large-patch14")
+    assert_one_line_error(
+        run_cli("export", "--from-official", str(CKPT), "--out", str(tmp_path / "o"), env=offline),
+        "openai/clip-vit-large-patch14",
+    )
     assert not (tmp_path / "o").exists()
 
 

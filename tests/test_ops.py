@@ -96,7 +96,9 @@ def test_fused_without_D_or_delta_bias(n):
     out = scan_cpu.selective_scan_fused(**kw, delta_softplus=True)
     assert _max_rel(out, ref) <= 1e-5
     g = _seeded_like(ref)
-    for name, a, b in zip(leaves, torch.autograd.grad(out, list(leaves.values()), g), torch.autograd.grad(ref, list(leaves.values()), g)):
+    for name, a, b in zip(
+        leaves, torch.autograd.grad(out, list(leaves.values()), g), torch.autograd.grad(ref, list(leaves.values()), g)
+    ):
         assert _max_rel(a, b) <= 1e-5, name
 
 
@@ -110,7 +112,9 @@ def test_fused_backward_any_split_of_the_channels(blocks, monkeypatch):
     ref = selective_scan_ref(**kw, delta_softplus=True)
     out = scan_cpu.selective_scan_fused(**kw, delta_softplus=True)
     g = _seeded_like(ref)
-    for name, a, b in zip(leaves, torch.autograd.grad(out, list(leaves.values()), g), torch.autograd.grad(ref, list(leaves.values()), g)):
+    for name, a, b in zip(
+        leaves, torch.autograd.grad(out, list(leaves.values()), g), torch.autograd.grad(ref, list(leaves.values()), g)
+    ):
         assert _max_rel(a, b) <= 1e-5, name
 
 
@@ -171,7 +175,9 @@ def test_dispatch_on_cpu_never_imports_mamba(backend, monkeypatch):
     monkeypatch.setenv("REMAMBER_SCAN", backend)
     calls = []
     for name in ("selective_scan_fused",):
-        monkeypatch.setattr(scan_cpu, name, lambda *a, _f=getattr(scan_cpu, name), **k: calls.append(name) or _f(*a, **k))
+        monkeypatch.setattr(
+            scan_cpu, name, lambda *a, _f=getattr(scan_cpu, name), **k: calls.append(name) or _f(*a, **k)
+        )
     monkeypatch.setattr(scan_cpu, "compiled", lambda d_state: False)  # as in a fresh process
     kw = _inputs(1, 4, 10, 1)
     ref = selective_scan_ref(**kw, delta_softplus=True)
@@ -256,6 +262,7 @@ class _TinyScan(torch.nn.Module):
 def test_parallel_scan_exports_to_small_loop_free_onnx(length):
     import onnx
     import onnxruntime as ort
+
     model, d, n, g = _TinyScan().eval(), 8, 4, 2
     names = ["u", "delta", "B", "C", "z"]
 
@@ -268,8 +275,14 @@ def test_parallel_scan_exports_to_small_loop_free_onnx(length):
     with scan_backend("parallel"), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about sizes read as Python ints
         torch.onnx.export(
-            model, inputs(2, 0), buf, input_names=names, output_names=["y"],
-            dynamic_axes={k: {0: "batch"} for k in [*names, "y"]}, opset_version=17, dynamo=False,
+            model,
+            inputs(2, 0),
+            buf,
+            input_names=names,
+            output_names=["y"],
+            dynamic_axes={k: {0: "batch"} for k in [*names, "y"]},
+            opset_version=17,
+            dynamo=False,
         )
     graph = onnx.load_from_string(buf.getvalue())
     onnx.checker.check_model(graph)
@@ -280,8 +293,9 @@ def test_parallel_scan_exports_to_small_loop_free_onnx(length):
     feeds = inputs(3, 1)  # another batch size, through the dynamic axis
     (got,) = session.run(None, {k: v.numpy() for k, v in zip(names, feeds)})
     with torch.no_grad():
-        want = selective_scan_ref(feeds[0], feeds[1], model.A, feeds[2], feeds[3], model.D, feeds[4],
-                                  model.delta_bias, delta_softplus=True)
+        want = selective_scan_ref(
+            feeds[0], feeds[1], model.A, feeds[2], feeds[3], model.D, feeds[4], model.delta_bias, delta_softplus=True
+        )
     assert _max_rel(torch.from_numpy(got), want) <= 1e-4
 
 
@@ -363,7 +377,9 @@ def test_cuda_dispatch_matches_reference_forward_backward(case, with_z, monkeypa
     if mamba_installed:
         kernel = scan_module._mamba_cuda_kernel()
         assert kernel is not None, "mamba_ssm is installed but does not import"
-        monkeypatch.setattr(scan_module, "_mamba_cuda_kernel", lambda: lambda *a, **k: calls.append(1) or kernel(*a, **k))
+        monkeypatch.setattr(
+            scan_module, "_mamba_cuda_kernel", lambda: lambda *a, **k: calls.append(1) or kernel(*a, **k)
+        )
     kw = _inputs(**case)
     if not with_z:
         kw["z"] = None

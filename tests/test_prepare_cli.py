@@ -17,7 +17,10 @@ def run_cli(home: Path, *args: str) -> subprocess.CompletedProcess:
     env.pop("REMAMBER_DEBUG", None)
     return subprocess.run(
         [sys.executable, "-m", "remamber", *args],
-        capture_output=True, text=True, env=env, timeout=120,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
 
 
@@ -58,9 +61,18 @@ def test_path_flags_override_defaults(refer_fixture, tmp_path):
     moved = tmp_path / "elsewhere"
     fx.refer_root.rename(moved)
     proc = run_cli(
-        tmp_path / "empty-home", "prepare", "refcoco", "--refer-root", str(moved),
-        "--coco-images", str(fx.images_root), "--out", str(tmp_path / "o"),
-        "--limit", "1", "--json",
+        tmp_path / "empty-home",
+        "prepare",
+        "refcoco",
+        "--refer-root",
+        str(moved),
+        "--coco-images",
+        str(fx.images_root),
+        "--out",
+        str(tmp_path / "o"),
+        "--limit",
+        "1",
+        "--json",
     )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
@@ -71,7 +83,11 @@ def test_path_flags_override_defaults(refer_fixture, tmp_path):
 def test_missing_files_listed_with_hints(tmp_path):
     err = assert_one_line_error(
         run_cli(tmp_path, "prepare", "refcoco"),
-        "refs(unc).p", "instances.json", "refcoco.zip", "train2014", "cocodataset.org",
+        "refs(unc).p",
+        "instances.json",
+        "refcoco.zip",
+        "train2014",
+        "cocodataset.org",
     )
     assert "lichengunc/refer" in err
     assert not (tmp_path / "datasets").exists()
@@ -159,9 +175,18 @@ def test_help_documents_sources_layout_and_defaults(tmp_path):
     main = run_cli(home, "prepare", "--help")
     assert main.returncode == 0
     for fragment in (
-        "refs(unc).p", "refs(umd).p", "instances.json", "lichengunc/refer", "LAVT",
-        "cocodataset.org", "train2014.zip", "refer/refcoco/", "coco/train2014/",
-        "datasets/<name>/", "REMAMBER_HOME", str(home),
+        "refs(unc).p",
+        "refs(umd).p",
+        "instances.json",
+        "lichengunc/refer",
+        "LAVT",
+        "cocodataset.org",
+        "train2014.zip",
+        "refer/refcoco/",
+        "coco/train2014/",
+        "datasets/<name>/",
+        "REMAMBER_HOME",
+        str(home),
     ):
         assert fragment in main.stdout, fragment
     for name, split_by in (("refcoco", "unc"), ("refcoco+", "unc"), ("refcocog", "umd")):
@@ -169,9 +194,15 @@ def test_help_documents_sources_layout_and_defaults(tmp_path):
         assert sub.returncode == 0
         text = " ".join(sub.stdout.split())
         for fragment in (
-            str(home / "refer"), str(home / "coco" / "train2014"), str(home / "datasets" / name),
-            f"[default: ({split_by})]", "refs(unc).p", "cocodataset.org", "lichengunc/refer",
-            "--skip-missing", "--limit",
+            str(home / "refer"),
+            str(home / "coco" / "train2014"),
+            str(home / "datasets" / name),
+            f"[default: ({split_by})]",
+            "refs(unc).p",
+            "cocodataset.org",
+            "lichengunc/refer",
+            "--skip-missing",
+            "--limit",
         ):
             assert fragment in text, (name, fragment)
     shapes = " ".join(run_cli(home, "prepare", "shapes", "--help").stdout.split())

@@ -39,7 +39,7 @@ def _commands(block: str) -> list[list[str]]:
             if words and words[0] == "remamber":
                 out.append(words[1:])
             elif "-m" in words and words.index("-m") + 1 < len(words) and words[words.index("-m") + 1] == "remamber":
-                out.append(words[words.index("-m") + 2:])
+                out.append(words[words.index("-m") + 2 :])
     return out
 
 
@@ -87,13 +87,21 @@ def test_marked_blocks_run_as_written(tmp_path):
     bindir = tmp_path / "bin"
     bindir.mkdir()
     launcher = bindir / "remamber"
-    launcher.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} -m remamber \"$@\"\n")
+    launcher.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -m remamber "$@"\n')
     launcher.chmod(0o755)
     env = {
-        **os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}", "REMAMBER_HOME": str(tmp_path / "home"),
-        "HF_HUB_OFFLINE": "1", "COLUMNS": "200", "NO_COLOR": "1",
+        **os.environ,
+        "PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}",
+        "REMAMBER_HOME": str(tmp_path / "home"),
+        "HF_HUB_OFFLINE": "1",
+        "COLUMNS": "200",
+        "NO_COLOR": "1",
     }
     env.pop("REMAMBER_DEBUG", None)
     for body in blocks:
-        proc = subprocess.run(["bash", "-euo", "pipefail", "-c", body], cwd=work, env=env, capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, f"README block failed:\n{body}\n--- stdout\n{proc.stdout[-2000:]}\n--- stderr\n{proc.stderr[-3000:]}"
+        proc = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", body], cwd=work, env=env, capture_output=True, text=True, timeout=600
+        )
+        assert proc.returncode == 0, (
+            f"README block failed:\n{body}\n--- stdout\n{proc.stdout[-2000:]}\n--- stderr\n{proc.stderr[-3000:]}"
+        )

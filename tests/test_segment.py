@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
+from model_fixtures import assert_one_line_error, run_cli
 from PIL import Image
 
-from model_fixtures import assert_one_line_error, run_cli
-from remamber.errors import InputError, WeightsError
-from remamber.images import load_image, overlay, text_slug
+from remamber.inference.images import load_image, overlay, text_slug
+from remamber.utils.errors import InputError, WeightsError
 
 
 def _read_mask(path) -> np.ndarray:
@@ -24,7 +24,9 @@ def _read_mask(path) -> np.ndarray:
 
 def test_segment_end_to_end_json(tiny_model_dir, rgb_image, tmp_path):
     out = tmp_path / "out"
-    res = run_cli("segment", str(rgb_image), "The red circle!", "--weights", str(tiny_model_dir), "--out", str(out), "--json")
+    res = run_cli(
+        "segment", str(rgb_image), "The red circle!", "--weights", str(tiny_model_dir), "--out", str(out), "--json"
+    )
     assert res.code == 0, res.stderr
     result = json.loads(res.stdout)
     assert set(result) >= {"image", "text", "mask", "overlay", "area", "mean_prob", "rle", "width", "height", "seconds"}
@@ -43,8 +45,8 @@ def test_segment_end_to_end_json(tiny_model_dir, rgb_image, tmp_path):
 
 
 def test_threshold_and_no_overlay(tiny_model_dir, rgb_image, tmp_path):
-    from remamber.hub import load_pretrained
-    from remamber.predictor import Predictor
+    from remamber.hub.folders import load_pretrained
+    from remamber.inference.predictor import Predictor
 
     with Image.open(rgb_image) as im:
         probs = Predictor(load_pretrained(tiny_model_dir)).predict(im, "circle").probs
@@ -52,8 +54,19 @@ def test_threshold_and_no_overlay(tiny_model_dir, rgb_image, tmp_path):
     for threshold in (f"{q:.6f}" for q in np.quantile(probs, [0.3, 0.7])):  # two thresholds inside the model's range
         out = tmp_path / threshold
         res = run_cli(
-            "segment", str(rgb_image), "circle", "--weights", str(tiny_model_dir), "--out", str(out),
-            "--no-overlay", "--threshold", threshold, "--json", "--device", "cpu",
+            "segment",
+            str(rgb_image),
+            "circle",
+            "--weights",
+            str(tiny_model_dir),
+            "--out",
+            str(out),
+            "--no-overlay",
+            "--threshold",
+            threshold,
+            "--json",
+            "--device",
+            "cpu",
         )
         assert res.code == 0, res.stderr
         result = json.loads(res.stdout)
@@ -69,22 +82,30 @@ def test_batch_keeps_going_and_exits_nonzero(tiny_model_dir, rgb_image, tmp_path
     (tmp_path / "notes.txt").write_text("not an image")
     jobs = tmp_path / "jobs.jsonl"
     jobs.write_text(
-        "\n".join([
-            json.dumps({"image": str(rgb_image), "text": "red circle"}),
-            "{not json",
-            json.dumps({"image": str(tmp_path / "missing.png"), "text": "x"}),
-            json.dumps({"image": str(tmp_path / "notes.txt"), "text": "x"}),
-            "",
-            json.dumps({"image": str(rgb_image), "text": "blue square"}),
-        ]) + "\n"
+        "\n".join(
+            [
+                json.dumps({"image": str(rgb_image), "text": "red circle"}),
+                "{not json",
+                json.dumps({"image": str(tmp_path / "missing.png"), "text": "x"}),
+                json.dumps({"image": str(tmp_path / "notes.txt"), "text": "x"}),
+                "",
+                json.dumps({"image": str(rgb_image), "text": "blue square"}),
+            ]
+        )
+        + "\n"
     )
-    res = run_cli("segment", "--batch", str(jobs), "--weights", str(tiny_model_dir), "--out", str(tmp_path / "o"), "--json")
+    res = run_cli(
+        "segment", "--batch", str(jobs), "--weights", str(tiny_model_dir), "--out", str(tmp_path / "o"), "--json"
+    )
     assert res.code == 1
     records = [json.loads(line) for line in res.stdout.splitlines()]
     assert [r.get("text") for r in records if "error" not in r] == ["red circle", "blue square"]
     assert sorted(r["line"] for r in records if "error" in r) == [2, 3, 4]
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [
-        "photo.blue-square.mask.png", "photo.blue-square.overlay.jpg", "photo.red-circle.mask.png", "photo.red-circle.overlay.jpg",
+        "photo.blue-square.mask.png",
+        "photo.blue-square.overlay.jpg",
+        "photo.red-circle.mask.png",
+        "photo.red-circle.overlay.jpg",
     ]
     assert "error: line 2" in res.stderr and "error: line 3" in res.stderr and "missing.png" in res.stderr
     assert "Traceback" not in res.stderr
@@ -96,7 +117,7 @@ class _StubPredictor:
     config = type("Config", (), {"max_text_len": 77})()
 
     def predict(self, img, text):
-        from remamber.pixels import Prediction
+        from remamber.inference.processing import Prediction
 
         if text == "boom":
             raise RuntimeError("the kernel failed")
@@ -113,18 +134,33 @@ def test_batch_names_never_collide_and_any_failure_is_one_item(rgb_image, tmp_pa
     other.write_bytes(rgb_image.read_bytes())
     long_name = tmp_path / ("p" * 240 + ".jpg")  # a name near the 255-byte limit
     long_name.write_bytes(rgb_image.read_bytes())
-    jobs = [(rgb_image, "the yellow circle"), (other, "the yellow circle"), (rgb_image, "The yellow circle!"),
-            (rgb_image, "黄色的圆"), (rgb_image, "红色的方块"), (rgb_image, "boom"), (long_name, "a " * 200), (rgb_image, "café")]
+    jobs = [
+        (rgb_image, "the yellow circle"),
+        (other, "the yellow circle"),
+        (rgb_image, "The yellow circle!"),
+        (rgb_image, "黄色的圆"),
+        (rgb_image, "红色的方块"),
+        (rgb_image, "boom"),
+        (long_name, "a " * 200),
+        (rgb_image, "café"),
+    ]
     batch = tmp_path / "jobs.jsonl"
-    batch.write_text("".join(json.dumps({"image": str(i), "text": t}, ensure_ascii=False) + "\n" for i, t in jobs), encoding="utf-8")
+    batch.write_text(
+        "".join(json.dumps({"image": str(i), "text": t}, ensure_ascii=False) + "\n" for i, t in jobs), encoding="utf-8"
+    )
     out = tmp_path / "out"
     out.mkdir()
     assert _run_batch(_StubPredictor(), str(batch), out, True, False, True) == 1  # only "boom" failed
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r.get("error") for r in lines] == [None] * 5 + ["RuntimeError: the kernel failed", None, None]
     masks = [Path(r["mask"]).name for r in lines if "mask" in r]
-    assert masks[:5] == ["photo.the-yellow-circle.mask.png", "photo.the-yellow-circle-2.mask.png",
-                         "photo.the-yellow-circle-3.mask.png", "photo.黄色的圆.mask.png", "photo.红色的方块.mask.png"]
+    assert masks[:5] == [
+        "photo.the-yellow-circle.mask.png",
+        "photo.the-yellow-circle-2.mask.png",
+        "photo.the-yellow-circle-3.mask.png",
+        "photo.黄色的圆.mask.png",
+        "photo.红色的方块.mask.png",
+    ]
     assert masks[6] == "photo.cafe.mask.png" and len(masks[5].encode()) < 255
     assert sorted(p.name for p in out.iterdir() if p.name.endswith(".mask.png")) == sorted(masks)
 

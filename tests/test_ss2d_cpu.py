@@ -124,7 +124,9 @@ def test_small_calls_wait_for_the_kernel_to_be_compiled(monkeypatch):
     assert ss2d_cpu.usable(x, A)
 
 
-@pytest.mark.parametrize("threads,b,d,expected", [(2, 1, 256, 128), (2, 1, 1024, 256), (16, 1, 256, 16), (2, 1, 24, 16), (4, 2, 100, 64)])
+@pytest.mark.parametrize(
+    "threads,b,d,expected", [(2, 1, 256, 128), (2, 1, 1024, 256), (16, 1, 256, 16), (2, 1, 24, 16), (4, 2, 100, 64)]
+)
 def test_block_size(threads, b, d, expected, monkeypatch):
     monkeypatch.setattr(scan_cpu.numba, "get_num_threads", lambda: threads)
     assert ss2d_cpu.block_size(b, d) == expected

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from model_fixtures import assert_one_line_error, run_cli
-from remamber.hub import load_pretrained, save_pretrained
+
+from remamber.hub.folders import load_pretrained, save_pretrained
 from remamber.modeling.presets import build_model, preset_config
 from remamber.modeling.text import build_scratch_tokenizer
 
@@ -19,9 +19,20 @@ def _tiny_clip_folder(path):
     from transformers import CLIPConfig, CLIPModel
 
     tok = build_scratch_tokenizer(WORDS)
-    text = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                max_position_embeddings=20, pad_token_id=0, bos_token_id=2, eos_token_id=3)
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=16)
+    text = dict(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        max_position_embeddings=20,
+        pad_token_id=0,
+        bos_token_id=2,
+        eos_token_id=3,
+    )
+    vision = dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=16
+    )
     CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(path)
     tok.save_pretrained(path)
     return path
@@ -34,8 +45,16 @@ def _tiny_bert_folder(path):
     (path / "vocab.txt").parent.mkdir(parents=True, exist_ok=True)
     (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
     BertTokenizerFast(vocab_file=str(path / "vocab.txt")).save_pretrained(path)
-    BertModel(BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=64, max_position_embeddings=32)).save_pretrained(path)
+    BertModel(
+        BertConfig(
+            vocab_size=len(vocab),
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=32,
+        )
+    ).save_pretrained(path)
     return path
 
 

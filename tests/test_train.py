@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from model_fixtures import assert_one_line_error, run_cli
 from safetensors.torch import load_file
 
-from model_fixtures import assert_one_line_error, run_cli
 from remamber.engine.losses import dice_loss, segmentation_loss
 from remamber.engine.sampling import epoch_batches
 from remamber.engine.train import _param_groups, lr_factor
@@ -38,7 +38,9 @@ def _assert_same_weights(a: dict, b: dict, atol: float = 1e-6) -> None:
 
 
 def _start(args: list[str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "remamber", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "remamber", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def _wait_for_step(run: Path, step: int, proc: subprocess.Popen, timeout: float = 240) -> None:
@@ -62,7 +64,20 @@ def _logged_steps(run: Path) -> list[int]:
 
 
 def test_sigkill_then_resume_reaches_the_same_weights(small_shapes, tmp_path):
-    extra = ["--epochs", "2", "--ckpt-every", "1", "--seed", "3", "--limit", "16", "--grad-accum", "1", "--device", "cpu"]
+    extra = [
+        "--epochs",
+        "2",
+        "--ckpt-every",
+        "1",
+        "--seed",
+        "3",
+        "--limit",
+        "16",
+        "--grad-accum",
+        "1",
+        "--device",
+        "cpu",
+    ]
     straight = tmp_path / "straight"
     res = run_cli(*_train_args(small_shapes, straight, *extra))
     assert res.code == 0, res.stderr
@@ -99,7 +114,9 @@ def test_ctrl_c_saves_and_resume_continues(small_shapes, tmp_path):
     assert record["settings"]["limit"] == 8 and record["train_samples"] == 8
     card = (run / "checkpoints" / "last" / "README.md").read_text()
     assert "## Training" in card and "on shapes (8 training samples)" in card
-    res = run_cli("eval", "--weights", str(run / "checkpoints" / "last"), "--data", str(small_shapes), "--split", "val", "--json")
+    res = run_cli(
+        "eval", "--weights", str(run / "checkpoints" / "last"), "--data", str(small_shapes), "--split", "val", "--json"
+    )
     assert res.code == 0, res.stderr  # a checkpoint is a model folder eval loads directly
     saved, logged = state["position"]["step"], len(_logged_steps(run))
     proc = _start(["train", "--out", str(run), "--resume"])  # goes on from the saved step
@@ -107,14 +124,16 @@ def test_ctrl_c_saves_and_resume_continues(small_shapes, tmp_path):
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
-    assert _logged_steps(run)[logged:logged + 2] == [saved + 1, saved + 2]
+    assert _logged_steps(run)[logged : logged + 2] == [saved + 1, saved + 2]
 
 
 def test_train_never_starts_over_an_existing_run_or_a_file(small_shapes, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "train_config.json").write_text("{}")
-    assert_one_line_error(run_cli(*_train_args(small_shapes, run, "--max-steps", "1")), "already holds a training run", "--resume")
+    assert_one_line_error(
+        run_cli(*_train_args(small_shapes, run, "--max-steps", "1")), "already holds a training run", "--resume"
+    )
     (tmp_path / "afile").write_text("")
     assert_one_line_error(run_cli(*_train_args(small_shapes, tmp_path / "afile", "--max-steps", "1")), "is a file")
     assert sorted(p.name for p in run.iterdir()) == ["train_config.json"]
@@ -123,7 +142,20 @@ def test_train_never_starts_over_an_existing_run_or_a_file(small_shapes, tmp_pat
 def test_ddp_two_processes_equal_one_process_with_the_global_batch(small_shapes, tmp_path):
     """SGD with lr 1 makes the parameter change the gradient itself (AdamW's first step is
     ~lr*sign(g), which turns rounding noise of zero gradients into +-lr)."""
-    step = ["--max-steps", "1", "--device", "cpu", "--optimizer", "sgd", "--lr", "1.0", "--min-lr", "1.0", "--weight-decay", "0"]
+    step = [
+        "--max-steps",
+        "1",
+        "--device",
+        "cpu",
+        "--optimizer",
+        "sgd",
+        "--lr",
+        "1.0",
+        "--min-lr",
+        "1.0",
+        "--weight-decay",
+        "0",
+    ]
     one = tmp_path / "one"
     res = run_cli(*_train_args(small_shapes, one, *step))
     assert res.code == 0, res.stderr
@@ -139,7 +171,11 @@ def test_ddp_two_processes_equal_one_process_with_the_global_batch(small_shapes,
 
 def test_nan_loss_stops_with_one_line_and_keeps_the_last_checkpoint(small_shapes, tmp_path):
     run = tmp_path / "nan"
-    res = run_cli(*_train_args(small_shapes, run, "--lr", "1e30", "--min-lr", "1e30", "--epochs", "20", "--limit", "4", "--ckpt-every", "1"))
+    res = run_cli(
+        *_train_args(
+            small_shapes, run, "--lr", "1e30", "--min-lr", "1e30", "--epochs", "20", "--limit", "4", "--ckpt-every", "1"
+        )
+    )
     assert_one_line_error(res, "loss became", code=1)
     assert (run / "checkpoints" / "last" / "model.safetensors").exists()
 
@@ -147,9 +183,13 @@ def test_nan_loss_stops_with_one_line_and_keeps_the_last_checkpoint(small_shapes
 def test_bad_training_inputs(small_shapes, tmp_path):
     assert_one_line_error(run_cli(*_train_args(small_shapes, tmp_path / "r", "--preset", "huge")), "unknown preset")
     assert_one_line_error(run_cli(*_train_args(small_shapes, tmp_path / "r", "--epochs", "0")), "--epochs")
-    assert_one_line_error(run_cli(*_train_args(small_shapes, tmp_path / "r", "--text-lr-scale", "0")), "--text-lr-scale")
+    assert_one_line_error(
+        run_cli(*_train_args(small_shapes, tmp_path / "r", "--text-lr-scale", "0")), "--text-lr-scale"
+    )
     assert_one_line_error(run_cli("train", "--out", str(tmp_path / "none"), "--resume"), "--resume")
-    assert_one_line_error(run_cli("train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r")), "missing")
+    assert_one_line_error(
+        run_cli("train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r")), "missing"
+    )
 
 
 def test_lr_schedule_warmup_then_cosine():

@@ -8,23 +8,28 @@ import json
 
 import pytest
 import torch
-
 from model_fixtures import assert_one_line_error, run_cli
-from remamber.errors import ConfigError
-from remamber.hub import load_pretrained, save_pretrained
+
+from remamber.hub.folders import load_pretrained, save_pretrained
 from remamber.modeling.backbones import GatedCNNBlock, MambaVisionMixer, SelfAttention
 from remamber.modeling.config import BACKBONES, FUSIONS, INTERACTIONS, SCANS, ModelConfig
 from remamber.modeling.fusion import HybridSS2D
 from remamber.modeling.presets import build_model, preset_config
 from remamber.modeling.ss2d import SS2D
 from remamber.ops.hybrid_scan import hybrid_scan, hybrid_scan_ref
+from remamber.utils.errors import ConfigError
 
 # A micro tiny preset: every variant builds and runs in well under a second.
-MICRO = preset_config("tiny").replace(image_size=64, dims=[16, 32, 32, 64], local_hidden=16, decoder_dim=16, channel_scan_size=4)
+MICRO = preset_config("tiny").replace(
+    image_size=64, dims=[16, 32, 32, 64], local_hidden=16, decoder_dim=16, channel_scan_size=4
+)
 
 COMBOS = [dict(fusion=f, backbone=b) for f in FUSIONS for b in BACKBONES] + [
     dict(scan=s, interaction=i, backbone=b)
-    for s in SCANS for i in INTERACTIONS for b in BACKBONES if (s, i) != (SCANS[0], INTERACTIONS[0])
+    for s in SCANS
+    for i in INTERACTIONS
+    for b in BACKBONES
+    if (s, i) != (SCANS[0], INTERACTIONS[0])
 ]
 
 
@@ -35,9 +40,15 @@ def _hybrid_inputs(every_padding: int = 2):
     sdelta = torch.rand(b, K, d, t, generator=g, dtype=torch.float64) * 0.5
     sdelta[..., t - every_padding :] = 0.0  # padded text tokens
     args = [
-        r(b, K, d, l), torch.rand(b, K, d, l, generator=g, dtype=torch.float64) * 5.0,  # u, delta up to 5
+        r(b, K, d, l),
+        torch.rand(b, K, d, l, generator=g, dtype=torch.float64) * 5.0,  # u, delta up to 5
         -torch.rand(K, d, n, generator=g, dtype=torch.float64) * 50.0,  # A down to -50
-        r(b, K, n, l), r(b, K, n, l), r(K, d), r(b, K, d, t), sdelta, r(b, K, n, t),
+        r(b, K, n, l),
+        r(b, K, n, l),
+        r(K, d),
+        r(b, K, d, t),
+        sdelta,
+        r(b, K, n, t),
     ]
     return [a.requires_grad_() for a in args]
 
@@ -124,7 +135,8 @@ def test_backbone_blocks_are_the_named_designs():
     mv = build_model(MICRO.replace(backbone="mambavision", depths=[1, 1, 4, 3]))
     kinds = [[type(b.op).__name__ for b in s.blocks] for s in mv.encoder.stages]
     assert kinds == [
-        ["MambaVisionMixer"], ["MambaVisionMixer"],
+        ["MambaVisionMixer"],
+        ["MambaVisionMixer"],
         ["MambaVisionMixer", "MambaVisionMixer", "SelfAttention", "SelfAttention"],
         ["MambaVisionMixer", "SelfAttention", "SelfAttention"],
     ]
@@ -149,21 +161,51 @@ def test_variant_settings_are_validated():
 
 
 def test_train_cli_builds_the_variant_and_refuses_bad_ones(small_shapes, tmp_path):
-    common = ["train", "--data", str(small_shapes), "--preset", "tiny", "--image-size", "64", "--batch-size", "2",
-              "--max-steps", "1", "--val-split", "", "--limit", "2"]
+    common = [
+        "train",
+        "--data",
+        str(small_shapes),
+        "--preset",
+        "tiny",
+        "--image-size",
+        "64",
+        "--batch-size",
+        "2",
+        "--max-steps",
+        "1",
+        "--val-split",
+        "",
+        "--limit",
+        "2",
+    ]
     out = tmp_path / "run"
     res = run_cli(*common, "--out", str(out), "--fusion", "hmnet", "--recap-every", "16", "--backbone", "mambaout")
     assert res.code == 0, res.stderr
     saved = json.loads((out / "checkpoints" / "last" / "config.json").read_text())
     assert (saved["fusion"], saved["recap_every"], saved["backbone"]) == ("hmnet", 16, "mambaout")
-    assert_one_line_error(run_cli(*common, "--out", str(tmp_path / "bad"), "--fusion", "concat"), "unknown fusion 'concat'")
-    assert_one_line_error(run_cli(*common, "--out", str(tmp_path / "bad2"), "--fusion", "film", "--scan", "spatial"), "twister fusion only")
-    clash = run_cli(*common, "--out", str(tmp_path / "bad3"), "--init", str(out / "checkpoints" / "last"), "--fusion", "film")
+    assert_one_line_error(
+        run_cli(*common, "--out", str(tmp_path / "bad"), "--fusion", "concat"), "unknown fusion 'concat'"
+    )
+    assert_one_line_error(
+        run_cli(*common, "--out", str(tmp_path / "bad2"), "--fusion", "film", "--scan", "spatial"),
+        "twister fusion only",
+    )
+    clash = run_cli(
+        *common, "--out", str(tmp_path / "bad3"), "--init", str(out / "checkpoints" / "last"), "--fusion", "film"
+    )
     assert_one_line_error(clash, "--fusion would change the architecture")
 
 
-@pytest.mark.parametrize("variant", [dict(fusion="hmnet", backbone="mambavision"), dict(fusion="attention", backbone="mambaout"),
-                                     dict(fusion="in-context"), dict(fusion="film")], ids=lambda c: "-".join(c.values()))
+@pytest.mark.parametrize(
+    "variant",
+    [
+        dict(fusion="hmnet", backbone="mambavision"),
+        dict(fusion="attention", backbone="mambaout"),
+        dict(fusion="in-context"),
+        dict(fusion="film"),
+    ],
+    ids=lambda c: "-".join(c.values()),
+)
 def test_variants_export_to_onnx(variant, tmp_path):
     from remamber.export.onnx import export_onnx
 

@@ -41,7 +41,9 @@ def test_winograd_matches_the_plain_convolution(n, cin, cout, h, w, bias, block)
         assert out.shape == ref.shape and out.is_contiguous(memory_format=torch.channels_last)
         assert _rel(out, ref) <= TOL
         # the filters made beforehand, and a channels-last input
-        given = conv3x3_winograd(x.to(memory_format=torch.channels_last), weight, b, winograd.winograd_filters(weight), block)
+        given = conv3x3_winograd(
+            x.to(memory_format=torch.channels_last), weight, b, winograd.winograd_filters(weight), block
+        )
         assert torch.equal(given, out)
 
 

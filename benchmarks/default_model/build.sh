@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# How weights/remamber-tiny-shapes was made, step by step (stages 1-5, 7 and 8 on 2 CPU cores, about 6.7 hours of
+# How remamber/pretrained/remamber-tiny-shapes was made, step by step (stages 1-5, 7 and 8 on 2 CPU cores, about 6.7 hours of
 # training; stage 6 on one CUDA GPU, 6.4 minutes on an H100).
 # Each step is what was run; rerunning gives the same data and, up to thread scheduling and
 # float rounding (stages 1 and 2 ran with an earlier build of the scan kernel: same arithmetic,
@@ -68,7 +68,7 @@ remamber train --data $R/shapes-seed5 --out $R/run8 --init $R/run7/checkpoints/l
 remamber prepare shapes --out $R/shapes-seed6 --train 16000 --val 100 --test 0 --seed 6 --workers 2
 
 # 14. Stage 8, on 2 CPU cores: continue from stage 7's last checkpoint (the weights shipped before
-#     this stage; it was run as `--init weights/remamber-tiny-shapes`, the same tensors) at batch
+#     this stage; it was run as `--init remamber/pretrained/remamber-tiny-shapes`, the same tensors) at batch
 #     16, lr 2e-4, with an EMA, 11,000 steps (log: benchmarks/results/default_model_stage8_log.jsonl).
 remamber train --data $R/shapes-seed6 --out $R/run9 --init $R/run8/checkpoints/last --epochs 100 \
   --max-steps 11000 --time-limit 132 --batch-size 16 --lr 2e-4 --min-lr 2e-6 --warmup-steps 100 --clip-grad 1.0 \
@@ -82,5 +82,5 @@ remamber eval --weights $R/run9/checkpoints/last --data $R/test-seed1 --split te
   > benchmarks/results/default_model_eval.json
 
 # 17. The shipped folder: weights, tokenizer, training record, card with the evaluation and notes.
-remamber export $R/run9/checkpoints/last --format hub --out weights/remamber-tiny-shapes \
+remamber export $R/run9/checkpoints/last --format hub --out remamber/pretrained/remamber-tiny-shapes \
   --metrics benchmarks/results/default_model_eval.json --notes benchmarks/default_model/notes.md

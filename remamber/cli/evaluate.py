@@ -10,12 +10,12 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
 from remamber.data.catalog import KNOWN_DATASETS, SHAPES_NAME, default_out
-from remamber.errors import InputError, check_threshold
+from remamber.utils.errors import InputError, check_threshold
 
 DATASETS = (*KNOWN_DATASETS, SHAPES_NAME)
 EVAL_SIZES = ("original", "input")
@@ -50,7 +50,7 @@ The table shows percent; --json prints one object with samples, mIoU, oIoU, P@50
 """
 
 
-def _not_prepared(folder: Path, dataset: Optional[str], explicit_data: bool) -> InputError:
+def _not_prepared(folder: Path, dataset: str | None, explicit_data: bool) -> InputError:
     what = "does not exist" if not folder.exists() else f"is not a prepared dataset (no {folder / 'dataset.json'})"
     if explicit_data:
         which = dataset or "|".join(DATASETS)
@@ -82,7 +82,7 @@ def _writable(path: Path, flag: str, want_dir: bool) -> None:
         raise InputError(f"{flag} {path}: cannot write there ({probe} is not a writable folder)")
 
 
-def _open_split(folder: Path, split: str, images_root: Optional[Path], dataset: Optional[str], explicit: bool):
+def _open_split(folder: Path, split: str, images_root: Path | None, dataset: str | None, explicit: bool):
     """Check the prepared folder, the split and the images; returns (PreparedDataset, records)."""
     from remamber.data.manifest import INFO_FILE, PreparedDataset
 
@@ -103,9 +103,7 @@ def _check_images(records: list[dict], root: Path, explicit_root: bool) -> None:
     if missing:
         names = sorted(set(missing))
         hint = "check --images-root" if explicit_root else "if the images moved, pass --images-root DIR"
-        raise InputError(
-            f"{len(names)} image(s) of this split are missing in {root} (first: {names[0]}); {hint}"
-        )
+        raise InputError(f"{len(names)} image(s) of this split are missing in {root} (first: {names[0]}); {hint}")
 
 
 def _print_table(summary: dict[str, Any], title: str) -> None:
@@ -136,31 +134,43 @@ def _print_table(summary: dict[str, Any], title: str) -> None:
 def evaluate(
     ctx: typer.Context,
     split: str = typer.Option(
-        ..., "--split", metavar="NAME",
+        ...,
+        "--split",
+        metavar="NAME",
         help="Split to evaluate: train, val, test, testA, testB (what the prepared folder has).",
         show_default=False,
     ),
-    weights: Optional[str] = typer.Option(
-        None, "--weights", "-w",
+    weights: str | None = typer.Option(
+        None,
+        "--weights",
+        "-w",
         help="Model: a local folder, owner/name, owner/name@revision or hf://owner/name. "
         "Default: the shipped default model.",
         show_default=False,
     ),
     dataset: str = typer.Option(
-        "refcoco", "--dataset", metavar="|".join(DATASETS),
+        "refcoco",
+        "--dataset",
+        metavar="|".join(DATASETS),
         help="Which prepared dataset of the data home (where `remamber prepare NAME` put it).",
     ),
-    data: Optional[Path] = typer.Option(
-        None, "--data", metavar="DIR",
+    data: Path | None = typer.Option(
+        None,
+        "--data",
+        metavar="DIR",
         help="A prepared dataset folder (any `remamber prepare ... --out DIR`); overrides --dataset.",
         show_default=False,
     ),
     threshold: float = typer.Option(
-        0.5, "--threshold", metavar="T",
+        0.5,
+        "--threshold",
+        metavar="T",
         help="Mask = sigmoid(logits) > T (strictly greater), 0 < T < 1.",
     ),
     eval_size: str = typer.Option(
-        "original", "--eval-size", metavar="original|input",
+        "original",
+        "--eval-size",
+        metavar="original|input",
         help="Compare at the original image size (logits upsampled bilinearly) or at the model "
         "input size (ground truth resized with nearest).",
     ),
@@ -168,27 +178,34 @@ def evaluate(
     device: str = typer.Option(
         "auto", "--device", metavar="auto|cpu|cuda", help="auto (CUDA if available), cpu or cuda."
     ),
-    images_root: Optional[Path] = typer.Option(
-        None, "--images-root", metavar="DIR",
+    images_root: Path | None = typer.Option(
+        None,
+        "--images-root",
+        metavar="DIR",
         help="Where the images are, if they moved since `remamber prepare`.",
         show_default="as prepared",
     ),
-    limit: Optional[int] = typer.Option(
+    limit: int | None = typer.Option(
         None, "--limit", metavar="N", help="Only the first N samples (quick checks).", show_default="all"
     ),
     workers: int = typer.Option(0, "--workers", metavar="N", help="Data-loading worker processes."),
     json_out: bool = typer.Option(
-        False, "--json",
+        False,
+        "--json",
         help="Print one JSON object: samples, mIoU, oIoU, P@50..P@90 (fractions in [0, 1]), I, U, "
         "by_type (when present) and the settings used.",
     ),
-    report: Optional[Path] = typer.Option(
-        None, "--report", metavar="FILE",
+    report: Path | None = typer.Option(
+        None,
+        "--report",
+        metavar="FILE",
         help="Write per-sample I, U, IoU as CSV to FILE and an IoU histogram PNG beside it.",
         show_default=False,
     ),
-    save_masks: Optional[Path] = typer.Option(
-        None, "--save-masks", metavar="DIR",
+    save_masks: Path | None = typer.Option(
+        None,
+        "--save-masks",
+        metavar="DIR",
         help="Write each predicted mask as a 0/255 PNG (at the eval size) into DIR.",
         show_default=False,
     ),
@@ -227,7 +244,7 @@ def evaluate(
     from remamber.engine import distributed
     from remamber.engine.evaluate import evaluate as run_eval
     from remamber.engine.evaluate import write_report
-    from remamber.predictor import prefer_fused_scan, resolve_device
+    from remamber.inference.predictor import prefer_fused_scan, resolve_device
 
     dev = resolve_device(device)
     distributed.init_distributed(dev)
@@ -236,12 +253,25 @@ def evaluate(
         cfg = model.config
         prefer_fused_scan(dev, cfg.d_state)  # every batch on one path, in every process
         ds = ReferringDataset(
-            folder, split, cfg.image_size, train=False, mean=cfg.pixel_mean, std=cfg.pixel_std,
+            folder,
+            split,
+            cfg.image_size,
+            train=False,
+            mean=cfg.pixel_mean,
+            std=cfg.pixel_std,
             images_root=images_root,
         )
         result = run_eval(
-            model, ds, threshold=threshold, eval_size=eval_size, batch_size=batch_size, device=dev,
-            save_masks=save_masks, progress=True, limit=limit, num_workers=workers,
+            model,
+            ds,
+            threshold=threshold,
+            eval_size=eval_size,
+            batch_size=batch_size,
+            device=dev,
+            save_masks=save_masks,
+            progress=True,
+            limit=limit,
+            num_workers=workers,
         )
         if not distributed.is_main():
             return
@@ -267,17 +297,14 @@ def evaluate(
             out["masks"] = str(save_masks)
         if result.truncated:
             sys.stderr.write(
-                f"warning: {result.truncated} text(s) were longer than the model's token limit "
-                "and were truncated\n"
+                f"warning: {result.truncated} text(s) were longer than the model's token limit and were truncated\n"
             )
         if json_out:
             sys.stdout.write(json.dumps(out, ensure_ascii=False) + "\n")
             sys.stdout.flush()
             return
         size = "original image size" if eval_size == "original" else f"input size {cfg.image_size}"
-        title = (
-            f"{prepared.name} {split}: {result.samples} samples, threshold {threshold:g}, {size}"
-        )
+        title = f"{prepared.name} {split}: {result.samples} samples, threshold {threshold:g}, {size}"
         _print_table(result.summary, title)
         for key in ("report", "histogram", "masks"):
             if key in out:

@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
-from remamber.errors import InputError
+from remamber.utils.errors import InputError
 
 HELP = """Export a model folder for others: --format hub (clean folder + model card, optionally pushed to the Hugging Face Hub) or --format onnx (model.onnx for onnxruntime); or convert an official ReMamber checkpoint (--from-official).
 
@@ -35,32 +34,57 @@ VARIANTS = ("conv", "mamba")
 
 
 def export(
-    weights: Optional[str] = typer.Argument(
+    weights: str | None = typer.Argument(
         None, help="Model folder or Hub id to export. Default: the shipped default model.", show_default=False
     ),
     fmt: str = typer.Option("hub", "--format", "-f", help="hub or onnx."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder: new, empty, or a model folder of the same format, which is replaced atomically.", show_default=False),
-    metrics: list[Path] = typer.Option(
-        [], "--metrics", help="`remamber eval --json` output to show in the model card (repeatable).", show_default=False
-    ),
-    notes: Optional[Path] = typer.Option(
-        None, "--notes", help="Markdown file appended to the model card (limits, intended use, ...).", show_default=False
-    ),
-    push_to_hub: Optional[str] = typer.Option(
-        None, "--push-to-hub", help="Upload the exported folder to this Hub repository (owner/name).", show_default=False
-    ),
-    private: bool = typer.Option(False, "--private", help="Create the Hub repository as private."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="With --push-to-hub: list what would be uploaded, send nothing."),
-    verify: bool = typer.Option(False, "--verify", help="onnx: compare onnxruntime with PyTorch on sample inputs."),
-    opset: int = typer.Option(17, "--opset", help="onnx: ONNX opset version, 14 to 20."),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object: format, out, files, bytes, and the verify/push results."),
-    from_official: Optional[Path] = typer.Option(
-        None, "--from-official", help="Convert this official ReMamber .pth checkpoint into a model folder at --out.",
+    out: Path | None = typer.Option(
+        None,
+        "--out",
+        "-o",
+        help="Output folder: new, empty, or a model folder of the same format, which is replaced atomically.",
         show_default=False,
     ),
-    variant: str = typer.Option("conv", "--variant", help="--from-official: the official model, conv (ReMamber_Conv) or mamba."),
-    tokenizer: Optional[str] = typer.Option(
-        None, "--tokenizer", help="--from-official: tokenizer (Hub id or folder). Default: openai/clip-vit-large-patch14.",
+    metrics: list[Path] = typer.Option(
+        [],
+        "--metrics",
+        help="`remamber eval --json` output to show in the model card (repeatable).",
+        show_default=False,
+    ),
+    notes: Path | None = typer.Option(
+        None,
+        "--notes",
+        help="Markdown file appended to the model card (limits, intended use, ...).",
+        show_default=False,
+    ),
+    push_to_hub: str | None = typer.Option(
+        None,
+        "--push-to-hub",
+        help="Upload the exported folder to this Hub repository (owner/name).",
+        show_default=False,
+    ),
+    private: bool = typer.Option(False, "--private", help="Create the Hub repository as private."),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="With --push-to-hub: list what would be uploaded, send nothing."
+    ),
+    verify: bool = typer.Option(False, "--verify", help="onnx: compare onnxruntime with PyTorch on sample inputs."),
+    opset: int = typer.Option(17, "--opset", help="onnx: ONNX opset version, 14 to 20."),
+    json_out: bool = typer.Option(
+        False, "--json", help="Print one JSON object: format, out, files, bytes, and the verify/push results."
+    ),
+    from_official: Path | None = typer.Option(
+        None,
+        "--from-official",
+        help="Convert this official ReMamber .pth checkpoint into a model folder at --out.",
+        show_default=False,
+    ),
+    variant: str = typer.Option(
+        "conv", "--variant", help="--from-official: the official model, conv (ReMamber_Conv) or mamba."
+    ),
+    tokenizer: str | None = typer.Option(
+        None,
+        "--tokenizer",
+        help="--from-official: tokenizer (Hub id or folder). Default: openai/clip-vit-large-patch14.",
         show_default=False,
     ),
 ) -> None:
@@ -77,8 +101,8 @@ def export(
     if fmt == "onnx" and from_official is None and (metrics or notes is not None):
         raise InputError("--metrics and --notes go with --format hub")
     from remamber.cli.weights import weights_or_default
-    from remamber.export.hub import read_metrics, read_notes
-    from remamber.hub import ONNX_NAME, WEIGHTS_NAME, check_replaceable
+    from remamber.hub.folders import ONNX_NAME, WEIGHTS_NAME, check_replaceable
+    from remamber.hub.publish import read_metrics, read_notes
 
     # before any work: --out may only be new, empty, or a model folder of the same kind and files
     out = check_replaceable(out, ONNX_NAME if fmt == "onnx" else WEIGHTS_NAME)
@@ -97,7 +121,9 @@ def export(
             )
         from remamber.export.official import convert_official
 
-        folder = convert_official(from_official, variant, out, tokenizer=tokenizer, metrics=card_metrics, notes=card_notes)
+        folder = convert_official(
+            from_official, variant, out, tokenizer=tokenizer, metrics=card_metrics, notes=card_notes
+        )
         result: dict = {"format": fmt, "source": str(from_official), "variant": variant}
     else:
         source = weights_or_default(weights)
@@ -106,20 +132,28 @@ def export(
     files = sorted(p.name for p in folder.iterdir() if p.is_file())
     result.update(out=str(folder), files=files, bytes=sum((folder / f).stat().st_size for f in files))
     if push_to_hub is not None:
-        from remamber.export.hub import push_to_hub as push
+        from remamber.hub.publish import push_to_hub as push
 
         upload = push(folder, push_to_hub, private=private, dry_run=dry_run)
-        result["push"] = {"repo": upload.repo_id, "files": upload.files, "bytes": upload.bytes, "dry_run": dry_run, "url": upload.url}
+        result["push"] = {
+            "repo": upload.repo_id,
+            "files": upload.files,
+            "bytes": upload.bytes,
+            "dry_run": dry_run,
+            "url": upload.url,
+        }
     if json_out:
         sys.stdout.write(json.dumps(result) + "\n")
         return
     _print(result)
 
 
-def _export(source: str, fmt: str, out: Path, metrics: list[dict], notes: str, opset: int, verify: bool, result: dict) -> Path:
+def _export(
+    source: str, fmt: str, out: Path, metrics: list[dict], notes: str, opset: int, verify: bool, result: dict
+) -> Path:
     """Export a model folder as hub or onnx; onnx adds its verification report to ``result``."""
     if fmt == "hub":
-        from remamber.export.hub import export_hub
+        from remamber.hub.publish import export_hub
 
         folder = export_hub(source, out, metrics, notes)
     else:
@@ -131,7 +165,9 @@ def _export(source: str, fmt: str, out: Path, metrics: list[dict], notes: str, o
 
 
 def _print(result: dict) -> None:
-    typer.echo(f"wrote {result['out']} ({result['format']}): {len(result['files'])} files, {result['bytes'] / 1e6:.2f} MB")
+    typer.echo(
+        f"wrote {result['out']} ({result['format']}): {len(result['files'])} files, {result['bytes'] / 1e6:.2f} MB"
+    )
     if "max_abs_diff" in result:
         typer.echo(
             f"verify: onnxruntime vs PyTorch max |diff| {result['max_abs_diff']:.2e} on logits up to "

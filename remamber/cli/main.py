@@ -9,13 +9,12 @@ from __future__ import annotations
 import os
 import sys
 import traceback
-from typing import Optional
 
 import typer
 
 from remamber import __version__
 from remamber.cli import evaluate, export, prepare, segment, train
-from remamber.errors import EXIT_FAILURE, EXIT_INTERRUPTED, RemamberError
+from remamber.utils.errors import EXIT_FAILURE, EXIT_INTERRUPTED, RemamberError
 
 
 def _click_errors() -> tuple[type, ...]:
@@ -35,7 +34,7 @@ app = typer.Typer(
     name="remamber",
     help=(
         "Referring image segmentation with ReMamber: give an image and a phrase "
-        "(\"man in red shirt\"), get the mask of the object it names.\n\n"
+        '("man in red shirt"), get the mask of the object it names.\n\n'
         "segment an image; prepare RefCOCO or a synthetic dataset; train on a CPU, a GPU or many; evaluate any split (mIoU, oIoU, P@X); export for the Hub or ONNX."
     ),
     add_completion=False,
@@ -54,14 +53,13 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: Optional[bool] = typer.Option(
+    version: bool | None = typer.Option(
         None, "--version", callback=_version, is_eager=True, help="Print the version and exit."
     ),
     debug: bool = typer.Option(
         False,
         "--debug",
-        help="Show full tracebacks instead of one-line errors (may also follow the command; "
-        "or set REMAMBER_DEBUG=1).",
+        help="Show full tracebacks instead of one-line errors (may also follow the command; or set REMAMBER_DEBUG=1).",
     ),
 ) -> None:
     """remamber command line."""
@@ -105,8 +103,6 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as e:  # an unexpected failure: still one line unless --debug
         if debug:
             traceback.print_exc()
-        sys.stderr.write(
-            f"error: {type(e).__name__}: {_one_line(str(e))} (run with --debug for the traceback)\n"
-        )
+        sys.stderr.write(f"error: {type(e).__name__}: {_one_line(str(e))} (run with --debug for the traceback)\n")
         sys.exit(EXIT_FAILURE)
     sys.exit(code if isinstance(code, int) else 0)

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Optional
+from typing import Any
 
 import click
 import typer
 from typer.core import TyperGroup
 
-from remamber import paths
 from remamber.data.catalog import (
     COCO_TRAIN2014_URL,
     KNOWN_DATASETS,
@@ -28,7 +28,8 @@ from remamber.data.catalog import (
     SHAPES_NAME,
     default_out,
 )
-from remamber.errors import InputError
+from remamber.utils import paths
+from remamber.utils.errors import InputError
 
 _HOME = f"${paths.DATA_HOME_ENV} (now {paths.data_home()})"
 
@@ -130,9 +131,7 @@ def _report(result: Any, json_out: bool) -> None:
         counts = f"{s['samples']:>8} samples {s['refs']:>8} refs {s['images']:>7} images"
         typer.echo(f"  {split:<8} {counts}")
     if result.missing_images:
-        typer.echo(
-            f"  left out {result.skipped_samples} samples of {result.missing_images} missing images"
-        )
+        typer.echo(f"  left out {result.skipped_samples} samples of {result.missing_images} missing images")
 
 
 # --------------------------------------------------------------------------- REFER datasets
@@ -143,11 +142,11 @@ _FORCE_HELP = "Rebuild even when the output is up to date."
 
 def _run_refer(
     dataset: str,
-    refer_root: Optional[Path],
-    coco_images: Optional[Path],
-    out: Optional[Path],
-    split_by: Optional[str],
-    limit: Optional[int],
+    refer_root: Path | None,
+    coco_images: Path | None,
+    out: Path | None,
+    split_by: str | None,
+    limit: int | None,
     skip_missing: bool,
     force: bool,
     json_out: bool,
@@ -175,41 +174,51 @@ def _refer_command(dataset: str) -> Callable[..., None]:
     known = KNOWN_DATASETS[dataset]
 
     def command(
-        refer_root: Optional[Path] = typer.Option(
-            None, "--refer-root", metavar="DIR",
+        refer_root: Path | None = typer.Option(
+            None,
+            "--refer-root",
+            metavar="DIR",
             help=f"Folder holding {dataset}/instances.json and {dataset}/refs(<split-by>).p.",
             show_default=f"{paths.refer_root()}",
         ),
-        coco_images: Optional[Path] = typer.Option(
-            None, "--coco-images", metavar="DIR",
+        coco_images: Path | None = typer.Option(
+            None,
+            "--coco-images",
+            metavar="DIR",
             help="Folder of the COCO train2014 images (COCO_train2014_*.jpg).",
             show_default=f"{paths.coco_images()}",
         ),
-        out: Optional[Path] = typer.Option(
-            None, "--out", "-o", metavar="DIR",
+        out: Path | None = typer.Option(
+            None,
+            "--out",
+            "-o",
+            metavar="DIR",
             help="Output folder (a non-default --split-by adds _<split-by> to the default name).",
             show_default=f"{default_out(dataset)}",
         ),
-        split_by: Optional[str] = typer.Option(
-            None, "--split-by", metavar="|".join(known.split_bys),
+        split_by: str | None = typer.Option(
+            None,
+            "--split-by",
+            metavar="|".join(known.split_bys),
             help=f"Partition of {dataset}: {', '.join(known.split_bys)}.",
             show_default=known.default_split_by,
         ),
-        limit: Optional[int] = typer.Option(
-            None, "--limit", metavar="N",
+        limit: int | None = typer.Option(
+            None,
+            "--limit",
+            metavar="N",
             help="Keep only the first N refs of each split (quick experiments).",
             show_default="all",
         ),
         skip_missing: bool = typer.Option(
-            False, "--skip-missing",
+            False,
+            "--skip-missing",
             help="Leave out samples whose image is missing instead of failing.",
         ),
         force: bool = typer.Option(False, "--force", help=_FORCE_HELP),
         json_out: bool = typer.Option(False, "--json", help=_JSON_HELP),
     ) -> None:
-        _run_refer(
-            dataset, refer_root, coco_images, out, split_by, limit, skip_missing, force, json_out
-        )
+        _run_refer(dataset, refer_root, coco_images, out, split_by, limit, skip_missing, force, json_out)
 
     command.__doc__ = (
         f"Prepare {dataset} from REFER annotations and COCO train2014 images.\n\n"
@@ -229,28 +238,30 @@ for _name in KNOWN_DATASETS:
 
 @app.command(SHAPES_NAME)
 def shapes(
-    out: Optional[Path] = typer.Option(
-        None, "--out", "-o", metavar="DIR", help="Output folder.",
+    out: Path | None = typer.Option(
+        None,
+        "--out",
+        "-o",
+        metavar="DIR",
+        help="Output folder.",
         show_default=f"{default_out(SHAPES_NAME)}",
     ),
-    train: int = typer.Option(
-        SHAPES_DEFAULT_IMAGES["train"], "--train", metavar="N", help="Training images."
-    ),
-    val: int = typer.Option(
-        SHAPES_DEFAULT_IMAGES["val"], "--val", metavar="N", help="Validation images."
-    ),
-    test: int = typer.Option(
-        SHAPES_DEFAULT_IMAGES["test"], "--test", metavar="N", help="Test images."
-    ),
+    train: int = typer.Option(SHAPES_DEFAULT_IMAGES["train"], "--train", metavar="N", help="Training images."),
+    val: int = typer.Option(SHAPES_DEFAULT_IMAGES["val"], "--val", metavar="N", help="Validation images."),
+    test: int = typer.Option(SHAPES_DEFAULT_IMAGES["test"], "--test", metavar="N", help="Test images."),
     seed: int = typer.Option(
-        SHAPES_DEFAULT_SEED, "--seed", metavar="S",
+        SHAPES_DEFAULT_SEED,
+        "--seed",
+        metavar="S",
         help="Random seed; the same seed gives the same bytes.",
     ),
-    size: int = typer.Option(
-        SHAPES_DEFAULT_SIZE, "--size", metavar="PX", help="Image side in pixels (64 to 2048)."
-    ),
+    size: int = typer.Option(SHAPES_DEFAULT_SIZE, "--size", metavar="PX", help="Image side in pixels (64 to 2048)."),
     workers: int = typer.Option(
-        1, "--workers", "-j", metavar="K", min=1,
+        1,
+        "--workers",
+        "-j",
+        metavar="K",
+        min=1,
         help="Processes generating images (the output is the same for any number).",
     ),
     force: bool = typer.Option(False, "--force", help=_FORCE_HELP),

@@ -6,12 +6,12 @@ import json
 import sys
 import time
 import unicodedata
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Optional
 
 import typer
 
-from remamber.errors import EXIT_FAILURE, InputError, RemamberError, check_threshold, first_line
+from remamber.utils.errors import EXIT_FAILURE, InputError, RemamberError, check_threshold, first_line
 
 HELP = """Segment the object that TEXT names in IMAGE.
 
@@ -29,7 +29,7 @@ In a batch the model loads once; a bad line or image is reported and skipped, th
 """
 
 
-def _jobs_from(batch: str) -> Iterator[tuple[int, Optional[tuple[str, str]], Optional[str]]]:
+def _jobs_from(batch: str) -> Iterator[tuple[int, tuple[str, str] | None, str | None]]:
     """Yield (line number, (image, text) or None, error or None) for each non-blank line."""
     if batch == "-":
         lines = sys.stdin
@@ -64,10 +64,14 @@ def _output_dir(out: Path) -> Path:
 
 
 def segment(
-    image: Optional[Path] = typer.Argument(None, help="Image file (JPEG, PNG, WebP, TIFF, ...).", show_default=False),
-    text: Optional[str] = typer.Argument(None, help='Phrase naming one object, e.g. "man in red shirt".', show_default=False),
-    weights: Optional[str] = typer.Option(
-        None, "--weights", "-w",
+    image: Path | None = typer.Argument(None, help="Image file (JPEG, PNG, WebP, TIFF, ...).", show_default=False),
+    text: str | None = typer.Argument(
+        None, help='Phrase naming one object, e.g. "man in red shirt".', show_default=False
+    ),
+    weights: str | None = typer.Option(
+        None,
+        "--weights",
+        "-w",
         help="Model: a local folder, owner/name, owner/name@revision or hf://owner/name. "
         "Default: the shipped default model.",
         show_default=False,
@@ -76,13 +80,14 @@ def segment(
     device: str = typer.Option("auto", "--device", help="auto (CUDA if available), cpu or cuda."),
     threshold: float = typer.Option(0.5, "--threshold", help="Mask = sigmoid(logit) > threshold."),
     json_out: bool = typer.Option(
-        False, "--json",
+        False,
+        "--json",
         help="Print one JSON object per result on stdout: image, text, mask, overlay, area (pixels), "
         "mean_prob (inside the mask), rle (COCO RLE), width, height, seconds. In a batch, a failed line "
         "prints {line, error, image, text} instead.",
     ),
     no_overlay: bool = typer.Option(False, "--no-overlay", help="Do not write the overlay picture."),
-    batch: Optional[str] = typer.Option(
+    batch: str | None = typer.Option(
         None, "--batch", help='JSON Lines file of {"image": ..., "text": ...} jobs, or - for stdin.', show_default=False
     ),
     allow_large: bool = typer.Option(
@@ -97,7 +102,7 @@ def segment(
         raise InputError("the text is empty: say which object to segment")
     check_threshold(threshold)
     out_dir = _output_dir(out)
-    from remamber.images import load_image
+    from remamber.inference.images import load_image
 
     first = None if batch is not None else load_image(image, allow_large=allow_large)  # fail before loading a model
     from remamber.cli.weights import load_predictor
@@ -113,15 +118,21 @@ def segment(
 
 
 def _run_one(
-    predictor, image_path: str, text: str, out_dir: Path, write_overlay: bool, allow_large: bool, img=None,
-    taken: Optional[set[str]] = None,
+    predictor,
+    image_path: str,
+    text: str,
+    out_dir: Path,
+    write_overlay: bool,
+    allow_large: bool,
+    img=None,
+    taken: set[str] | None = None,
 ) -> dict:
     """Segment one job and write its files; ``taken`` (a batch's output names so far) gets the new
     name, made unique with -2, -3, ... when another job of the batch already wrote that name."""
     import numpy as np
     from pycocotools import mask as mask_utils
 
-    from remamber.images import load_image, output_stem, save_mask, save_overlay
+    from remamber.inference.images import load_image, output_stem, save_mask, save_overlay
 
     start = time.perf_counter()
     if img is None:
@@ -144,11 +155,16 @@ def _run_one(
         save_overlay(overlay_path, img, pred.mask)
     rle = mask_utils.encode(np.asfortranarray(pred.mask.astype(np.uint8)))
     return {
-        "image": image_path, "text": text, "mask": str(mask_path),
+        "image": image_path,
+        "text": text,
+        "mask": str(mask_path),
         "overlay": str(overlay_path) if overlay_path else None,
-        "area": pred.area, "mean_prob": round(pred.mean_prob, 6),
+        "area": pred.area,
+        "mean_prob": round(pred.mean_prob, 6),
         "rle": {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")},
-        "width": img.size[0], "height": img.size[1], "seconds": round(time.perf_counter() - start, 4),
+        "width": img.size[0],
+        "height": img.size[1],
+        "seconds": round(time.perf_counter() - start, 4),
     }
 
 
@@ -164,7 +180,7 @@ def _emit(result: dict, json_out: bool) -> None:
         return
     extra = f" and overlay {result['overlay']}" if result["overlay"] else ""
     typer.echo(
-        f"{result['image']} \"{result['text']}\": wrote mask {result['mask']}{extra} "
+        f'{result["image"]} "{result["text"]}": wrote mask {result["mask"]}{extra} '
         f"({result['area']} px) in {result['seconds']:.2f} s"
     )
 
@@ -177,14 +193,19 @@ def _run_batch(predictor, batch: str, out_dir: Path, write_overlay: bool, allow_
     if not jobs:
         sys.stderr.write(f"warning: --batch {batch} has no jobs\n")
     if len(jobs) > 1 and hasattr(predictor, "device"):  # a PyTorch model (not ONNX), many calls ahead
-        from remamber.predictor import prefer_fused_scan
+        from remamber.inference.predictor import prefer_fused_scan
 
         prefer_fused_scan(predictor.device, predictor.config.d_state)
     failures = 0
     console = Console(stderr=True)
     progress = Progress(
-        TextColumn("segment"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=console, transient=True, disable=not console.is_terminal,
+        TextColumn("segment"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+        disable=not console.is_terminal,
     )
     taken: set[str] = set()
     with progress:

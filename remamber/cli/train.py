@@ -5,11 +5,10 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
-from remamber.errors import InputError
+from remamber.utils.errors import InputError
 
 HELP = """Train ReMamber on a prepared dataset (see `remamber prepare`).
 
@@ -47,39 +46,100 @@ def _launch(nproc: int) -> None:
     """Re-run this command under torch.distributed.run with ``nproc`` processes."""
     argv = sys.argv[1:]
     if not argv or argv[0] != "train":
-        argv = argv[argv.index("train"):] if "train" in argv else ["train", *argv]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "remamber", *_strip_nproc(argv)]
+        argv = argv[argv.index("train") :] if "train" in argv else ["train", *argv]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "remamber",
+        *_strip_nproc(argv),
+    ]
     raise typer.Exit(subprocess.call(cmd))
 
 
 def train(
-    data: Optional[Path] = typer.Option(None, "--data", help="Prepared dataset folder. Default: the prepared --dataset in the data home.", show_default=False),
-    dataset: str = typer.Option("refcoco", "--dataset", help="Dataset name in the data home when --data is not given (refcoco, refcoco+, refcocog, shapes)."),
+    data: Path | None = typer.Option(
+        None,
+        "--data",
+        help="Prepared dataset folder. Default: the prepared --dataset in the data home.",
+        show_default=False,
+    ),
+    dataset: str = typer.Option(
+        "refcoco",
+        "--dataset",
+        help="Dataset name in the data home when --data is not given (refcoco, refcoco+, refcocog, shapes).",
+    ),
     out: Path = typer.Option(Path("runs/remamber"), "--out", "-o", help="Run folder (RUNDIR)."),
     preset: str = typer.Option("tiny", "--preset", help="Model preset: tiny, small or base (official ReMamber_Conv)."),
-    image_size: Optional[int] = typer.Option(None, "--image-size", help="Input size (multiple of 32). Default: the preset's.", show_default=False),
-    init: Optional[str] = typer.Option(None, "--init", help="Start from these weights (folder or Hub id) instead of a fresh preset.", show_default=False),
-    text_encoder: Optional[str] = typer.Option(None, "--text-encoder", help="Hugging Face text model (Hub id or folder), or 'scratch'. Default: the preset's.", show_default=False),
-    fusion: Optional[str] = typer.Option(None, "--fusion", help="Text fusion: twister (default), attention, in-context, film or hmnet.", show_default=False),
-    scan: Optional[str] = typer.Option(None, "--scan", help="Twister scan order: channel-spatial (default), spatial-channel, parallel, channel or spatial.", show_default=False),
-    interaction: Optional[str] = typer.Option(None, "--interaction", help="Twister text maps: both (default), global or local.", show_default=False),
-    backbone: Optional[str] = typer.Option(None, "--backbone", help="Stage blocks: vss (VMamba, default), mambaout (gated CNN) or mambavision.", show_default=False),
-    recap_every: Optional[int] = typer.Option(None, "--recap-every", help="hmnet fusion: image tokens between text recaps (default 64).", show_default=False),
+    image_size: int | None = typer.Option(
+        None, "--image-size", help="Input size (multiple of 32). Default: the preset's.", show_default=False
+    ),
+    init: str | None = typer.Option(
+        None,
+        "--init",
+        help="Start from these weights (folder or Hub id) instead of a fresh preset.",
+        show_default=False,
+    ),
+    text_encoder: str | None = typer.Option(
+        None,
+        "--text-encoder",
+        help="Hugging Face text model (Hub id or folder), or 'scratch'. Default: the preset's.",
+        show_default=False,
+    ),
+    fusion: str | None = typer.Option(
+        None,
+        "--fusion",
+        help="Text fusion: twister (default), attention, in-context, film or hmnet.",
+        show_default=False,
+    ),
+    scan: str | None = typer.Option(
+        None,
+        "--scan",
+        help="Twister scan order: channel-spatial (default), spatial-channel, parallel, channel or spatial.",
+        show_default=False,
+    ),
+    interaction: str | None = typer.Option(
+        None, "--interaction", help="Twister text maps: both (default), global or local.", show_default=False
+    ),
+    backbone: str | None = typer.Option(
+        None,
+        "--backbone",
+        help="Stage blocks: vss (VMamba, default), mambaout (gated CNN) or mambavision.",
+        show_default=False,
+    ),
+    recap_every: int | None = typer.Option(
+        None, "--recap-every", help="hmnet fusion: image tokens between text recaps (default 64).", show_default=False
+    ),
     freeze_text: bool = typer.Option(False, "--freeze-text", help="Do not train the text encoder."),
-    text_lr_scale: float = typer.Option(1.0, "--text-lr-scale", help="Learning rate of the text encoder, as a multiple of --lr (e.g. 0.1 for a pretrained text encoder)."),
+    text_lr_scale: float = typer.Option(
+        1.0,
+        "--text-lr-scale",
+        help="Learning rate of the text encoder, as a multiple of --lr (e.g. 0.1 for a pretrained text encoder).",
+    ),
     epochs: int = typer.Option(50, "--epochs", help="Epochs."),
     max_steps: int = typer.Option(0, "--max-steps", help="Stop after this many optimizer steps (0: run all epochs)."),
-    time_limit: float = typer.Option(0.0, "--time-limit", help="Stop (and save) after this many minutes (0: no limit)."),
+    time_limit: float = typer.Option(
+        0.0, "--time-limit", help="Stop (and save) after this many minutes (0: no limit)."
+    ),
     batch_size: int = typer.Option(8, "--batch-size", "-b", help="Samples per process per micro-batch."),
     grad_accum: int = typer.Option(1, "--grad-accum", help="Micro-batches per optimizer step."),
     optimizer: str = typer.Option("adamw", "--optimizer", help="adamw (the paper's) or sgd (momentum 0.9)."),
     lr: float = typer.Option(5e-5, "--lr", help="Peak learning rate."),
     min_lr: float = typer.Option(1e-6, "--min-lr", help="Learning rate at the end of the cosine decay."),
     warmup_steps: int = typer.Option(0, "--warmup-steps", help="Linear warmup steps."),
-    weight_decay: float = typer.Option(0.01, "--weight-decay", help="AdamW weight decay (not on A_log, D, norms, biases)."),
+    weight_decay: float = typer.Option(
+        0.01, "--weight-decay", help="AdamW weight decay (not on A_log, D, norms, biases)."
+    ),
     clip_grad: float = typer.Option(0.0, "--clip-grad", help="Clip the gradient norm to this (0: off)."),
-    ema: float = typer.Option(0.0, "--ema", help="EMA decay of the weights, e.g. 0.999 (0: off); checkpoints then hold the EMA weights."),
-    amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="Mixed precision. Default: on for CUDA, off on CPU.", show_default=False),
+    ema: float = typer.Option(
+        0.0, "--ema", help="EMA decay of the weights, e.g. 0.999 (0: off); checkpoints then hold the EMA weights."
+    ),
+    amp: bool | None = typer.Option(
+        None, "--amp/--no-amp", help="Mixed precision. Default: on for CUDA, off on CPU.", show_default=False
+    ),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     workers: int = typer.Option(0, "--workers", help="DataLoader worker processes."),
     seed: int = typer.Option(0, "--seed", help="Seed of the initialisation, data order and augmentation."),
@@ -87,10 +147,16 @@ def train(
     val_split: str = typer.Option("val", "--val-split", help="Validation split ('' for none)."),
     val_every: int = typer.Option(0, "--val-every", help="Validate every N steps (0: at each epoch end)."),
     val_limit: int = typer.Option(0, "--val-limit", help="Validate on the first N samples (0: all)."),
-    ckpt_every: int = typer.Option(0, "--ckpt-every", help="Also write checkpoints/last every N steps (0: at epoch ends only)."),
+    ckpt_every: int = typer.Option(
+        0, "--ckpt-every", help="Also write checkpoints/last every N steps (0: at epoch ends only)."
+    ),
     log_every: int = typer.Option(10, "--log-every", help="Log every N steps to log.jsonl."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from checkpoints/last (its saved settings apply)."),
-    nproc: int = typer.Option(1, "--nproc", help="Start K processes with torch.distributed (one per GPU, or CPU processes)."),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue the run in --out from checkpoints/last (its saved settings apply)."
+    ),
+    nproc: int = typer.Option(
+        1, "--nproc", help="Start K processes with torch.distributed (one per GPU, or CPU processes)."
+    ),
 ) -> None:
     from remamber.engine import distributed as D
     from remamber.engine.train import TRAIN_CONFIG_NAME, TrainConfig
@@ -101,7 +167,9 @@ def train(
         if out.exists() and not out.is_dir():
             raise InputError(f"--out {out} is a file; training writes a run folder there")
         if (out / TRAIN_CONFIG_NAME).exists():
-            raise InputError(f"--out {out} already holds a training run: continue it with --resume, or choose another --out")
+            raise InputError(
+                f"--out {out} already holds a training run: continue it with --resume, or choose another --out"
+            )
     if nproc > 1 and not D.launched_by_torchrun():
         _launch(nproc)
     if resume:
@@ -114,18 +182,55 @@ def train(
             if not data.exists():
                 raise InputError(f"no prepared dataset at {data}; run `remamber prepare {dataset}` or pass --data DIR")
         cfg = TrainConfig(
-            data=str(data), out=str(out), preset=preset, image_size=image_size, init=init, text_encoder=text_encoder,
-            fusion=fusion, scan=scan, interaction=interaction, backbone=backbone, recap_every=recap_every, freeze_text=freeze_text, text_lr_scale=text_lr_scale, val_split=val_split or None, epochs=epochs, max_steps=max_steps, time_limit=time_limit,
-            batch_size=batch_size, grad_accum=grad_accum, optimizer=optimizer, lr=lr, min_lr=min_lr, warmup_steps=warmup_steps,
-            weight_decay=weight_decay, clip_grad=clip_grad, ema=ema, amp=amp, device=device, workers=workers,
-            seed=seed, limit=limit, val_every=val_every, val_limit=val_limit, ckpt_every=ckpt_every, log_every=log_every,
+            data=str(data),
+            out=str(out),
+            preset=preset,
+            image_size=image_size,
+            init=init,
+            text_encoder=text_encoder,
+            fusion=fusion,
+            scan=scan,
+            interaction=interaction,
+            backbone=backbone,
+            recap_every=recap_every,
+            freeze_text=freeze_text,
+            text_lr_scale=text_lr_scale,
+            val_split=val_split or None,
+            epochs=epochs,
+            max_steps=max_steps,
+            time_limit=time_limit,
+            batch_size=batch_size,
+            grad_accum=grad_accum,
+            optimizer=optimizer,
+            lr=lr,
+            min_lr=min_lr,
+            warmup_steps=warmup_steps,
+            weight_decay=weight_decay,
+            clip_grad=clip_grad,
+            ema=ema,
+            amp=amp,
+            device=device,
+            workers=workers,
+            seed=seed,
+            limit=limit,
+            val_every=val_every,
+            val_limit=val_limit,
+            ckpt_every=ckpt_every,
+            log_every=log_every,
         )
     _run(cfg, resume)
 
 
 def _run(cfg, resume: bool) -> None:
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     from remamber.engine import distributed as D
     from remamber.engine.allocator import keep_freed_memory
@@ -138,12 +243,26 @@ def _run(cfg, resume: bool) -> None:
             keep_freed_memory()
         main = trainer.main
         progress = Progress(
-            TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("epoch {task.fields[epoch]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
             TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}  {task.fields[ips]:.1f} img/s"),
-            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console, disable=not main,
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=console,
+            disable=not main,
         )
         with progress:
-            task = progress.add_task("train", total=trainer.total_steps, completed=trainer.step, epoch=trainer.epoch, loss=float("nan"), lr=cfg.lr, ips=0.0)
+            task = progress.add_task(
+                "train",
+                total=trainer.total_steps,
+                completed=trainer.step,
+                epoch=trainer.epoch,
+                loss=float("nan"),
+                lr=cfg.lr,
+                ips=0.0,
+            )
 
             def on_step(rec: dict) -> None:
                 fields = {"epoch": rec["epoch"], "loss": rec["loss"], "lr": rec["lr"]}

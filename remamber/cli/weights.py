@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
-from remamber.errors import WeightsError
+from remamber.utils.errors import WeightsError
 
 # Shipped default model folder (inside the source tree; see weights/README.md).
-DEFAULT_WEIGHTS = Path(__file__).resolve().parents[2] / "weights" / "remamber-tiny-shapes"
+DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "pretrained" / "remamber-tiny-shapes"
 
 
-def default_weights() -> Optional[Path]:
+def default_weights() -> Path | None:
     """The shipped default model folder, if this installation has it."""
     return DEFAULT_WEIGHTS if (DEFAULT_WEIGHTS / "config.json").is_file() else None
 
 
-def weights_or_default(weights: Optional[str]) -> str:
+def weights_or_default(weights: str | None) -> str:
     """``--weights`` as given, or the shipped default model (an error when there is none)."""
     if weights is not None:
         return weights
@@ -29,13 +28,13 @@ def weights_or_default(weights: Optional[str]) -> str:
     return str(found)
 
 
-def load_model(weights: Optional[str], device):
+def load_model(weights: str | None, device):
     """Load the PyTorch model named by ``--weights`` (or the default) onto ``device``; on the CPU
     the command's process keeps freed memory for its next image (:mod:`remamber.engine.allocator`)."""
     import torch
 
     from remamber.engine.allocator import keep_freed_memory
-    from remamber.hub import load_pretrained
+    from remamber.hub.folders import load_pretrained
 
     device = torch.device(device)
     model = load_pretrained(weights_or_default(weights), device=str(device))
@@ -44,17 +43,17 @@ def load_model(weights: Optional[str], device):
     return model
 
 
-def load_predictor(weights: Optional[str], device: str, threshold: float):
+def load_predictor(weights: str | None, device: str, threshold: float):
     """A predictor for ``--weights`` (or the default): onnxruntime for an ONNX folder, else PyTorch."""
-    from remamber.hub import read_config, resolve_weights
-    from remamber.onnx_runtime import OnnxPredictor, is_onnx_folder
+    from remamber.hub.folders import read_config, resolve_weights
+    from remamber.inference.onnx_predictor import OnnxPredictor, is_onnx_folder
 
     folder = resolve_weights(weights_or_default(weights))
     if is_onnx_folder(folder):
         if device not in ("auto", "cpu"):
             raise WeightsError(f"--device {device}: ONNX models run on the CPU here (use --device cpu or auto)")
         return OnnxPredictor(folder, read_config(folder), threshold)
-    from remamber.predictor import Predictor, resolve_device
+    from remamber.inference.predictor import Predictor, resolve_device
 
     dev = resolve_device(device)
     return Predictor(load_model(str(folder), dev), dev, threshold)

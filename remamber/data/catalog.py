@@ -8,8 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from remamber.errors import InputError
-from remamber.paths import prepared_dataset
+from remamber.utils.errors import InputError
+from remamber.utils.paths import prepared_dataset
 
 REFER_PROJECT_URL = "https://github.com/lichengunc/refer"
 LAVT_REFER_URL = "https://github.com/yz93/LAVT-RIS/tree/main/refer"

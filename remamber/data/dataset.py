@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -13,7 +14,7 @@ from PIL import Image
 from remamber.data.manifest import PreparedDataset
 from remamber.data.masks import decode_rle
 from remamber.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Preprocess, TrainAugment
-from remamber.errors import InputError
+from remamber.utils.errors import InputError
 
 
 class ReferringDataset(torch.utils.data.Dataset):
@@ -68,9 +69,7 @@ class ReferringDataset(torch.utils.data.Dataset):
             with Image.open(path) as image:
                 image = image.convert("RGB")
         except FileNotFoundError:
-            raise InputError(
-                f"image {path} not found; pass images_root (--coco-images) where the images are"
-            ) from None
+            raise InputError(f"image {path} not found; pass images_root (--coco-images) where the images are") from None
         except OSError as e:
             raise InputError(f"cannot read image {path}: {e}") from None
         record = self.records[i]
@@ -88,9 +87,7 @@ class ReferringDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         if i < 0:
             i += len(self)
-        image, mask, text = self.preprocess(
-            self.load_image(i), self.load_mask(i), self.records[i]["sentence"]
-        )
+        image, mask, text = self.preprocess(self.load_image(i), self.load_mask(i), self.records[i]["sentence"])
         return {"image": image, "mask": mask, "text": text, "index": i}
 
 

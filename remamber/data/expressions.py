@@ -18,9 +18,10 @@ Types (``Expression.type``):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import combinations
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -85,18 +86,18 @@ class Desc:
     def n_attributes(self) -> int:
         return len(self.items())
 
-    def without(self, name: str) -> "Desc":
+    def without(self, name: str) -> Desc:
         return replace(self, **{name: None})
 
     def to_dict(self) -> dict[str, str]:
         return dict(self.items())
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Desc":
+    def from_dict(cls, d: dict[str, Any]) -> Desc:
         return cls(**{k: d[k] for k in ATTRIBUTES if d.get(k) is not None})
 
     @classmethod
-    def of(cls, obj: SceneObject, names: Sequence[str]) -> "Desc":
+    def of(cls, obj: SceneObject, names: Sequence[str]) -> Desc:
         """The description of ``obj`` by the attributes ``names``."""
         return cls(**{k: obj.attribute(k) for k in names})
 
@@ -123,7 +124,7 @@ class Expression:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Expression":
+    def from_dict(cls, d: dict[str, Any]) -> Expression:
         return cls(
             type=d["type"],
             target=Desc.from_dict(d["target"]),
@@ -191,9 +192,7 @@ def _resolve_ordinal(expr: Expression, scene: Scene, clearance: float) -> list[i
     return [i for i in candidates if abs(keys[i] - keys[chosen]) <= clearance]
 
 
-def _relation_value(
-    relation: str, obj: SceneObject, anchors: list[SceneObject], side: float
-) -> float:
+def _relation_value(relation: str, obj: SceneObject, anchors: list[SceneObject], side: float) -> float:
     """Positive when ``obj`` stands in ``relation`` to the anchor(s); in image-side units."""
     a = anchors[0]
     dx, dy = obj.cx - a.cx, obj.cy - a.cy
@@ -231,9 +230,7 @@ def _resolve_relation(expr: Expression, scene: Scene, clearance: float) -> list[
         return []
     anchors = [scene.objects[f[0]] for f in found]
     candidates = matching(expr.target, scene, exclude=anchor_ids)
-    values = [
-        _relation_value(expr.relation, scene.objects[i], anchors, scene.side) for i in candidates
-    ]
+    values = [_relation_value(expr.relation, scene.objects[i], anchors, scene.side) for i in candidates]
     return _above_threshold(candidates, values, clearance)
 
 
@@ -262,9 +259,7 @@ def _words_needed(expr: Expression, scene: Scene, target: int) -> bool:
     """Whether no part of ``expr`` alone picks the target (no single word gives the answer)."""
     if expr.type == "attribute":
         desc = expr.target
-        return desc.n_attributes >= 2 and all(
-            len(matching(desc.without(k), scene)) >= 2 for k, _ in desc.items()
-        )
+        return desc.n_attributes >= 2 and all(len(matching(desc.without(k), scene)) >= 2 for k, _ in desc.items())
     if len(matching(expr.target, scene)) < 2:
         return False  # the attributes alone would already name it
     return resolve(replace(expr, target=Desc()), scene) != [target]
@@ -281,9 +276,7 @@ def is_good(expr: Expression, scene: Scene, target: int) -> bool:
 
 def _descs(obj: SceneObject, min_attributes: int) -> list[Desc]:
     return [
-        Desc.of(obj, names)
-        for n in range(min_attributes, len(ATTRIBUTES) + 1)
-        for names in combinations(ATTRIBUTES, n)
+        Desc.of(obj, names) for n in range(min_attributes, len(ATTRIBUTES) + 1) for names in combinations(ATTRIBUTES, n)
     ]
 
 
@@ -302,12 +295,7 @@ def candidates(scene: Scene, target: int, expr_type: str) -> list[Expression]:
     if expr_type == "position":
         return [Expression("position", d, where=w) for d in descs for w in WHERES]
     if expr_type == "ordinal":
-        return [
-            Expression("ordinal", d, direction=s, rank=k)
-            for d in descs
-            for s in DIRECTIONS
-            for k in RANKS
-        ]
+        return [Expression("ordinal", d, direction=s, rank=k) for d in descs for s in DIRECTIONS for k in RANKS]
     return _relation_candidates(scene, target, descs)
 
 
@@ -328,9 +316,7 @@ def _relation_candidates(scene: Scene, target: int, descs: list[Desc]) -> list[E
     return out
 
 
-def find_expression(
-    scene: Scene, target: int, expr_type: str, rng: np.random.Generator
-) -> Expression | None:
+def find_expression(scene: Scene, target: int, expr_type: str, rng: np.random.Generator) -> Expression | None:
     """A random good expression of ``expr_type`` for ``target``, or None if there is none."""
     options = candidates(scene, target, expr_type)
     for k in rng.permutation(len(options)):

@@ -17,12 +17,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
-from remamber.errors import InputError
-from remamber.io import atomic_open
+from remamber.utils.errors import InputError
+from remamber.utils.io import atomic_open
 
 FORMAT = "remamber-refer"
 FORMAT_VERSION = 1
@@ -107,7 +108,9 @@ def _info_problem(info: dict) -> str | None:
     if not isinstance(info.get("name"), str) or not isinstance(info.get("images_root"), str):
         return "name or images_root is not a string"
     splits = info.get("splits")
-    if not isinstance(splits, dict) or not all(isinstance(e, dict) and isinstance(e.get("manifest"), str) for e in splits.values()):
+    if not isinstance(splits, dict) or not all(
+        isinstance(e, dict) and isinstance(e.get("manifest"), str) for e in splits.values()
+    ):
         return "splits is not a map of split names to {manifest: file, ...}"
     return None
 
@@ -135,14 +138,11 @@ class PreparedDataset:
     info: dict
 
     @classmethod
-    def open(cls, folder: str | os.PathLike) -> "PreparedDataset":
+    def open(cls, folder: str | os.PathLike) -> PreparedDataset:
         """Open ``folder``; InputError when it holds no complete prepared dataset."""
         folder = Path(folder)
         if not (folder / INFO_FILE).is_file():
-            raise InputError(
-                f"{folder} is not a prepared dataset (no {INFO_FILE}); "
-                "make one with `remamber prepare`"
-            )
+            raise InputError(f"{folder} is not a prepared dataset (no {INFO_FILE}); make one with `remamber prepare`")
         info = read_info(folder)
         if info is None:
             raise InputError(f"{folder / INFO_FILE} is not a remamber dataset description")
@@ -151,8 +151,7 @@ class PreparedDataset:
             raise InputError(f"{folder / INFO_FILE} is damaged ({problem}); prepare the dataset again")
         if info.get("format_version", 0) > FORMAT_VERSION:
             raise InputError(
-                f"{folder} was prepared by a newer remamber (format {info['format_version']}); "
-                "upgrade remamber"
+                f"{folder} was prepared by a newer remamber (format {info['format_version']}); upgrade remamber"
             )
         return cls(folder, info)
 
@@ -167,9 +166,7 @@ class PreparedDataset:
     def records(self, split: str) -> list[dict]:
         """All records of ``split`` in manifest order."""
         if split not in self.info["splits"]:
-            raise InputError(
-                f"{self.folder} has no split {split!r}; it has: {', '.join(self.splits)}"
-            )
+            raise InputError(f"{self.folder} has no split {split!r}; it has: {', '.join(self.splits)}")
         path = self.folder / self.info["splits"][split]["manifest"]
         try:
             with open(path, encoding="utf-8") as f:

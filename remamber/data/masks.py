@@ -100,4 +100,3 @@ def _text_counts(rle: dict) -> Rle:
     if isinstance(counts, bytes):
         counts = counts.decode("ascii")
     return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": counts}
-

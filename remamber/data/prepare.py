@@ -12,11 +12,13 @@ import contextlib
 import hashlib
 import json
 import os
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, TypeVar
+from typing import Any, TypeVar
 
 from remamber import __version__
+from remamber.data.catalog import check_split_by, default_split_by, images_hint
 from remamber.data.manifest import (
     FORMAT,
     FORMAT_VERSION,
@@ -28,11 +30,10 @@ from remamber.data.manifest import (
     sort_splits,
     write_manifest,
 )
-from remamber.data.catalog import check_split_by, default_split_by, images_hint
 from remamber.data.masks import segmentation_to_rle
 from remamber.data.refer import ReferData, ReferFiles
-from remamber.errors import InputError
-from remamber.io import file_sha256, write_json
+from remamber.utils.errors import InputError
+from remamber.utils.io import file_sha256, write_json
 
 T = TypeVar("T")
 
@@ -164,9 +165,7 @@ def _missing_images(data: ReferData, groups: dict[str, list[dict]], root: Path) 
     return {i for i in _image_ids(groups) if not (root / images[i]["file_name"]).is_file()}
 
 
-def _missing_images_message(
-    data: ReferData, groups: dict[str, list[dict]], missing: set[int], root: Path
-) -> str:
+def _missing_images_message(data: ReferData, groups: dict[str, list[dict]], missing: set[int], root: Path) -> str:
     example = data.instances.images[min(missing)]["file_name"]
     return (
         f"{len(missing)} of {len(_image_ids(groups))} images referenced are missing under "
@@ -270,9 +269,7 @@ def _referent_rle(data: ReferData, ref: dict) -> dict:
     try:
         return segmentation_to_rle(ann["segmentation"], int(image["height"]), int(image["width"]))
     except (ValueError, TypeError) as e:
-        raise InputError(
-            f"{data.files.instances_path}: annotation {ann['id']} has a bad segmentation: {e}"
-        ) from None
+        raise InputError(f"{data.files.instances_path}: annotation {ann['id']} has a bad segmentation: {e}") from None
 
 
 def ref_records(data: ReferData, ref: dict) -> list[dict]:

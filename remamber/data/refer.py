@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from remamber.data.catalog import annotations_hint
-from remamber.errors import InputError
+from remamber.utils.errors import InputError
 
 _REQUIRED_REF_KEYS = ("ref_id", "ann_id", "image_id", "category_id", "split", "sentences")
 
@@ -173,9 +173,7 @@ def load_instances(path: Path) -> Instances:
     if not isinstance(raw, dict):
         raise InputError(f"{path}: expected a JSON object with images, annotations, categories")
     images = _index(raw.get("images"), path, "images", ("id", "file_name", "height", "width"))
-    annotations = _index(
-        raw.get("annotations"), path, "annotations", ("id", "image_id", "segmentation")
-    )
+    annotations = _index(raw.get("annotations"), path, "annotations", ("id", "image_id", "segmentation"))
     categories = _index(raw.get("categories"), path, "categories", ("id", "name"))
     return Instances(images, annotations, {k: str(v["name"]) for k, v in categories.items()})
 
@@ -220,7 +218,7 @@ class ReferData:
     instances: Instances
 
     @classmethod
-    def load(cls, files: ReferFiles) -> "ReferData":
+    def load(cls, files: ReferFiles) -> ReferData:
         """Read both files (the pickle through the restricted unpickler) and validate them."""
         return cls(files, load_refs(files.refs_path), load_instances(files.instances_path))
 
@@ -240,15 +238,9 @@ class ReferData:
         if ref["image_id"] not in inst.images:
             return f"{where} names image_id {ref['image_id']}, which instances.json does not have"
         if ann["image_id"] != ref["image_id"]:
-            return (
-                f"{where}: annotation {ref['ann_id']} belongs to image {ann['image_id']}, "
-                f"not {ref['image_id']}"
-            )
+            return f"{where}: annotation {ref['ann_id']} belongs to image {ann['image_id']}, not {ref['image_id']}"
         if ref["category_id"] not in inst.categories:
-            return (
-                f"{where} names category_id {ref['category_id']}, "
-                "which instances.json does not have"
-            )
+            return f"{where} names category_id {ref['category_id']}, which instances.json does not have"
         return None
 
     def refs_by_split(self) -> dict[str, list[dict]]:

@@ -46,8 +46,8 @@ from remamber.data.manifest import INFO_FILE, manifests_intact, read_info
 from remamber.data.masks import encode_mask
 from remamber.data.prepare import PrepareResult, Track, no_progress, prepare_refer, writing_to
 from remamber.data.refer import ReferFiles
-from remamber.errors import InputError
-from remamber.io import atomic_open, atomic_path, write_json
+from remamber.utils.errors import InputError
+from remamber.utils.io import atomic_open, atomic_path, write_json
 
 GENERATOR_VERSION = 1
 DATASET = SHAPES_NAME
@@ -78,9 +78,7 @@ COLOR_JITTER = 10
 # --------------------------------------------------------------------------- scenes
 
 
-def _sample_object(
-    rng: np.random.Generator, side: int, colors: list[str], shapes: list[str]
-) -> SceneObject:
+def _sample_object(rng: np.random.Generator, side: int, colors: list[str], shapes: list[str]) -> SceneObject:
     size = ("small", "big")[int(rng.integers(2))]
     r = float(rng.uniform(*SIZE_RADIUS[size])) * side
     margin = r + GAP * side
@@ -95,9 +93,7 @@ def _sample_object(
 
 
 def _fits(obj: SceneObject, placed: list[SceneObject], side: int) -> bool:
-    return all(
-        np.hypot(obj.cx - o.cx, obj.cy - o.cy) > obj.r + o.r + GAP * side for o in placed
-    )
+    return all(np.hypot(obj.cx - o.cx, obj.cy - o.cy) > obj.r + o.r + GAP * side for o in placed)
 
 
 def sample_scene(rng: np.random.Generator, side: int) -> Scene:
@@ -286,9 +282,7 @@ def _annotation(gen: GeneratedImage, img_id: int, k: int) -> dict[str, Any]:
     }
 
 
-def _ref(
-    gen: GeneratedImage, img_id: int, split: str, name: str, target: int, exprs: list
-) -> dict[str, Any]:
+def _ref(gen: GeneratedImage, img_id: int, split: str, name: str, target: int, exprs: list) -> dict[str, Any]:
     ann_id = img_id * 10 + target
     sentences = [
         {
@@ -354,7 +348,9 @@ def write_shapes_refer(
     images, annotations, refs = [], [], []
     pool = None
     if workers > 1:
-        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_ignore_interrupts)
+        pool = ProcessPoolExecutor(
+            workers, mp_context=multiprocessing.get_context("spawn"), initializer=_ignore_interrupts
+        )
     try:
         for split in SPLITS:
             jobs = [(seed, split, index, side, images_dir) for index in range(counts[split])]
@@ -402,9 +398,7 @@ def _check_options(counts: dict[str, int], seed: int, side: int) -> None:
         raise InputError(f"unknown split {unknown[0]!r}; shapes has: {', '.join(SPLITS)}")
     for split, n in counts.items():
         if not 0 <= n <= MAX_IMAGES_PER_SPLIT:
-            raise InputError(
-                f"{split} images must be between 0 and {MAX_IMAGES_PER_SPLIT}, got {n}"
-            )
+            raise InputError(f"{split} images must be between 0 and {MAX_IMAGES_PER_SPLIT}, got {n}")
     if not any(counts.values()):
         raise InputError("nothing to generate: every split has 0 images")
 
@@ -483,4 +477,3 @@ def load_scene(annotations: list[dict], width: int, height: int) -> Scene:
         for a in sorted(annotations, key=lambda a: a["id"])
     )
     return Scene(width, height, objects)
-

@@ -119,9 +119,7 @@ def normalize(image: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ..
     return (image - m) / s
 
 
-def hflip(
-    image: torch.Tensor, mask: torch.Tensor, text: str
-) -> tuple[torch.Tensor, torch.Tensor, str]:
+def hflip(image: torch.Tensor, mask: torch.Tensor, text: str) -> tuple[torch.Tensor, torch.Tensor, str]:
     """Mirror image and mask left to right and swap the left/right words of the text."""
     return image.flip(-1), mask.flip(-1), swap_left_right(text)
 
@@ -135,9 +133,7 @@ class Preprocess:
     std: tuple[float, ...] = IMAGENET_STD
     augment: TrainAugment | None = None
 
-    def __call__(
-        self, image: Image.Image, mask: np.ndarray, text: str
-    ) -> tuple[torch.Tensor, torch.Tensor, str]:
+    def __call__(self, image: Image.Image, mask: np.ndarray, text: str) -> tuple[torch.Tensor, torch.Tensor, str]:
         aug = self.augment
         if aug and aug.crop_scale[0] < 1.0:
             scale = _uniform(*aug.crop_scale)

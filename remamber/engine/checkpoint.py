@@ -16,9 +16,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from remamber.errors import InputError
-from remamber.hub import TRAINING_NAME, model_card, save_pretrained, training_section
-from remamber.io import write_json
+from remamber.hub.card import model_card, training_section
+from remamber.hub.folders import TRAINING_NAME, save_pretrained
+from remamber.utils.errors import InputError
+from remamber.utils.io import write_json
 
 STATE_NAME = "trainer_state.pt"
 
@@ -56,7 +57,9 @@ def save_checkpoint(folder: Path, model, trainer_state: dict[str, Any], training
     """Write a checkpoint folder atomically: model folder, trainer state and ``training.json``
     (dataset, settings, progress and the latest validation; the model card shows it)."""
     return save_pretrained(
-        model, folder, card=model_card(model.config, training_section(training)),
+        model,
+        folder,
+        card=model_card(model.config, training_section(training)),
         extra_files={
             STATE_NAME: lambda path: torch.save(trainer_state, path),
             TRAINING_NAME: lambda path: write_json(path, training),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -66,7 +65,7 @@ def barrier() -> None:
         dist.barrier()
 
 
-def shard_indices(n: int, rank_: Optional[int] = None, world: Optional[int] = None) -> list[int]:
+def shard_indices(n: int, rank_: int | None = None, world: int | None = None) -> list[int]:
     """Indices of ``range(n)`` this rank evaluates: every sample exactly once over all ranks."""
     r = rank() if rank_ is None else rank_
     w = world_size() if world is None else world

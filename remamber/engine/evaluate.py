@@ -12,9 +12,10 @@ from __future__ import annotations
 import csv
 import os
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,8 +23,8 @@ import torch.nn.functional as F
 
 from remamber.engine import distributed
 from remamber.engine.metrics import MetricAccumulator, binarize, iou, sample_iou
-from remamber.errors import InputError, check_threshold
-from remamber.io import atomic_open, atomic_path
+from remamber.utils.errors import InputError, check_threshold
+from remamber.utils.io import atomic_open, atomic_path
 
 #: Where predictions are compared with the ground truth.
 EVAL_SIZES = ("original", "input")
@@ -125,8 +126,12 @@ class _Progress:
         if not console.is_terminal:
             return
         self._bar = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-            console=console, transient=False,
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
         )
         self._bar.start()
         self._task = self._bar.add_task(description, total=total)
@@ -156,9 +161,9 @@ def evaluate(
     device: str | torch.device | None = None,
     save_masks: str | os.PathLike | None = None,
     progress: bool = True,
-    limit: Optional[int] = None,
+    limit: int | None = None,
     num_workers: int = 0,
-    sharded: Optional[bool] = None,
+    sharded: bool | None = None,
 ) -> EvalResult:
     """Evaluate ``model`` on ``dataset`` (a :class:`remamber.data.dataset.ReferringDataset`).
 
@@ -198,7 +203,11 @@ def evaluate(
     shard = distributed.shard_indices(n) if collective else list(range(n))
     items = _EvalItems(dataset, shard, original=(eval_size == "original"))
     loader = torch.utils.data.DataLoader(
-        items, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=_collate,
+        items,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=_collate,
         pin_memory=device.type == "cuda",
     )
     masks_dir = Path(save_masks) if save_masks is not None else None
@@ -218,9 +227,7 @@ def evaluate(
             for batch in loader:
                 ids, attention, cut = core.tokenize(batch["text"])
                 truncated += sum(bool(c) for c in cut)
-                logits = core(
-                    batch["image"].to(device, non_blocking=True), ids.to(device), attention.to(device)
-                )
+                logits = core(batch["image"].to(device, non_blocking=True), ids.to(device), attention.to(device))
                 for j, i in enumerate(batch["index"]):
                     gt = torch.from_numpy(batch["gt"][j]).to(device)
                     lg = logits[j : j + 1].float()
@@ -232,9 +239,15 @@ def evaluate(
                     acc.add(inter, union, rec.get("expr_type"))
                     rows.append(
                         {
-                            "index": i, "sent_id": rec.get("sent_id"), "ref_id": rec.get("ref_id"),
-                            "image": rec.get("file_name"), "text": batch["text"][j],
-                            "expr_type": rec.get("expr_type"), "I": inter, "U": union, "IoU": iou(inter, union),
+                            "index": i,
+                            "sent_id": rec.get("sent_id"),
+                            "ref_id": rec.get("ref_id"),
+                            "image": rec.get("file_name"),
+                            "text": batch["text"][j],
+                            "expr_type": rec.get("expr_type"),
+                            "I": inter,
+                            "U": union,
+                            "IoU": iou(inter, union),
                         }
                     )
                     if masks_dir is not None:
@@ -271,7 +284,7 @@ def _count_tensor(value: int) -> torch.Tensor:
 
 
 def _save_mask(path: Path, mask: np.ndarray) -> None:
-    from remamber.images import save_mask
+    from remamber.inference.images import save_mask
 
     save_mask(path, mask)
 
@@ -367,6 +380,14 @@ def iter_metric_rows(summary: dict[str, Any]) -> Iterator[tuple[str, dict[str, A
 
 
 __all__ = [
-    "EVAL_SIZES", "ROW_FIELDS", "EvalResult", "evaluate", "write_report",
-    "iou_histogram", "histogram_counts", "mask_file_name", "report_paths", "iter_metric_rows",
+    "EVAL_SIZES",
+    "ROW_FIELDS",
+    "EvalResult",
+    "evaluate",
+    "write_report",
+    "iou_histogram",
+    "histogram_counts",
+    "mask_file_name",
+    "report_paths",
+    "iter_metric_rows",
 ]

@@ -20,8 +20,9 @@ reduced over processes: a sharded evaluation gives bit-for-bit the single-proces
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Optional
+from typing import Any
 
 import numpy as np
 
@@ -95,7 +96,7 @@ class ExactSum:
 
     __slots__ = ("partials",)
 
-    def __init__(self, partials: Optional[Iterable[float]] = None) -> None:
+    def __init__(self, partials: Iterable[float] | None = None) -> None:
         self.partials: list[float] = []
         for x in partials or ():
             self.add(x)
@@ -114,7 +115,7 @@ class ExactSum:
         kept.append(x)
         self.partials = kept
 
-    def merge(self, other: "ExactSum") -> None:
+    def merge(self, other: ExactSum) -> None:
         for x in other.partials:
             self.add(x)
 
@@ -140,7 +141,7 @@ class _Totals:
         self.hits = [h + x for h, x in zip(self.hits, precision_hits(inter, union))]
         self.iou_sum.add(iou(inter, union))
 
-    def merge(self, other: "_Totals") -> None:
+    def merge(self, other: _Totals) -> None:
         self.samples += other.samples
         self.inter += other.inter
         self.union += other.union
@@ -185,7 +186,7 @@ class MetricAccumulator:
         """Expression types seen, sorted."""
         return sorted(self._by_type)
 
-    def add(self, inter: int, union: int, expr_type: Optional[str] = None) -> float:
+    def add(self, inter: int, union: int, expr_type: str | None = None) -> float:
         """Add one sample; returns its IoU."""
         inter, union = int(inter), int(union)
         if inter < 0 or union < inter:
@@ -195,20 +196,20 @@ class MetricAccumulator:
             self._by_type.setdefault(str(expr_type), _Totals()).add(inter, union)
         return iou(inter, union)
 
-    def add_masks(self, pred: Any, gt: Any, expr_type: Optional[str] = None) -> tuple[int, int]:
+    def add_masks(self, pred: Any, gt: Any, expr_type: str | None = None) -> tuple[int, int]:
         """Add one sample from its predicted and ground-truth masks; returns ``(I, U)``."""
         inter, union = sample_iou(pred, gt)
         self.add(inter, union, expr_type)
         return inter, union
 
-    def merge(self, other: "MetricAccumulator") -> "MetricAccumulator":
+    def merge(self, other: MetricAccumulator) -> MetricAccumulator:
         """Add every sample of ``other`` (in place); returns self."""
         self._all.merge(other._all)
         for key, totals in other._by_type.items():
             self._by_type.setdefault(key, _Totals()).merge(totals)
         return self
 
-    def copy(self) -> "MetricAccumulator":
+    def copy(self) -> MetricAccumulator:
         return MetricAccumulator().merge(self)
 
     def summary(self) -> dict[str, Any]:
@@ -219,7 +220,7 @@ class MetricAccumulator:
             out["by_type"] = {k: self._by_type[k].summary() for k in sorted(self._by_type)}
         return out
 
-    def reduce(self) -> "MetricAccumulator":
+    def reduce(self) -> MetricAccumulator:
         """The accumulator of all processes (a copy of this one when not distributed).
 
         Counts, I and U are summed with ``all_reduce`` (each process must hold a disjoint

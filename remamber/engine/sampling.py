@@ -7,7 +7,8 @@ would have seen, with any number of DataLoader workers.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 

@@ -15,9 +15,10 @@ import json
 import math
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -26,8 +27,8 @@ from remamber.engine import distributed as D
 from remamber.engine.checkpoint import load_trainer_state, rng_state, save_checkpoint, set_rng_state
 from remamber.engine.losses import segmentation_loss
 from remamber.engine.sampling import BatchSource, epoch_batches
-from remamber.errors import EXIT_FAILURE, InputError, RemamberError, WeightsError, first_line
 from remamber.modeling.layers import no_weight_decay
+from remamber.utils.errors import EXIT_FAILURE, InputError, RemamberError, WeightsError, first_line
 
 TRAIN_CONFIG_NAME = "train_config.json"
 # Architecture variant settings a training run may set on a fresh preset (see ModelConfig).
@@ -42,18 +43,18 @@ class TrainConfig:
     data: str
     out: str
     preset: str = "tiny"
-    image_size: Optional[int] = None
-    init: Optional[str] = None
-    text_encoder: Optional[str] = None
-    fusion: Optional[str] = None
-    scan: Optional[str] = None
-    interaction: Optional[str] = None
-    backbone: Optional[str] = None
-    recap_every: Optional[int] = None
+    image_size: int | None = None
+    init: str | None = None
+    text_encoder: str | None = None
+    fusion: str | None = None
+    scan: str | None = None
+    interaction: str | None = None
+    backbone: str | None = None
+    recap_every: int | None = None
     freeze_text: bool = False
     text_lr_scale: float = 1.0
     train_split: str = "train"
-    val_split: Optional[str] = "val"
+    val_split: str | None = "val"
     epochs: int = 50
     max_steps: int = 0
     time_limit: float = 0.0
@@ -66,7 +67,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     clip_grad: float = 0.0
     ema: float = 0.0
-    amp: Optional[bool] = None
+    amp: bool | None = None
     device: str = "auto"
     workers: int = 0
     seed: int = 0
@@ -78,7 +79,12 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise InputError on settings that cannot train."""
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "grad_accum": self.grad_accum, "log_every": self.log_every}
+        positive = {
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "grad_accum": self.grad_accum,
+            "log_every": self.log_every,
+        }
         for name, value in positive.items():
             if value < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be at least 1 (got {value})")
@@ -86,23 +92,34 @@ class TrainConfig:
             raise InputError(f"--lr must be positive and --min-lr in [0, lr] (got lr={self.lr}, min_lr={self.min_lr})")
         if not 0.0 <= self.ema < 1.0:
             raise InputError(f"--ema must be in [0, 1) (got {self.ema})")
-        for name in ("max_steps", "time_limit", "warmup_steps", "workers", "limit", "val_every", "val_limit", "ckpt_every"):
+        for name in (
+            "max_steps",
+            "time_limit",
+            "warmup_steps",
+            "workers",
+            "limit",
+            "val_every",
+            "val_limit",
+            "ckpt_every",
+        ):
             if getattr(self, name) < 0:
                 raise InputError(f"--{name.replace('_', '-')} must not be negative")
         if self.optimizer not in ("adamw", "sgd"):
             raise InputError(f"--optimizer must be adamw or sgd (got {self.optimizer!r})")
         if self.text_lr_scale <= 0:
-            raise InputError(f"--text-lr-scale must be positive (got {self.text_lr_scale}); use --freeze-text to keep the text encoder fixed")
+            raise InputError(
+                f"--text-lr-scale must be positive (got {self.text_lr_scale}); use --freeze-text to keep the text encoder fixed"
+            )
         if self.clip_grad < 0 or self.weight_decay < 0:
             raise InputError("--clip-grad and --weight-decay must not be negative")
 
     def save(self, path: Path) -> None:
-        from remamber.io import write_json
+        from remamber.utils.io import write_json
 
         write_json(path, dataclasses.asdict(self))
 
     @classmethod
-    def load(cls, path: Path) -> "TrainConfig":
+    def load(cls, path: Path) -> TrainConfig:
         try:
             return cls(**json.loads(path.read_text(encoding="utf-8")))
         except FileNotFoundError:
@@ -127,9 +144,9 @@ class TrainingInterrupted(RemamberError):
 class TrainResult:
     steps: int
     epochs_done: int
-    best_oiou: Optional[float]
+    best_oiou: float | None
     last: Path
-    best: Optional[Path]
+    best: Path | None
 
 
 def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
@@ -149,7 +166,7 @@ def _vocab_from(records: list[dict]) -> list[str]:
 
 def build_training_model(cfg: TrainConfig, train_records: list[dict]):
     """The model to train: from ``--init`` weights, or a fresh preset (pretrained text encoder)."""
-    from remamber.hub import load_pretrained
+    from remamber.hub.folders import load_pretrained
     from remamber.modeling.presets import build_model, preset_config
     from remamber.modeling.text import BASIC_VOCAB, SCRATCH
 
@@ -159,7 +176,9 @@ def build_training_model(cfg: TrainConfig, train_records: list[dict]):
         clash = sorted(k for k, v in variant.items() if getattr(model.config, k) != v)
         if clash:
             flags = ", ".join(f"--{k.replace('_', '-')}" for k in clash)
-            raise InputError(f"{flags} would change the architecture of the --init weights; drop the flag or start from a preset")
+            raise InputError(
+                f"{flags} would change the architecture of the --init weights; drop the flag or start from a preset"
+            )
         if cfg.image_size:
             model.config = model.config.replace(image_size=cfg.image_size)
         return model
@@ -168,7 +187,10 @@ def build_training_model(cfg: TrainConfig, train_records: list[dict]):
     if cfg.image_size:
         changes["image_size"] = cfg.image_size
     if cfg.text_encoder:
-        changes.update(text_encoder=cfg.text_encoder, text_config=None if cfg.text_encoder != mcfg.text_encoder else mcfg.text_config)
+        changes.update(
+            text_encoder=cfg.text_encoder,
+            text_config=None if cfg.text_encoder != mcfg.text_encoder else mcfg.text_config,
+        )
     mcfg = mcfg.replace(**changes) if changes else mcfg
     if mcfg.text_encoder == SCRATCH:
         return build_model(mcfg, vocab=sorted(set(BASIC_VOCAB) | set(_vocab_from(train_records))))
@@ -201,7 +223,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, resume: bool = False, console: Any = None) -> None:
         from remamber.data.dataset import ReferringDataset
         from remamber.data.manifest import PreparedDataset
-        from remamber.predictor import resolve_device
+        from remamber.inference.predictor import resolve_device
 
         cfg.validate()
         self.cfg, self.resume, self.console = cfg, resume, console
@@ -212,7 +234,9 @@ class Trainer:
             self.device = torch.device("cuda", D.local_rank())
         self.main = D.is_main()
         self.amp = cfg.amp if cfg.amp is not None else self.device.type == "cuda"
-        self.amp_dtype = torch.bfloat16 if (self.device.type == "cpu" or torch.cuda.is_bf16_supported()) else torch.float16
+        self.amp_dtype = (
+            torch.bfloat16 if (self.device.type == "cpu" or torch.cuda.is_bf16_supported()) else torch.float16
+        )
 
         torch.manual_seed(cfg.seed)
         self.model = build_training_model(cfg, PreparedDataset.open(cfg.data).records(cfg.train_split)).to(self.device)
@@ -247,8 +271,8 @@ class Trainer:
 
             self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
         self.step, self.epoch, self.micro = 0, 0, 0  # next optimizer step; position in data
-        self.best: Optional[float] = None
-        self.last_val: Optional[dict[str, Any]] = None  # summary of the latest validation
+        self.best: float | None = None
+        self.last_val: dict[str, Any] | None = None  # summary of the latest validation
         if resume:
             self._restore(self.run_dir / "checkpoints" / "last")
         self._mark_boundary()
@@ -301,8 +325,12 @@ class Trainer:
         from remamber.data.manifest import PreparedDataset
 
         return {
-            "dataset": PreparedDataset.open(self.cfg.data).name, "train_samples": self.n_train,
-            "step": self.step, "epoch": self.epoch, "settings": dataclasses.asdict(self.cfg), "val": self.last_val,
+            "dataset": PreparedDataset.open(self.cfg.data).name,
+            "train_samples": self.n_train,
+            "step": self.step,
+            "epoch": self.epoch,
+            "settings": dataclasses.asdict(self.cfg),
+            "val": self.last_val,
         }
 
     def log(self, record: dict[str, Any]) -> None:
@@ -325,7 +353,7 @@ class Trainer:
             logits = self.net(images, ids.to(self.device), mask.to(self.device))
         return segmentation_loss(logits, target)
 
-    def validate(self) -> Optional[dict[str, Any]]:
+    def validate(self) -> dict[str, Any] | None:
         """Evaluate on the validation split (all ranks take part); returns the summary."""
         if self.val_set is None:
             return None
@@ -334,13 +362,17 @@ class Trainer:
         model = self._export_model()
         was_training = model.training
         summary = evaluate(
-            model.eval(), self.val_set, device=self.device, batch_size=self.cfg.batch_size,
-            limit=self.cfg.val_limit or None, progress=False,
+            model.eval(),
+            self.val_set,
+            device=self.device,
+            batch_size=self.cfg.batch_size,
+            limit=self.cfg.val_limit or None,
+            progress=False,
         ).summary
         model.train(was_training)
         return summary
 
-    def _after_validation(self, summary: Optional[dict[str, Any]]) -> None:
+    def _after_validation(self, summary: dict[str, Any] | None) -> None:
         if summary is None:
             return
         self.log({"event": "val", "step": self.step, "epoch": self.epoch, "val": summary})
@@ -350,8 +382,8 @@ class Trainer:
             self.save("best")
         if self.console is not None and self.main:
             self.console.print(
-                f"step {self.step}: val oIoU {summary['oIoU']:.4f} mIoU {summary['mIoU']:.4f} "
-                f"(best {self.best:.4f})", highlight=False,
+                f"step {self.step}: val oIoU {summary['oIoU']:.4f} mIoU {summary['mIoU']:.4f} (best {self.best:.4f})",
+                highlight=False,
             )
 
     def _check_finite(self, loss: torch.Tensor) -> None:
@@ -362,7 +394,7 @@ class Trainer:
                 f"checkpoint is {self.run_dir / 'checkpoints' / 'last'}: try a lower --lr or --clip-grad 1.0"
             )
 
-    def fit(self, on_step: Optional[Callable[[dict], None]] = None) -> TrainResult:
+    def fit(self, on_step: Callable[[dict], None] | None = None) -> TrainResult:
         """Train to the end (epochs or max_steps); resumable at any optimizer step."""
         cfg = self.cfg
         self.model.train()
@@ -387,7 +419,12 @@ class Trainer:
                     if not last_of_step:
                         continue
                     self._optimizer_step()
-                    record = {"step": self.step, "epoch": self.epoch, "loss": accum_loss, "lr": self.scheduler.get_last_lr()[0]}
+                    record = {
+                        "step": self.step,
+                        "epoch": self.epoch,
+                        "loss": accum_loss,
+                        "lr": self.scheduler.get_last_lr()[0],
+                    }
                     accum_loss, in_accum = 0.0, 0
                     if self.step % cfg.log_every == 0 or self.step == self.total_steps:
                         now = time.perf_counter()
@@ -403,7 +440,12 @@ class Trainer:
                     if (cfg.val_every and self.step % cfg.val_every == 0) or (end_of_epoch and not cfg.val_every):
                         self._after_validation(self.validate())
                     out_of_time = self._out_of_time(started)
-                    if end_of_epoch or out_of_time or (cfg.ckpt_every and self.step % cfg.ckpt_every == 0) or self.step == self.total_steps:
+                    if (
+                        end_of_epoch
+                        or out_of_time
+                        or (cfg.ckpt_every and self.step % cfg.ckpt_every == 0)
+                        or self.step == self.total_steps
+                    ):
                         self.save("last")
                     if self.step >= self.total_steps or out_of_time:
                         self.total_steps = self.step if out_of_time else self.total_steps
@@ -411,11 +453,15 @@ class Trainer:
         except KeyboardInterrupt:
             self.optimizer.zero_grad(set_to_none=True)
             folder = self.save("last")
-            raise TrainingInterrupted(f"interrupted at step {self.step}; saved {folder}; continue with --resume") from None
+            raise TrainingInterrupted(
+                f"interrupted at step {self.step}; saved {folder}; continue with --resume"
+            ) from None
         finally:
             D.barrier()
         best = self.run_dir / "checkpoints" / "best"
-        return TrainResult(self.step, self.epoch, self.best, self.run_dir / "checkpoints" / "last", best if best.exists() else None)
+        return TrainResult(
+            self.step, self.epoch, self.best, self.run_dir / "checkpoints" / "last", best if best.exists() else None
+        )
 
     def _out_of_time(self, started: float) -> bool:
         """True once ``time_limit`` minutes have passed (all ranks agree)."""

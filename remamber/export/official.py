@@ -33,10 +33,10 @@ import os
 import pickle
 import re
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any
 
-from remamber.errors import InputError, WeightsError, first_line
-from remamber.io import file_sha256
+from remamber.utils.errors import InputError, WeightsError, first_line
+from remamber.utils.io import file_sha256
 
 VARIANTS = ("conv", "mamba")
 DEFAULT_TOKENIZER = "openai/clip-vit-large-patch14"
@@ -53,7 +53,10 @@ KEY_RULES: list[tuple[str, str]] = [
     ("backbone.layers.{i}.blocks.{j}.{rest}", "encoder.stages.{i}.blocks.{j}.{rest}"),
     ("backbone.layers.{i}.downsample.{rest}", "encoder.stages.{i}.downsample.{rest}"),
     ("backbone.multimodal_blocks.{i}.blocks.{j}.ln_1.{rest}", "encoder.stages.{i}.twister.blocks.{j}.norm.{rest}"),
-    ("backbone.multimodal_blocks.{i}.blocks.{j}.self_attention.{rest}", "encoder.stages.{i}.twister.blocks.{j}.mixer.{rest}"),
+    (
+        "backbone.multimodal_blocks.{i}.blocks.{j}.self_attention.{rest}",
+        "encoder.stages.{i}.twister.blocks.{j}.mixer.{rest}",
+    ),
     ("backbone.text_guidencee.{i}.{rest}", "encoder.stages.{i}.twister.global_text.{rest}"),
     ("backbone.local_text_fusion.{i}.{rest}", "encoder.stages.{i}.twister.local_text.{rest}"),
     ("decoder.{rest}", "decoder.{rest}"),
@@ -86,7 +89,7 @@ _FORWARD = [(_compile(src), dst) for src, dst in KEY_RULES]
 _BACKWARD = [(_compile(dst), src) for src, dst in KEY_RULES]
 
 
-def _apply(rules: list[tuple[re.Pattern, str]], key: str) -> Optional[str]:
+def _apply(rules: list[tuple[re.Pattern, str]], key: str) -> str | None:
     for pattern, template in rules:
         m = pattern.match(key)
         if m:
@@ -100,7 +103,9 @@ def canonical_text_names(state: dict) -> tuple[dict, bool]:
     legacy = any(k.startswith(legacy_prefix) for k in state)
     if not legacy:
         return dict(state), False
-    return {(TEXT_PREFIX + k[len(legacy_prefix):] if k.startswith(legacy_prefix) else k): v for k, v in state.items()}, True
+    return {
+        (TEXT_PREFIX + k[len(legacy_prefix) :] if k.startswith(legacy_prefix) else k): v for k, v in state.items()
+    }, True
 
 
 def our_text_prefix(model_keys) -> str:
@@ -109,24 +114,24 @@ def our_text_prefix(model_keys) -> str:
     return nested if any(k.startswith(nested) for k in model_keys) else "text_encoder.model."
 
 
-def official_to_ours(key: str, text_prefix: str = "text_encoder.model.") -> Optional[str]:
+def official_to_ours(key: str, text_prefix: str = "text_encoder.model.") -> str | None:
     """Our name for an official tensor name in canonical form (None when no rule applies)."""
     if key.startswith(TEXT_PREFIX):
-        return text_prefix + key[len(TEXT_PREFIX):]
+        return text_prefix + key[len(TEXT_PREFIX) :]
     return _apply(_FORWARD, key)
 
 
-def ours_to_official(key: str, text_prefix: str = "text_encoder.model.", legacy: bool = True) -> Optional[str]:
+def ours_to_official(key: str, text_prefix: str = "text_encoder.model.", legacy: bool = True) -> str | None:
     """The official name of one of our tensor names (None when no rule applies)."""
     if key.startswith(text_prefix):
-        return TEXT_PREFIX + (LEGACY_TEXT_LEVEL if legacy else "") + key[len(text_prefix):]
+        return TEXT_PREFIX + (LEGACY_TEXT_LEVEL if legacy else "") + key[len(text_prefix) :]
     return _apply(_BACKWARD, key)
 
 
 # ----------------------------------------------------------------------------- reading
 
 
-def load_official_state(path: Union[str, os.PathLike]) -> dict:
+def load_official_state(path: str | os.PathLike) -> dict:
     """The official model's state dict from a ``.pth`` file, loaded with ``weights_only=True``.
 
     A top-level ``model`` or ``state_dict`` entry is unwrapped, as is a ``module.`` prefix.
@@ -163,9 +168,11 @@ def load_official_state(path: Union[str, os.PathLike]) -> dict:
         raise WeightsError(f"{path}: holds no state dict (expected a dict of tensors, or one under 'model')")
     bad = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
-        raise WeightsError(f"{path}: the state dict has {len(bad)} entries that are not named tensors (e.g. {bad[0]!r})")
+        raise WeightsError(
+            f"{path}: the state dict has {len(bad)} entries that are not named tensors (e.g. {bad[0]!r})"
+        )
     if all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
+        state = {k[len("module.") :]: v for k, v in state.items()}
     return dict(state)
 
 
@@ -185,7 +192,7 @@ def _first(state: dict, pattern: str):
     return None
 
 
-def infer_config(state: dict, image_size: Optional[int] = None, legacy: bool = True):
+def infer_config(state: dict, image_size: int | None = None, legacy: bool = True):
     """Our :class:`ModelConfig` for an official ReMamber_Conv state dict (text names canonical, see
     :func:`canonical_text_names`); what the shapes do not tell is the ``base`` preset's."""
     from remamber.modeling.presets import CLIP_L14_TEXT, preset_config
@@ -252,9 +259,13 @@ def infer_config(state: dict, image_size: Optional[int] = None, legacy: bool = T
     if hidden != CLIP_L14_TEXT["hidden_size"]:  # not CLIP-L: 64-wide heads as in every CLIP text tower
         text_config.update(num_attention_heads=max(1, hidden // 64), projection_dim=hidden)
     text_config.update(
-        vocab_size=int(tok.shape[0]), hidden_size=hidden, max_position_embeddings=int(pos.shape[0]),
+        vocab_size=int(tok.shape[0]),
+        hidden_size=hidden,
+        max_position_embeddings=int(pos.shape[0]),
         num_hidden_layers=n_layers,
-        intermediate_size=int(need("text_encoder.encoder.layers.0.mlp.fc1.weight").shape[0]) if n_layers else hidden * 4,
+        intermediate_size=int(need("text_encoder.encoder.layers.0.mlp.fc1.weight").shape[0])
+        if n_layers
+        else hidden * 4,
     )
     if text_dim != hidden:
         raise WeightsError(
@@ -264,14 +275,29 @@ def infer_config(state: dict, image_size: Optional[int] = None, legacy: bool = T
 
     base = preset_config("base")
     arch = dict(
-        dims=dims, depths=depths, twister_depths=twister_depths, d_state=d_state, ssm_ratio=ssm_ratio, dt_rank=dt_rank,
-        d_conv=d_conv, conv_bias=conv_bias, mlp_ratio=mlp_ratio, channel_scan_size=channel_scan_size,
-        local_hidden=local_hidden, decoder_dim=decoder_dim, max_text_len=max_text_len, text_config=text_config,
+        dims=dims,
+        depths=depths,
+        twister_depths=twister_depths,
+        d_state=d_state,
+        ssm_ratio=ssm_ratio,
+        dt_rank=dt_rank,
+        d_conv=d_conv,
+        conv_bias=conv_bias,
+        mlp_ratio=mlp_ratio,
+        channel_scan_size=channel_scan_size,
+        local_hidden=local_hidden,
+        decoder_dim=decoder_dim,
+        max_text_len=max_text_len,
+        text_config=text_config,
     )
     same = all(getattr(base, k) == v for k, v in arch.items())
     return base.replace(
-        preset="base" if same else "official", image_size=image_size or base.image_size,
-        text_encoder=DEFAULT_TOKENIZER, decoder="conv", text_pooling="pooler", **arch,
+        preset="base" if same else "official",
+        image_size=image_size or base.image_size,
+        text_encoder=DEFAULT_TOKENIZER,
+        decoder="conv",
+        text_pooling="pooler",
+        **arch,
     )
 
 
@@ -312,13 +338,21 @@ def map_state(state: dict, model_state: dict, source: str = "checkpoint", legacy
     if missing or unexpected or shapes or problems:
         parts = []
         if missing:
-            parts.append(f"{len(missing)} missing (the model needs them, the checkpoint lacks them): " + _list(missing, show=official))
+            parts.append(
+                f"{len(missing)} missing (the model needs them, the checkpoint lacks them): "
+                + _list(missing, show=official)
+            )
         if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (in the checkpoint, not used by ReMamber_Conv): " + _list(unexpected))
+            parts.append(
+                f"{len(unexpected)} unexpected (in the checkpoint, not used by ReMamber_Conv): " + _list(unexpected)
+            )
         if shapes:
             parts.append(
                 f"{len(shapes)} of the wrong shape: "
-                + _list(shapes, show=lambda k: f"{official(k)} {tuple(mapped[k].shape)} (model: {tuple(model_state[k].shape)})")
+                + _list(
+                    shapes,
+                    show=lambda k: f"{official(k)} {tuple(mapped[k].shape)} (model: {tuple(model_state[k].shape)})",
+                )
             )
         parts.extend(problems)
         raise WeightsError(f"{source} does not fit ReMamber_Conv: " + "; ".join(parts))
@@ -328,7 +362,7 @@ def map_state(state: dict, model_state: dict, source: str = "checkpoint", legacy
 def _display(key: str, legacy: bool) -> str:
     """A canonical official name as the file spells it."""
     if legacy and key.startswith(TEXT_PREFIX):
-        return TEXT_PREFIX + LEGACY_TEXT_LEVEL + key[len(TEXT_PREFIX):]
+        return TEXT_PREFIX + LEGACY_TEXT_LEVEL + key[len(TEXT_PREFIX) :]
     return key
 
 
@@ -339,7 +373,7 @@ def resolve_tokenizer(tokenizer: Any = None) -> Any:
     """A tokenizer object: given as is, or loaded from a folder or Hub name (default: CLIP ViT-L/14's)."""
     if tokenizer is not None and not isinstance(tokenizer, (str, os.PathLike)):
         return tokenizer
-    from remamber.tokens import load_tokenizer
+    from remamber.inference.tokens import load_tokenizer
 
     name = str(tokenizer) if tokenizer is not None else DEFAULT_TOKENIZER
     local = Path(name).expanduser()
@@ -372,7 +406,10 @@ def _check_variant(variant: str) -> None:
 
 
 def build_from_official(
-    ckpt_path: Union[str, os.PathLike], variant: str = "conv", tokenizer: Any = None, image_size: Optional[int] = None,
+    ckpt_path: str | os.PathLike,
+    variant: str = "conv",
+    tokenizer: Any = None,
+    image_size: int | None = None,
 ):
     """Our :class:`ReMamber` (eval mode, tokenizer attached) holding an official checkpoint's weights."""
     from remamber.modeling.remamber import ReMamber
@@ -413,12 +450,12 @@ def source_section(ckpt_path: Path, variant: str = "conv") -> str:
 
 
 def convert_official(
-    ckpt_path: Union[str, os.PathLike],
+    ckpt_path: str | os.PathLike,
     variant: str = "conv",
-    out: Union[str, os.PathLike, None] = None,
+    out: str | os.PathLike | None = None,
     tokenizer: Any = None,
-    image_size: Optional[int] = None,
-    metrics: Optional[list[dict]] = None,
+    image_size: int | None = None,
+    metrics: list[dict] | None = None,
     notes: str = "",
 ) -> Path:
     """Convert an official ReMamber_Conv ``.pth`` into a model folder at ``out`` (written atomically).
@@ -427,8 +464,8 @@ def convert_official(
     ViT-L/14 tokenizer, from the Hugging Face cache when offline).  ``metrics`` (``remamber eval
     --json`` objects) and ``notes`` (markdown) go into the model card.
     """
-    from remamber.export.hub import export_card
-    from remamber.hub import save_pretrained
+    from remamber.hub.folders import save_pretrained
+    from remamber.hub.publish import export_card
 
     _check_variant(variant)
     if out is None:

@@ -13,9 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from remamber.errors import InputError, WeightsError
-from remamber.hub import load_pretrained, model_card, staged_folder, write_model_files
-from remamber.onnx_runtime import INPUT_NAMES, ONNX_NAME, OUTPUT_NAME, OnnxPredictor
+from remamber.hub.card import model_card
+from remamber.hub.folders import load_pretrained, staged_folder, write_model_files
+from remamber.inference.onnx_predictor import INPUT_NAMES, ONNX_NAME, OUTPUT_NAME, OnnxPredictor
+from remamber.utils.errors import InputError, WeightsError
 
 SAMPLE_TEXTS = ["the red circle on the left", "man in red shirt"]
 
@@ -76,8 +77,14 @@ def export_onnx(weights: str, out: Path, opset: int = 17, verify: bool = False) 
         with scan_backend("parallel"), torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer warnings about Python values in shapes
             torch.onnx.export(
-                model, inputs, str(path), input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
-                dynamic_axes=axes, opset_version=opset, dynamo=False,
+                model,
+                inputs,
+                str(path),
+                input_names=list(INPUT_NAMES),
+                output_names=[OUTPUT_NAME],
+                dynamic_axes=axes,
+                opset_version=opset,
+                dynamo=False,
             )
         graph = onnx.load(str(path))
         onnx.checker.check_model(graph)

@@ -76,8 +76,14 @@ class MambaVisionMixer(nn.Module):
         u, z = F.silu(self.conv_x(u)), F.silu(self.conv_z(z))
         dt, B, C = torch.split(torch.matmul(self.x_proj_weight, u), [self.dt_rank, self.d_state, self.d_state], dim=1)
         y = selective_scan(
-            u, torch.matmul(self.dt_proj_weight, dt), -torch.exp(self.A_log.float()), B.contiguous(), C.contiguous(),
-            self.D.float(), delta_bias=self.dt_proj_bias.float(), delta_softplus=True,
+            u,
+            torch.matmul(self.dt_proj_weight, dt),
+            -torch.exp(self.A_log.float()),
+            B.contiguous(),
+            C.contiguous(),
+            self.D.float(),
+            delta_bias=self.dt_proj_bias.float(),
+            delta_softplus=True,
         )
         return self.out_proj(torch.cat([y.to(z.dtype), z], dim=1).view(b, -1, h, w))
 
@@ -105,7 +111,9 @@ def build_blocks(cfg: ModelConfig, i: int, drop_paths: list[float]) -> nn.Module
         return nn.ModuleList(GatedCNNBlock(dim, drop_path=p) for p in drop_paths)
     ssm = dict(d_state=cfg.d_state, dt_rank=cfg.dt_rank, d_conv=cfg.d_conv, conv_bias=cfg.conv_bias)
     if cfg.backbone == "vss":
-        return nn.ModuleList(VSSBlock(dim, ssm_ratio=cfg.ssm_ratio, mlp_ratio=cfg.mlp_ratio, drop_path=p, **ssm) for p in drop_paths)
+        return nn.ModuleList(
+            VSSBlock(dim, ssm_ratio=cfg.ssm_ratio, mlp_ratio=cfg.mlp_ratio, drop_path=p, **ssm) for p in drop_paths
+        )
     depth = len(drop_paths)
     blocks = []
     for j, p in enumerate(drop_paths):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
-from remamber.errors import ConfigError
+from remamber.utils.errors import ConfigError
 
 CONFIG_FORMAT = 1
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
@@ -53,7 +53,7 @@ class ModelConfig:
     recap_every: int = 64
     decoder_dim: int = 512
     text_encoder: str = "openai/clip-vit-large-patch14"
-    text_config: Optional[dict] = None
+    text_config: dict | None = None
     text_pooling: str = "pooler"
     max_text_len: int = 20
     pixel_mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
@@ -81,7 +81,12 @@ class ModelConfig:
             raise ConfigError(f"config: image_size must be a multiple of 32 (got {self.image_size})")
         if self.decoder != "conv":
             raise ConfigError(f"config: unknown decoder {self.decoder!r} (known: conv)")
-        for name, choices in (("fusion", FUSIONS), ("scan", SCANS), ("interaction", INTERACTIONS), ("backbone", BACKBONES)):
+        for name, choices in (
+            ("fusion", FUSIONS),
+            ("scan", SCANS),
+            ("interaction", INTERACTIONS),
+            ("backbone", BACKBONES),
+        ):
             if getattr(self, name) not in choices:
                 raise ConfigError(f"config: unknown {name} {getattr(self, name)!r} (known: {', '.join(choices)})")
         if self.fusion != "twister" and (self.scan != SCANS[0] or self.interaction != INTERACTIONS[0]):
@@ -100,7 +105,7 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "ModelConfig":
+    def from_dict(cls, data: dict) -> ModelConfig:
         """Build from a dict, refusing unknown fields and wrong types with one clear line."""
         if not isinstance(data, dict):
             raise ConfigError("config.json must hold a JSON object")
@@ -112,7 +117,9 @@ class ModelConfig:
         if not isinstance(version, int) or isinstance(version, bool):
             raise ConfigError(f"config format_version must be an integer (got {version!r})")
         if version > CONFIG_FORMAT:
-            raise ConfigError(f"config format {version} is newer than this remamber understands ({CONFIG_FORMAT}); upgrade remamber")
+            raise ConfigError(
+                f"config format {version} is newer than this remamber understands ({CONFIG_FORMAT}); upgrade remamber"
+            )
         try:
             return cls(**data)
         except ConfigError:
@@ -120,6 +127,6 @@ class ModelConfig:
         except (TypeError, ValueError) as e:
             raise ConfigError(f"config has a field of the wrong type: {e}") from None
 
-    def replace(self, **changes: Any) -> "ModelConfig":
+    def replace(self, **changes: Any) -> ModelConfig:
         """A copy with some fields changed."""
         return dataclasses.replace(self, **changes)

@@ -103,7 +103,11 @@ def upsample_conv(x: Tensor, up: nn.Upsample, conv: nn.Conv2d) -> Tensor:
     if plain or isinstance(conv.padding, str) or o * kh * kw >= c:
         return upsample_conv_ref(x, up, conv)
     taps = conv.weight.permute(0, 2, 3, 1).reshape(o * kh * kw, c, 1, 1)  # (out, dy, dx) -> a 1x1 conv
-    placed = torch.eye(kh * kw, dtype=conv.weight.dtype, device=conv.weight.device).reshape(1, kh * kw, kh, kw).repeat(o, 1, 1, 1)
+    placed = (
+        torch.eye(kh * kw, dtype=conv.weight.dtype, device=conv.weight.device)
+        .reshape(1, kh * kw, kh, kw)
+        .repeat(o, 1, 1, 1)
+    )
     return F.conv2d(up(F.conv2d(x, taps)), placed, conv.bias, padding=conv.padding, groups=o)
 
 
@@ -149,7 +153,10 @@ class ConvDecoder(nn.Module):
         conv, bn, act = self.neck[i], self.neck[i + 1], self.neck[i + 2]
         hooked = any(m._forward_hooks or m._forward_pre_hooks for m in (conv, bn, act))  # they run only via calls
         if (
-            bn.training or not (bn.affine and bn.track_running_stats) or hooked or needs_grad(bn.weight, bn.bias)
+            bn.training
+            or not (bn.affine and bn.track_running_stats)
+            or hooked
+            or needs_grad(bn.weight, bn.bias)
             or not winograd.use_winograd(x, conv.weight, conv.bias)
         ):
             return act(bn(conv(x)))

@@ -141,11 +141,20 @@ class FusionLayer(nn.Module):
 
 def build_fusion(cfg: ModelConfig, i: int) -> nn.Module:
     """The fusion layer of stage ``i`` for ``cfg.fusion``."""
-    ssm = dict(d_state=cfg.d_state, ssm_ratio=cfg.ssm_ratio, dt_rank=cfg.dt_rank, d_conv=cfg.d_conv, conv_bias=cfg.conv_bias)
+    ssm = dict(
+        d_state=cfg.d_state, ssm_ratio=cfg.ssm_ratio, dt_rank=cfg.dt_rank, d_conv=cfg.d_conv, conv_bias=cfg.conv_bias
+    )
     dim, depth = cfg.dims[i], cfg.twister_depths[i]
     if cfg.fusion == "twister":
         return TwisterLayer(
-            dim, depth, cfg.text_dim, cfg.local_hidden, cfg.max_text_len, interaction=cfg.interaction,
-            order=cfg.scan, channel_scan_size=cfg.channel_scan_size, **ssm,
+            dim,
+            depth,
+            cfg.text_dim,
+            cfg.local_hidden,
+            cfg.max_text_len,
+            interaction=cfg.interaction,
+            order=cfg.scan,
+            channel_scan_size=cfg.channel_scan_size,
+            **ssm,
         )
     return FusionLayer(cfg.fusion, dim, depth, cfg.text_dim, cfg.recap_every, **ssm)

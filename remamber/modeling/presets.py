@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
-from remamber.errors import ConfigError
+from remamber.inference.tokens import load_tokenizer
 from remamber.modeling.config import ModelConfig
 from remamber.modeling.remamber import ReMamber
 from remamber.modeling.text import (
@@ -14,14 +14,26 @@ from remamber.modeling.text import (
     load_pretrained_text_model,
     scratch_text_config,
 )
-from remamber.tokens import load_tokenizer
+from remamber.utils.errors import ConfigError
 
 # The text tower of openai/clip-vit-large-patch14, so that ``base`` builds offline (random weights).
 CLIP_L14_TEXT = dict(
-    model_type="clip_text_model", vocab_size=49408, hidden_size=768, intermediate_size=3072, projection_dim=768,
-    num_hidden_layers=12, num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
-    layer_norm_eps=1e-5, attention_dropout=0.0, initializer_range=0.02, initializer_factor=1.0,
-    pad_token_id=1, bos_token_id=0, eos_token_id=2,
+    model_type="clip_text_model",
+    vocab_size=49408,
+    hidden_size=768,
+    intermediate_size=3072,
+    projection_dim=768,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    max_position_embeddings=77,
+    hidden_act="quick_gelu",
+    layer_norm_eps=1e-5,
+    attention_dropout=0.0,
+    initializer_range=0.02,
+    initializer_factor=1.0,
+    pad_token_id=1,
+    bos_token_id=0,
+    eos_token_id=2,
 )
 # The text tower of openai/clip-vit-base-patch32.
 CLIP_B32_TEXT = dict(CLIP_L14_TEXT, hidden_size=512, intermediate_size=2048, projection_dim=512, num_attention_heads=8)
@@ -33,16 +45,32 @@ def _base() -> ModelConfig:
 
 def _small() -> ModelConfig:
     return ModelConfig(
-        preset="small", image_size=384, dims=[96, 192, 384, 768], depths=[2, 2, 5, 2], twister_depths=[1, 1, 1, 1],
-        local_hidden=256, decoder_dim=384, text_encoder="openai/clip-vit-base-patch32", text_config=dict(CLIP_B32_TEXT),
+        preset="small",
+        image_size=384,
+        dims=[96, 192, 384, 768],
+        depths=[2, 2, 5, 2],
+        twister_depths=[1, 1, 1, 1],
+        local_hidden=256,
+        decoder_dim=384,
+        text_encoder="openai/clip-vit-base-patch32",
+        text_config=dict(CLIP_B32_TEXT),
     )
 
 
 def _tiny() -> ModelConfig:
     return ModelConfig(
-        preset="tiny", image_size=128, dims=[32, 64, 128, 256], depths=[1, 1, 2, 1], twister_depths=[1, 1, 1, 1],
-        mlp_ratio=2.0, drop_path_rate=0.0, channel_scan_size=8, local_hidden=64, decoder_dim=64,
-        text_encoder=SCRATCH, text_config=None,
+        preset="tiny",
+        image_size=128,
+        dims=[32, 64, 128, 256],
+        depths=[1, 1, 2, 1],
+        twister_depths=[1, 1, 1, 1],
+        mlp_ratio=2.0,
+        drop_path_rate=0.0,
+        channel_scan_size=8,
+        local_hidden=64,
+        decoder_dim=64,
+        text_encoder=SCRATCH,
+        text_config=None,
     )
 
 

@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from remamber.errors import ConfigError
+from remamber.inference.tokens import tokenize
+from remamber.modeling.backbones import build_blocks
 from remamber.modeling.config import ModelConfig
 from remamber.modeling.decoder import ConvDecoder
+from remamber.modeling.fusion import build_fusion
 from remamber.modeling.layers import trunc_normal_init
 from remamber.modeling.text import TextEncoder, hf_text_model_from_config
-from remamber.tokens import tokenize
-from remamber.modeling.backbones import build_blocks
-from remamber.modeling.fusion import build_fusion
 from remamber.modeling.vss import Downsample, PatchEmbed
+from remamber.utils.errors import ConfigError
 
 
 class Stage(nn.Module):
@@ -58,9 +58,7 @@ class ReMamberEncoder(nn.Module):
         trunc_normal_init(self.patch_embed)
         rates = torch.linspace(0, cfg.drop_path_rate, max(sum(cfg.depths), 1)).tolist()
         starts = [sum(cfg.depths[:i]) for i in range(4)]
-        self.stages = nn.ModuleList(
-            Stage(cfg, i, rates[starts[i] : starts[i] + cfg.depths[i]]) for i in range(4)
-        )
+        self.stages = nn.ModuleList(Stage(cfg, i, rates[starts[i] : starts[i] + cfg.depths[i]]) for i in range(4))
 
     def forward(self, images: Tensor, words: Tensor, pooled: Tensor, mask: Tensor) -> list[Tensor]:
         x = self.patch_embed(images)
@@ -79,12 +77,14 @@ class ReMamber(nn.Module):
     ``tokenizer`` (not a module) turns phrases into ``input_ids``; see :meth:`tokenize`.
     """
 
-    def __init__(self, config: ModelConfig, text_model: Optional[nn.Module] = None, tokenizer: Any = None) -> None:
+    def __init__(self, config: ModelConfig, text_model: nn.Module | None = None, tokenizer: Any = None) -> None:
         super().__init__()
         if config.text_config is None:
             raise ConfigError("config has no text_config: build models through remamber.modeling.presets")
         self.config = config
-        self.text_encoder = TextEncoder(text_model or hf_text_model_from_config(config.text_config), config.text_pooling)
+        self.text_encoder = TextEncoder(
+            text_model or hf_text_model_from_config(config.text_config), config.text_pooling
+        )
         self.encoder = ReMamberEncoder(config)
         self.decoder = ConvDecoder(config.dims, config.decoder_dim)
         self.tokenizer = tokenizer
@@ -114,7 +114,9 @@ class ReMamber(nn.Module):
         fusions = [s.fusion_layer for s in stages]
         total, text = count(self), count(self.text_encoder)
         out = {
-            "total": total, "text": text, "visual": total - text,
+            "total": total,
+            "text": text,
+            "visual": total - text,
             "backbone": count(self.encoder.patch_embed, *[s.blocks for s in stages], *[s.downsample for s in stages]),
             "fusion": count(*fusions),
             "decoder": count(self.decoder),

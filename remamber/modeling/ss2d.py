@@ -109,8 +109,14 @@ class SS2D(nn.Module):
         dts, Bs, Cs = self.project(xs)
         total = xs.shape[-1]
         ys = selective_scan(
-            xs.reshape(b, K * d, total), dts.reshape(b, K * d, total), A, Bs, Cs,
-            self.Ds.float(), delta_bias=self.dt_projs_bias.reshape(-1).float(), delta_softplus=True,
+            xs.reshape(b, K * d, total),
+            dts.reshape(b, K * d, total),
+            A,
+            Bs,
+            Cs,
+            self.Ds.float(),
+            delta_bias=self.dt_projs_bias.reshape(-1).float(),
+            delta_softplus=True,
         )
         y = cross_merge(ys.view(b, K, d, total)[..., total - L :], h, w).view(b, d, h, w)
         return self.out_norm(y.to(x.dtype))

@@ -10,12 +10,13 @@ tokenizer (made with the ``tokenizers`` library), for models trained from nothin
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch.nn as nn
 from torch import Tensor
 
-from remamber.errors import ConfigError
+from remamber.utils.errors import ConfigError
 
 SCRATCH = "scratch"
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[BOS]", "[EOS]"]
@@ -58,7 +59,11 @@ def build_scratch_tokenizer(words: Iterable[str] = BASIC_VOCAB, max_len: int = 2
         single="[BOS] $A [EOS]", special_tokens=[("[BOS]", vocab["[BOS]"]), ("[EOS]", vocab["[EOS]"])]
     )
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", bos_token="[BOS]", eos_token="[EOS]",
+        tokenizer_object=tok,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        bos_token="[BOS]",
+        eos_token="[EOS]",
         model_max_length=max_len,
     )
 
@@ -68,9 +73,15 @@ def scratch_text_config(vocab_size: int, hidden: int = 128, layers: int = 2, hea
     from transformers import CLIPTextConfig
 
     cfg = CLIPTextConfig(
-        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
-        num_attention_heads=heads, max_position_embeddings=max_len, projection_dim=hidden,
-        pad_token_id=SPECIAL_TOKENS.index("[PAD]"), bos_token_id=SPECIAL_TOKENS.index("[BOS]"),
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=4 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        max_position_embeddings=max_len,
+        projection_dim=hidden,
+        pad_token_id=SPECIAL_TOKENS.index("[PAD]"),
+        bos_token_id=SPECIAL_TOKENS.index("[BOS]"),
         eos_token_id=SPECIAL_TOKENS.index("[EOS]"),
     )
     return _config_to_dict(cfg)
@@ -90,7 +101,15 @@ def init_scratch_word_embeddings(model: nn.Module, std: float = 1.0) -> None:
 def _config_to_dict(cfg: Any) -> dict:
     """A Hugging Face config as plain JSON data, without bookkeeping fields."""
     d = cfg.to_dict()
-    for key in ("transformers_version", "architectures", "_name_or_path", "dtype", "torch_dtype", "id2label", "label2id"):
+    for key in (
+        "transformers_version",
+        "architectures",
+        "_name_or_path",
+        "dtype",
+        "torch_dtype",
+        "id2label",
+        "label2id",
+    ):
         d.pop(key, None)
     return json.loads(json.dumps(d))
 

@@ -62,8 +62,16 @@ class Twister(nn.Module):
     """
 
     def __init__(
-        self, dim: int, d_state: int, ssm_ratio: float, dt_rank: int | str, d_conv: int, conv_bias: bool,
-        channel_scan_size: int, n_maps: int = 3, order: str = "channel-spatial",
+        self,
+        dim: int,
+        d_state: int,
+        ssm_ratio: float,
+        dt_rank: int | str,
+        d_conv: int,
+        conv_bias: bool,
+        channel_scan_size: int,
+        n_maps: int = 3,
+        order: str = "channel-spatial",
     ) -> None:
         super().__init__()
         self.s, self.order = channel_scan_size, order
@@ -83,7 +91,9 @@ class Twister(nn.Module):
         seq = small.reshape(b, c, s * s).transpose(1, 2).unsqueeze(2)  # (b, s*s, 1, c)
         # channels-last in and out: the scan's layout, and one where torch's CPU bilinear upsampling
         # of the 3C channels is 4-20x faster (inference of base at 480 px: ~60 ms less in all)
-        out = self.ss1d(seq.contiguous(memory_format=torch.channels_last)).squeeze(2).transpose(1, 2).reshape(b, c, s, s)
+        out = (
+            self.ss1d(seq.contiguous(memory_format=torch.channels_last)).squeeze(2).transpose(1, 2).reshape(b, c, s, s)
+        )
         out = out.contiguous(memory_format=torch.channels_last)
         return F.interpolate(out, size=(h, w), mode="bilinear", align_corners=False)
 
@@ -123,8 +133,15 @@ class TwisterLayer(nn.Module):
     """
 
     def __init__(
-        self, dim: int, depth: int, text_dim: int, local_hidden: int, n_words: int,
-        interaction: str = "both", order: str = "channel-spatial", **ssm_kwargs,
+        self,
+        dim: int,
+        depth: int,
+        text_dim: int,
+        local_hidden: int,
+        n_words: int,
+        interaction: str = "both",
+        order: str = "channel-spatial",
+        **ssm_kwargs,
     ) -> None:
         super().__init__()
         if interaction in ("both", "global"):

@@ -33,7 +33,9 @@ class Downsample(nn.Sequential):
     """3x3 stride-2 conv to ``out_dim`` channels, then LayerNorm (VMamba "v3"; children 1 and 3)."""
 
     def __init__(self, dim: int, out_dim: int) -> None:
-        super().__init__(nn.Identity(), nn.Conv2d(dim, out_dim, 3, stride=2, padding=1), nn.Identity(), LayerNorm2d(out_dim))
+        super().__init__(
+            nn.Identity(), nn.Conv2d(dim, out_dim, 3, stride=2, padding=1), nn.Identity(), LayerNorm2d(out_dim)
+        )
 
 
 class ResidualBlock(nn.Module):
@@ -71,4 +73,6 @@ class VSSBlock(ResidualBlock):
         mlp_ratio: float,
         drop_path: float = 0.0,
     ) -> None:
-        super().__init__(dim, SS2D(dim, d_state, ssm_ratio, dt_rank, d_conv, conv_bias, gate=False), mlp_ratio, drop_path)
+        super().__init__(
+            dim, SS2D(dim, d_state, ssm_ratio, dt_rank, d_conv, conv_bias, gate=False), mlp_ratio, drop_path
+        )

@@ -20,8 +20,16 @@ from torch import Tensor
 
 
 def hybrid_scan_ref(
-    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor,
-    su: Tensor, sdelta: Tensor, sB: Tensor, every: int,
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor,
+    su: Tensor,
+    sdelta: Tensor,
+    sB: Tensor,
+    every: int,
 ) -> Tensor:
     """Reference: the recurrence above as a plain loop (slow; for tests)."""
     length, t_len = u.shape[-1], su.shape[-1]
@@ -39,8 +47,16 @@ def hybrid_scan_ref(
 
 
 def hybrid_scan(
-    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor,
-    su: Tensor, sdelta: Tensor, sB: Tensor, every: int,
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor,
+    su: Tensor,
+    sdelta: Tensor,
+    sB: Tensor,
+    every: int,
 ) -> Tensor:
     """Loop-free form of :func:`hybrid_scan_ref` (same numbers, autograd-able).
 

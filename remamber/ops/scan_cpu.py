@@ -20,8 +20,6 @@ numba compiles the kernels on first use (cached on disk); without numba the PyTo
 
 from __future__ import annotations
 
-from typing import Optional
-
 import numpy as np
 import torch
 from torch import Tensor
@@ -106,7 +104,9 @@ if AVAILABLE:
     @intrinsic
     def _rint(typingctx, x):  # pragma: no cover - compiled
         """``x`` rounded to the nearest integer (``llvm.rint``: one vector instruction, no libm)."""
-        return types.float32(types.float32), lambda context, builder, sig, args: _call_llvm(builder, "llvm.rint.f32", sig, args)
+        return types.float32(types.float32), lambda context, builder, sig, args: _call_llvm(
+            builder, "llvm.rint.f32", sig, args
+        )
 
     @intrinsic
     def _ldexp(typingctx, x, k):  # pragma: no cover - compiled
@@ -122,15 +122,29 @@ if AVAILABLE:
     # of delta * A does. A decay exp(delta a) is exp2(delta a2), a2 = a log2(e) hoisted out of the
     # per-step loops.
     _LOG2E = np.float32(1.4426950408889634)
-    _EXP2 = tuple(np.float32(c) for c in (
-        1.5345800784416497e-04, 1.3399932067841291e-03, 9.618489071726799e-03, 5.550328642129898e-02,
-        0.24022646248340607, 0.6931471824645996,
-    ))
+    _EXP2 = tuple(
+        np.float32(c)
+        for c in (
+            1.5345800784416497e-04,
+            1.3399932067841291e-03,
+            9.618489071726799e-03,
+            5.550328642129898e-02,
+            0.24022646248340607,
+            0.6931471824645996,
+        )
+    )
     # log1p(w) = s q(s^2), s = w / (2 + w) in [0, 1/3]: q a degree-4 fit of 2 atanh(s) / s (fit error
     # 5e-9; ~2e-7 with float32 rounding, as the 7-term series it replaces)
-    _LOG1P = tuple(np.float32(2 * c) for c in (
-        0.14089155197143555, 0.13980305194854736, 0.20012454688549042, 0.3333315849304199, 1.0,
-    ))
+    _LOG1P = tuple(
+        np.float32(2 * c)
+        for c in (
+            0.14089155197143555,
+            0.13980305194854736,
+            0.20012454688549042,
+            0.3333315849304199,
+            1.0,
+        )
+    )
 
     @_jit(inline="always", fastmath=True)
     def _exp2_poly(f):  # pragma: no cover
@@ -342,8 +356,28 @@ if AVAILABLE:
 
     @_jit(parallel=True, fastmath=True)
     def _backward(  # pragma: no cover
-        u, dt, A, B, C, D, z, bias, softplus, chunk, starts, y_pre, gout, blocks,
-        du, ddt, dz, dA_part, dD_part, dbias_part, dB_part, dC_part,
+        u,
+        dt,
+        A,
+        B,
+        C,
+        D,
+        z,
+        bias,
+        softplus,
+        chunk,
+        starts,
+        y_pre,
+        gout,
+        blocks,
+        du,
+        ddt,
+        dz,
+        dA_part,
+        dD_part,
+        dbias_part,
+        dB_part,
+        dC_part,
     ):
         """Chunks in reverse; inside one, per state dimension: recompute the states from the
         chunk's saved start, run the adjoint recurrence, then every gradient term at once (SIMD).
@@ -487,18 +521,49 @@ class _FusedScan(torch.autograd.Function):
         blocks = _blocks(b, g, d // g)
         du, ddt = np.empty_like(un), np.empty_like(dtn)
         dz = np.empty_like(un) if z is not None else None
-        dA_part, dD_part, dbias_part = np.zeros((b, d, n), np.float32), np.zeros((b, d), np.float32), np.zeros((b, d), np.float32)
+        dA_part, dD_part, dbias_part = (
+            np.zeros((b, d, n), np.float32),
+            np.zeros((b, d), np.float32),
+            np.zeros((b, d), np.float32),
+        )
         dB_part = np.zeros((b, g, blocks, n, L), np.float32)
         dC_part = np.zeros((b, g, blocks, n, L), np.float32)
         _backward(
-            un, dtn, An, Bn, Cn, Dn, zn, bn, ctx.softplus, CHUNK, starts, y_pre, _np(gout), blocks,
-            du, ddt, dz, dA_part, dD_part, dbias_part, dB_part, dC_part,
+            un,
+            dtn,
+            An,
+            Bn,
+            Cn,
+            Dn,
+            zn,
+            bn,
+            ctx.softplus,
+            CHUNK,
+            starts,
+            y_pre,
+            _np(gout),
+            blocks,
+            du,
+            ddt,
+            dz,
+            dA_part,
+            dD_part,
+            dbias_part,
+            dB_part,
+            dC_part,
         )
         to = lambda arr, like: torch.from_numpy(arr).to(like.dtype)  # noqa: E731
         return (
-            to(du, u), to(ddt, delta), to(dA_part.sum(0), A), to(dB_part.sum(2), B), to(dC_part.sum(2), C),
-            to(dD_part.sum(0), D) if D is not None else None, to(dz, z) if z is not None else None,
-            to(dbias_part.sum(0), delta_bias) if delta_bias is not None else None, None, None,
+            to(du, u),
+            to(ddt, delta),
+            to(dA_part.sum(0), A),
+            to(dB_part.sum(2), B),
+            to(dC_part.sum(2), C),
+            to(dD_part.sum(0), D) if D is not None else None,
+            to(dz, z) if z is not None else None,
+            to(dbias_part.sum(0), delta_bias) if delta_bias is not None else None,
+            None,
+            None,
         )
 
 
@@ -529,7 +594,7 @@ def preload(d_state: int) -> bool:
     return True
 
 
-def needs_grad(*tensors: Optional[Tensor]) -> bool:
+def needs_grad(*tensors: Tensor | None) -> bool:
     """Whether a call on these tensors builds an autograd graph (grad mode on, a tensor requiring grad)."""
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
@@ -537,14 +602,26 @@ def needs_grad(*tensors: Optional[Tensor]) -> bool:
 def supports(u: Tensor, B: Tensor, C: Tensor) -> bool:
     """The fused kernel handles CPU tensors with per-step B and C (shared or grouped)."""
     return (
-        AVAILABLE and u.device.type == "cpu" and B.dim() in (3, 4) and C.dim() == B.dim() and B.shape == C.shape
+        AVAILABLE
+        and u.device.type == "cpu"
+        and B.dim() in (3, 4)
+        and C.dim() == B.dim()
+        and B.shape == C.shape
         and u.shape[1] % (1 if B.dim() == 3 else B.shape[1]) == 0
     )
 
 
 def selective_scan_fused(
-    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor] = None, z: Optional[Tensor] = None,
-    delta_bias: Optional[Tensor] = None, delta_softplus: bool = False, return_last_state: bool = False,
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    delta_bias: Tensor | None = None,
+    delta_softplus: bool = False,
+    return_last_state: bool = False,
 ):
     """Selective scan with the fused CPU kernel (see :func:`supports`); same API as the reference."""
     if B.dim() == 3:

@@ -35,7 +35,7 @@ import contextlib
 import functools
 import math
 import os
-from typing import Callable, Iterator, Optional
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -45,7 +45,7 @@ from torch import Tensor
 from remamber.ops import scan_cpu
 
 
-def _prepare(u: Tensor, delta: Tensor, delta_bias: Optional[Tensor], delta_softplus: bool) -> tuple[Tensor, Tensor]:
+def _prepare(u: Tensor, delta: Tensor, delta_bias: Tensor | None, delta_softplus: bool) -> tuple[Tensor, Tensor]:
     u = u.float()
     delta = delta.float()
     if delta_bias is not None:
@@ -64,7 +64,7 @@ def _grouped(x: Tensor) -> Tensor:
     return x.float()
 
 
-def _finish(y: Tensor, u: Tensor, D: Optional[Tensor], z: Optional[Tensor], dtype: torch.dtype) -> Tensor:
+def _finish(y: Tensor, u: Tensor, D: Tensor | None, z: Tensor | None, dtype: torch.dtype) -> Tensor:
     out = y if D is None else y + u * D.float()[:, None]
     if z is not None:
         out = out * F.silu(z.float())
@@ -77,9 +77,9 @@ def selective_scan_ref(
     A: Tensor,
     B: Tensor,
     C: Tensor,
-    D: Optional[Tensor] = None,
-    z: Optional[Tensor] = None,
-    delta_bias: Optional[Tensor] = None,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    delta_bias: Tensor | None = None,
     delta_softplus: bool = False,
     return_last_state: bool = False,
 ):
@@ -121,12 +121,12 @@ def selective_scan_chunked(
     A: Tensor,
     B: Tensor,
     C: Tensor,
-    D: Optional[Tensor] = None,
-    z: Optional[Tensor] = None,
-    delta_bias: Optional[Tensor] = None,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    delta_bias: Tensor | None = None,
     delta_softplus: bool = False,
     return_last_state: bool = False,
-    chunk: Optional[int] = None,
+    chunk: int | None = None,
 ):
     """Selective scan in PyTorch: ~3*sqrt(l) vectorised steps instead of ``l``; autograd-able.
 
@@ -213,12 +213,12 @@ def selective_scan_parallel(
     A: Tensor,
     B: Tensor,
     C: Tensor,
-    D: Optional[Tensor] = None,
-    z: Optional[Tensor] = None,
-    delta_bias: Optional[Tensor] = None,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    delta_bias: Tensor | None = None,
     delta_softplus: bool = False,
     return_last_state: bool = False,
-    chunk: Optional[int] = None,
+    chunk: int | None = None,
 ):
     """Loop-free selective scan (chunked segment sums); exports to ONNX as a small fixed graph.
 
@@ -256,7 +256,7 @@ def selective_scan_parallel(
 
 
 @functools.lru_cache(maxsize=1)
-def _mamba_cuda_kernel() -> Optional[Callable]:
+def _mamba_cuda_kernel() -> Callable | None:
     """mamba-ssm's fused CUDA selective scan, or None when it does not import."""
     try:
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
@@ -266,7 +266,7 @@ def _mamba_cuda_kernel() -> Optional[Callable]:
 
 
 BACKENDS = ("auto", "torch", "ref", "parallel")
-_backend_override: Optional[str] = None  # set by scan_backend(); consulted before REMAMBER_SCAN
+_backend_override: str | None = None  # set by scan_backend(); consulted before REMAMBER_SCAN
 
 
 @contextlib.contextmanager
@@ -297,9 +297,9 @@ def selective_scan(
     A: Tensor,
     B: Tensor,
     C: Tensor,
-    D: Optional[Tensor] = None,
-    z: Optional[Tensor] = None,
-    delta_bias: Optional[Tensor] = None,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    delta_bias: Tensor | None = None,
     delta_softplus: bool = False,
     return_last_state: bool = False,
 ):
@@ -317,9 +317,16 @@ def selective_scan(
         kernel = _mamba_cuda_kernel()
         if kernel is not None:
             return kernel(
-                u.contiguous(), delta.contiguous(), A.contiguous(), B.contiguous(), C.contiguous(),
-                D=None if D is None else D.float(), z=z, delta_bias=None if delta_bias is None else delta_bias.float(),
-                delta_softplus=delta_softplus, return_last_state=return_last_state,
+                u.contiguous(),
+                delta.contiguous(),
+                A.contiguous(),
+                B.contiguous(),
+                C.contiguous(),
+                D=None if D is None else D.float(),
+                z=z,
+                delta_bias=None if delta_bias is None else delta_bias.float(),
+                delta_softplus=delta_softplus,
+                return_last_state=return_last_state,
             )
     if backend == "ref":
         return selective_scan_ref(u, delta, A, B, C, **kwargs)
@@ -336,7 +343,7 @@ def selective_scan(
 FUSED_MIN_INFERENCE = 1 << 22
 
 
-def _worth_compiling(u: Tensor, A: Tensor, *others: Optional[Tensor]) -> bool:
+def _worth_compiling(u: Tensor, A: Tensor, *others: Tensor | None) -> bool:
     """The fused kernel for every training call, for inference calls of at least
     :data:`FUSED_MIN_INFERENCE` state updates (``b * d * l * n``), and for every call once the
     kernel is compiled in this process."""

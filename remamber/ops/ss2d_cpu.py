@@ -62,8 +62,10 @@ if scan_cpu.AVAILABLE:
                 p0, p1, p2, p3 = Pb[pos, k, q], Pb[pos, k, q + U(1)], Pb[pos, k, q + U(2)], Pb[pos, k, q + U(3)]
                 for c in range(cb):
                     dt[c] += (
-                        p0 * Wt[k, q, d0 + c] + p1 * Wt[k, q + U(1), d0 + c]
-                        + p2 * Wt[k, q + U(2), d0 + c] + p3 * Wt[k, q + U(3), d0 + c]
+                        p0 * Wt[k, q, d0 + c]
+                        + p1 * Wt[k, q + U(1), d0 + c]
+                        + p2 * Wt[k, q + U(2), d0 + c]
+                        + p3 * Wt[k, q + U(3), d0 + c]
                     )
                 q += U(4)
             while q < R:
@@ -127,7 +129,27 @@ if scan_cpu.AVAILABLE:
                         col = i if k == 1 else wu - U(1) - i
                         for j in range(hu):
                             row = j if k == 1 else hu - U(1) - j
-                            _step(xb, yb, Pb, delta, bi, Wt, row * wu + col, t, ku, d0, cb, bias, D, A2, R, N, h, dt, False)
+                            _step(
+                                xb,
+                                yb,
+                                Pb,
+                                delta,
+                                bi,
+                                Wt,
+                                row * wu + col,
+                                t,
+                                ku,
+                                d0,
+                                cb,
+                                bias,
+                                D,
+                                A2,
+                                R,
+                                N,
+                                h,
+                                dt,
+                                False,
+                            )
                             t += U(1)
 
 
@@ -166,9 +188,17 @@ def cross_selective_scan(
     delta = None if R <= MAX_RANK_INSIDE else torch.matmul(_in_step_order(P[..., :R], h, w), Wt).numpy()  # (b, K, L, d)
     out = torch.empty(b, L, d, dtype=torch.float32, device="cpu")
     _cross_forward(
-        xcl.numpy(), P.numpy(), delta, Wt.numpy(), f32(dt_projs_bias).view(K, d).numpy(),
-        f32(A).view(K, d, N).transpose(1, 2).contiguous().numpy(), f32(D).view(K, d).numpy(),
-        h, w, block_size(b, d), out.numpy(),
+        xcl.numpy(),
+        P.numpy(),
+        delta,
+        Wt.numpy(),
+        f32(dt_projs_bias).view(K, d).numpy(),
+        f32(A).view(K, d, N).transpose(1, 2).contiguous().numpy(),
+        f32(D).view(K, d).numpy(),
+        h,
+        w,
+        block_size(b, d),
+        out.numpy(),
     )
     return out.view(b, h, w, d).permute(0, 3, 1, 2)
 

@@ -28,7 +28,14 @@ from remamber.ops.tracing import traced
 
 # F(4, 3) on the points 0, 1, -1, 2, -2 and infinity (Lavin & Gray 2016): the kernels below spell
 # out B^T (6 x 6) and A^T (4 x 6); G (6 x 3) transforms the filters.
-_G = [[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6], [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]]
+_G = [
+    [1 / 4, 0, 0],
+    [-1 / 6, -1 / 6, -1 / 6],
+    [-1 / 6, 1 / 6, -1 / 6],
+    [1 / 24, 1 / 12, 1 / 6],
+    [1 / 24, -1 / 12, 1 / 6],
+    [0, 0, 1],
+]
 
 # Below this many multiply-adds per output pixel and image (in * out channels) or this many
 # output pixels the direct convolution was as fast with the earlier PyTorch tile transforms
@@ -74,15 +81,34 @@ if scan_cpu.AVAILABLE:
             for j in range(6):
                 tj = t[j]
                 _bt(
-                    padded[ni, r, s + j], padded[ni, r + 1, s + j], padded[ni, r + 2, s + j],
-                    padded[ni, r + 3, s + j], padded[ni, r + 4, s + j], padded[ni, r + 5, s + j],
-                    tj[0], tj[1], tj[2], tj[3], tj[4], tj[5],
+                    padded[ni, r, s + j],
+                    padded[ni, r + 1, s + j],
+                    padded[ni, r + 2, s + j],
+                    padded[ni, r + 3, s + j],
+                    padded[ni, r + 4, s + j],
+                    padded[ni, r + 5, s + j],
+                    tj[0],
+                    tj[1],
+                    tj[2],
+                    tj[3],
+                    tj[4],
+                    tj[5],
                 )
             for i in range(6):
                 k = 6 * i
                 _bt(
-                    t[0, i], t[1, i], t[2, i], t[3, i], t[4, i], t[5, i],
-                    v[k, tile], v[k + 1, tile], v[k + 2, tile], v[k + 3, tile], v[k + 4, tile], v[k + 5, tile],
+                    t[0, i],
+                    t[1, i],
+                    t[2, i],
+                    t[3, i],
+                    t[4, i],
+                    t[5, i],
+                    v[k, tile],
+                    v[k + 1, tile],
+                    v[k + 2, tile],
+                    v[k + 3, tile],
+                    v[k + 4, tile],
+                    v[k + 5, tile],
                 )
 
     @_jit(inline="always", fastmath=True)
@@ -110,7 +136,14 @@ if scan_cpu.AVAILABLE:
             ni, p, q = tile // (rows * tw), p0 + tile // tw % rows, tile % tw
             t = np.empty((6, 4, o), np.float32)  # t[j, i] = (A^T m)[i, j]
             for j in range(6):
-                m0, m1, m2, m3, m4, m5 = m[j, tile], m[6 + j, tile], m[12 + j, tile], m[18 + j, tile], m[24 + j, tile], m[30 + j, tile]
+                m0, m1, m2, m3, m4, m5 = (
+                    m[j, tile],
+                    m[6 + j, tile],
+                    m[12 + j, tile],
+                    m[18 + j, tile],
+                    m[24 + j, tile],
+                    m[30 + j, tile],
+                )
                 t0, t1, t2, t3 = t[j, 0], t[j, 1], t[j, 2], t[j, 3]
                 for ch in range(o):
                     t0[ch], t1[ch], t2[ch], t3[ch] = _at(m0, m1, m2, m3, m4, m5, ch)
@@ -118,7 +151,12 @@ if scan_cpu.AVAILABLE:
                 r = 4 * p + i
                 s0, s1, s2, s3, s4, s5 = t[0, i], t[1, i], t[2, i], t[3, i], t[4, i], t[5, i]
                 if 4 * q + 4 <= w:  # a whole tile row
-                    y0, y1, y2, y3 = out[ni, r, 4 * q], out[ni, r, 4 * q + 1], out[ni, r, 4 * q + 2], out[ni, r, 4 * q + 3]
+                    y0, y1, y2, y3 = (
+                        out[ni, r, 4 * q],
+                        out[ni, r, 4 * q + 1],
+                        out[ni, r, 4 * q + 2],
+                        out[ni, r, 4 * q + 3],
+                    )
                     for ch in range(o):
                         a, b, c, d = _at(s0, s1, s2, s3, s4, s5, ch)
                         sc, sh = scale[ch], shift[ch]
@@ -144,8 +182,13 @@ def winograd_filters(weight: Tensor) -> Tensor:
 
 
 def conv3x3_winograd(
-    x: Tensor, weight: Tensor, bias: Tensor | None = None, filters: Tensor | None = None,
-    block_floats: int = BLOCK_FLOATS, affine: tuple[Tensor, Tensor] | None = None, relu: bool = False,
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    filters: Tensor | None = None,
+    block_floats: int = BLOCK_FLOATS,
+    affine: tuple[Tensor, Tensor] | None = None,
+    relu: bool = False,
 ) -> Tensor:
     """``conv3x3_ref(x, weight, bias)`` by F(4x4, 3x3) for float32 CPU inference (no autograd):
     ``x (n, c, h, w)``, ``weight (o, c, 3, 3)``; ``filters``, when given, is

@@ -7,14 +7,18 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
-from remamber.errors import EXIT_FAILURE, InputError, WeightsError, first_line
-from remamber.io import write_json
-from remamber.hub import (
-    CONFIG_NAME, HUB_PATTERNS, TRAINING_NAME, load_pretrained, metrics_table, model_card, resolve_weights,
-    save_pretrained, training_section,
+from remamber.hub.card import metrics_table, model_card, training_section
+from remamber.hub.folders import (
+    CONFIG_NAME,
+    HUB_PATTERNS,
+    TRAINING_NAME,
+    load_pretrained,
+    resolve_weights,
+    save_pretrained,
 )
+from remamber.utils.errors import EXIT_FAILURE, InputError, WeightsError, first_line
+from remamber.utils.io import write_json
 
 
 def read_metrics(paths: list[Path]) -> list[dict]:
@@ -31,7 +35,7 @@ def read_metrics(paths: list[Path]) -> list[dict]:
     return results
 
 
-def read_notes(path: Optional[Path]) -> str:
+def read_notes(path: Path | None) -> str:
     """The markdown of ``--notes`` ("" when not given)."""
     if path is None:
         return ""
@@ -46,7 +50,9 @@ def export_card(config, first: str, metrics: list[dict], notes: str = "") -> str
     markdown, may be empty), evaluation (when given), notes."""
     parts = [first] if first else []
     if metrics:
-        parts.append("## Evaluation\n\nWith `remamber eval` (percent; oIoU = sum I / sum U):\n\n" + metrics_table(metrics) + "\n")
+        parts.append(
+            "## Evaluation\n\nWith `remamber eval` (percent; oIoU = sum I / sum U):\n\n" + metrics_table(metrics) + "\n"
+        )
     if notes.strip():
         parts.append(notes.strip() + "\n")
     return model_card(config, "\n".join(parts))
@@ -72,7 +78,7 @@ class Upload:
     repo_id: str
     files: list[str]
     bytes: int
-    url: Optional[str] = None  # the commit URL after a real push
+    url: str | None = None  # the commit URL after a real push
 
 
 def upload_plan(folder: Path, repo_id: str) -> Upload:
@@ -81,7 +87,8 @@ def upload_plan(folder: Path, repo_id: str) -> Upload:
     if not (folder / CONFIG_NAME).is_file():
         raise WeightsError(f"{folder} is not a model folder (no {CONFIG_NAME})")
     files = sorted(
-        str(p.relative_to(folder)) for p in folder.rglob("*")
+        str(p.relative_to(folder))
+        for p in folder.rglob("*")
         if p.is_file() and any(fnmatch.fnmatch(p.name, pat) for pat in HUB_PATTERNS)
     )
     return Upload(repo_id, files, sum((folder / f).stat().st_size for f in files))
@@ -99,7 +106,9 @@ def push_to_hub(folder: Path, repo_id: str, private: bool = False, dry_run: bool
     try:
         api.create_repo(repo_id, private=private, exist_ok=True)
         info = api.upload_folder(
-            repo_id=repo_id, folder_path=str(folder), allow_patterns=plan.files,
+            repo_id=repo_id,
+            folder_path=str(folder),
+            allow_patterns=plan.files,
             commit_message="Upload remamber model",
         )
     except HfHubHTTPError as e:

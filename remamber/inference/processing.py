@@ -6,13 +6,13 @@ original size the same way, so that they give the same masks.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 from PIL import Image
 
-from remamber.errors import InputError
+from remamber.utils.errors import InputError
 
 
 @dataclass

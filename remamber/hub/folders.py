@@ -14,27 +14,35 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator, Optional
 
 from remamber import __version__
-from remamber.errors import ConfigError, InputError, WeightsError
-from remamber.io import umask
 from remamber.modeling.config import ModelConfig
+from remamber.utils.errors import ConfigError, InputError, WeightsError
+from remamber.utils.io import umask
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
-ONNX_NAME = "model.onnx"  # the weights of an ONNX export (remamber.onnx_runtime runs it)
+ONNX_NAME = "model.onnx"  # the weights of an ONNX export (remamber.inference.onnx_predictor runs it)
 CARD_NAME = "README.md"
 TRAINING_NAME = "training.json"
 HUB_PATTERNS = [
-    CONFIG_NAME, WEIGHTS_NAME, CARD_NAME, TRAINING_NAME, "tokenizer*", "special_tokens_map.json", "vocab*", "merges.txt",
-    "*.model", "*.onnx",
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    CARD_NAME,
+    TRAINING_NAME,
+    "tokenizer*",
+    "special_tokens_map.json",
+    "vocab*",
+    "merges.txt",
+    "*.model",
+    "*.onnx",
 ]
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-def parse_hub_spec(spec: str) -> Optional[tuple[str, Optional[str]]]:
+def parse_hub_spec(spec: str) -> tuple[str, str | None] | None:
     """``owner/name[@rev]`` or ``hf://owner/name[@rev]`` -> ``(repo_id, revision)``; else None."""
     explicit = spec.startswith("hf://")
     body = spec[5:] if explicit else spec
@@ -52,7 +60,9 @@ def resolve_weights(spec: str | os.PathLike) -> Path:
     local = Path(text).expanduser()
     if not text.startswith("hf://") and local.exists():
         if not local.is_dir():
-            raise WeightsError(f"--weights {text}: not a folder (a model folder holds {CONFIG_NAME} and {WEIGHTS_NAME})")
+            raise WeightsError(
+                f"--weights {text}: not a folder (a model folder holds {CONFIG_NAME} and {WEIGHTS_NAME})"
+            )
         return local
     hub = parse_hub_spec(text)
     if hub is None:
@@ -60,7 +70,7 @@ def resolve_weights(spec: str | os.PathLike) -> Path:
     return _download(*hub)
 
 
-def _download(repo_id: str, revision: Optional[str]) -> Path:
+def _download(repo_id: str, revision: str | None) -> Path:
     from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import (
         EntryNotFoundError,
@@ -74,7 +84,9 @@ def _download(repo_id: str, revision: Optional[str]) -> Path:
     try:
         return Path(snapshot_download(repo_id, revision=revision, allow_patterns=HUB_PATTERNS))
     except RepositoryNotFoundError:
-        raise WeightsError(f"model {name}: no such repository on the Hugging Face Hub (or it is private: run `hf auth login`)") from None
+        raise WeightsError(
+            f"model {name}: no such repository on the Hugging Face Hub (or it is private: run `hf auth login`)"
+        ) from None
     except RevisionNotFoundError:
         raise WeightsError(f"model {name}: the repository has no revision {revision!r}") from None
     except (LocalEntryNotFoundError, EntryNotFoundError):
@@ -126,8 +138,8 @@ def load_state(path: Path) -> dict:
 
 def load_pretrained(spec: str | os.PathLike, device: str = "cpu"):
     """Load a :class:`ReMamber` (eval mode, tokenizer attached) from a folder or Hub id."""
+    from remamber.inference.tokens import folder_tokenizer
     from remamber.modeling.remamber import ReMamber
-    from remamber.tokens import folder_tokenizer
 
     folder = resolve_weights(spec)
     config = read_config(folder)
@@ -139,75 +151,11 @@ def load_pretrained(spec: str | os.PathLike, device: str = "cpu"):
     return model.to(device).eval()
 
 
-def model_card(config: ModelConfig, body: str = "") -> str:
-    """A Hugging Face model card for a remamber model folder; ``body`` (markdown) is appended."""
-    return (
-        "---\nlibrary_name: remamber\ntags:\n- referring-image-segmentation\n- mamba\n- remamber\n---\n\n"
-        f"# ReMamber ({config.preset})\n\n"
-        "Referring image segmentation with ReMamber (VMamba + Mamba Twister): give an image and a phrase, "
-        "get the mask of the object it names. Use it with [remamber](https://pypi.org/project/remamber/):\n\n"
-        "```bash\nremamber segment image.jpg \"man in red shirt\" --weights <this folder or owner/name>\n"
-        "remamber eval --weights <this folder or owner/name> --data <prepared dataset> --split test\n```\n\n"
-        "```python\nfrom remamber.hub import load_pretrained\nfrom remamber.predictor import Predictor\n"
-        "from PIL import Image\n\npredictor = Predictor(load_pretrained(\"<this folder or owner/name>\"))\n"
-        "mask = predictor.predict(Image.open(\"image.jpg\"), \"man in red shirt\").mask  # (H, W) bool\n```\n\n"
-        "## Model\n\n"
-        f"- input size: {config.image_size}x{config.image_size}\n- text encoder: {config.text_encoder}\n"
-        f"- stage dims {config.dims}, depths {config.depths}, Twister depths {config.twister_depths}, "
-        f"d_state {config.d_state}\n"
-        + _variant_line(config)
-        + (f"\n{body.strip()}\n" if body else "")
-    )
-
-
-def _variant_line(config: ModelConfig) -> str:
-    """``- variant: ...`` naming the settings that differ from the default model (empty if none)."""
-    default = ModelConfig()
-    changed = [f"{k} {getattr(config, k)}" for k in ("fusion", "scan", "interaction", "backbone") if getattr(config, k) != getattr(default, k)]
-    if config.fusion == "hmnet":
-        changed.append(f"recap_every {config.recap_every}")
-    return f"- variant: {', '.join(changed)}\n" if changed else ""
-
-
-def _pct(x: float) -> str:
-    return f"{100 * x:.2f}"
-
-
-def metrics_table(results: list[dict]) -> str:
-    """A markdown table of ``remamber eval --json`` objects (one row per result and per type)."""
-    cols = ["mIoU", "oIoU", "P@50", "P@70", "P@90"]
-    lines = ["| data | split | samples | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 3)]
-    for r in results:
-        rows = [(r.get("split", "?"), r)] + [(f"{r.get('split', '?')}: {t}", v) for t, v in r.get("by_type", {}).items()]
-        for name, m in rows:
-            vals = " | ".join(_pct(m[c]) for c in cols)
-            lines.append(f"| {r.get('dataset', '?')} | {name} | {m['samples']} | {vals} |")
-    return "\n".join(lines)
-
-
-def training_section(training: dict) -> str:
-    """Markdown for a ``training.json`` record (written by ``remamber train`` in checkpoints)."""
-    settings = training.get("settings", {})
-    keys = ("preset", "init", "epochs", "max_steps", "batch_size", "lr", "min_lr", "warmup_steps", "weight_decay", "ema", "seed")
-    shown = ", ".join(f"{k}={settings[k]}" for k in keys if settings.get(k) not in (None, ""))
-    text = (
-        f"## Training\n\nTrained with `remamber train` on {training.get('dataset', '?')} "
-        f"({training.get('train_samples', '?')} training samples) for {training.get('step', '?')} steps "
-        f"({shown}).\n"
-    )
-    val = training.get("val")
-    if val:
-        text += f"\nValidation at step {val.get('step')} (percent):\n\n" + metrics_table(
-            [{**val, "dataset": training.get("dataset", "?")}]
-        ) + "\n"
-    return text
-
-
 def save_pretrained(
     model,
     folder: str | os.PathLike,
-    card: Optional[str] = None,
-    extra_files: Optional[dict[str, Callable[[Path], None]]] = None,
+    card: str | None = None,
+    extra_files: dict[str, Callable[[Path], None]] | None = None,
 ) -> Path:
     """Write ``model`` as a model folder, atomically (a half-written folder never appears).
 
@@ -228,19 +176,33 @@ def save_pretrained(
     return Path(folder)
 
 
-def write_model_files(model, folder: Path, card: Optional[str] = None) -> None:
+def write_model_files(model, folder: Path, card: str | None = None) -> None:
     """Write what every model folder has besides its weights: config, tokenizer and card."""
     (folder / CONFIG_NAME).write_text(json.dumps(model.config.to_dict(), indent=2) + "\n", encoding="utf-8")
     model.tokenizer.save_pretrained(str(folder))
+    from remamber.hub.card import model_card
+
     (folder / CARD_NAME).write_text(card if card is not None else model_card(model.config), encoding="utf-8")
 
 
 MODEL_FILES = (WEIGHTS_NAME, ONNX_NAME)  # a model folder has our config.json and one of these
 # What an exported model folder holds besides MODEL_FILES (the tokenizer's files depend on its kind).
-EXPORT_FILES = frozenset({
-    CONFIG_NAME, CARD_NAME, TRAINING_NAME, *MODEL_FILES, "tokenizer.json", "tokenizer_config.json",
-    "special_tokens_map.json", "added_tokens.json", "vocab.json", "vocab.txt", "merges.txt", "spiece.model",
-})
+EXPORT_FILES = frozenset(
+    {
+        CONFIG_NAME,
+        CARD_NAME,
+        TRAINING_NAME,
+        *MODEL_FILES,
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "added_tokens.json",
+        "vocab.json",
+        "vocab.txt",
+        "merges.txt",
+        "spiece.model",
+    }
+)
 
 
 def _is_model_folder(folder: Path) -> bool:
@@ -254,7 +216,7 @@ def _is_model_folder(folder: Path) -> bool:
     return True
 
 
-def check_replaceable(folder: str | os.PathLike, model_file: Optional[str] = None) -> Path:
+def check_replaceable(folder: str | os.PathLike, model_file: str | None = None) -> Path:
     """``folder`` as an absolute path, if writing a model folder there may replace what it holds:
     nothing, an empty folder, or one of our model folders. Anything else (a file, a folder of other
     files) is an InputError: replacing it would delete the user's files. With ``model_file`` (what
@@ -270,7 +232,9 @@ def check_replaceable(folder: str | os.PathLike, model_file: Optional[str] = Non
         return folder
     refuse = f"refusing to replace {folder}: choose a new or empty --out"
     if not _is_model_folder(folder):
-        raise InputError(f"{folder} is not a remamber model folder ({len(entries)} entr{'y' if len(entries) == 1 else 'ies'}); {refuse}")
+        raise InputError(
+            f"{folder} is not a remamber model folder ({len(entries)} entr{'y' if len(entries) == 1 else 'ies'}); {refuse}"
+        )
     if model_file is not None:
         if not (folder / model_file).is_file():
             other = next(f for f in MODEL_FILES if (folder / f).is_file())

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from remamber.errors import InputError
-from remamber.io import atomic_path
+from remamber.utils.errors import InputError
+from remamber.utils.io import atomic_path
 
 OVERLAY_COLOR = (255, 48, 48)
 

@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from remamber.errors import WeightsError, check_threshold, first_line
-from remamber.hub import ONNX_NAME, WEIGHTS_NAME
+from remamber.hub.folders import ONNX_NAME, WEIGHTS_NAME
+from remamber.inference.processing import Prediction, clean_texts, model_input, to_prediction
+from remamber.inference.tokens import folder_tokenizer, tokenize
 from remamber.modeling.config import ModelConfig
-from remamber.pixels import Prediction, clean_texts, model_input, to_prediction
-from remamber.tokens import folder_tokenizer, tokenize
+from remamber.utils.errors import WeightsError, check_threshold, first_line
 
 INPUT_NAMES = ("image", "input_ids", "attention_mask")
 OUTPUT_NAME = "logits"
@@ -28,7 +28,7 @@ def is_onnx_folder(folder: Path) -> bool:
 
 
 class OnnxPredictor:
-    """The :class:`remamber.predictor.Predictor` interface over an onnxruntime session (CPU)."""
+    """The :class:`remamber.inference.predictor.Predictor` interface over an onnxruntime session (CPU)."""
 
     def __init__(self, folder: Path, config: ModelConfig, threshold: float = 0.5) -> None:
         check_threshold(threshold)

@@ -1,4 +1,4 @@
-"""Image + phrase -> mask, with a loaded model; no file I/O here (see remamber.images)."""
+"""Image + phrase -> mask, with a loaded model; no file I/O here (see remamber.inference.images)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import re
 import torch
 from PIL import Image
 
-from remamber.errors import InputError, check_threshold
-from remamber.pixels import Prediction, clean_texts, model_input, to_prediction
+from remamber.inference.processing import Prediction, clean_texts, model_input, to_prediction
+from remamber.utils.errors import InputError, check_threshold
 
 __all__ = ["Prediction", "Predictor", "prefer_fused_scan", "resolve_device"]
 

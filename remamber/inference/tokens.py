@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from remamber.errors import WeightsError, first_line
+from remamber.utils.errors import WeightsError, first_line
 
 
 def tokenize(tokenizer: Any, texts: list[str], max_len: int, return_tensors: str = "pt") -> tuple[Any, Any, list[bool]]:

@@ -1,0 +1,87 @@
+"""Model cards: the README.md of a model folder, with its settings, training and evaluation tables."""
+
+from __future__ import annotations
+
+from remamber.modeling.config import ModelConfig
+
+
+def model_card(config: ModelConfig, body: str = "") -> str:
+    """A Hugging Face model card for a remamber model folder; ``body`` (markdown) is appended."""
+    return (
+        "---\nlibrary_name: remamber\ntags:\n- referring-image-segmentation\n- mamba\n- remamber\n---\n\n"
+        f"# ReMamber ({config.preset})\n\n"
+        "Referring image segmentation with ReMamber (VMamba + Mamba Twister): give an image and a phrase, "
+        "get the mask of the object it names. Use it with [remamber](https://pypi.org/project/remamber/):\n\n"
+        '```bash\nremamber segment image.jpg "man in red shirt" --weights <this folder or owner/name>\n'
+        "remamber eval --weights <this folder or owner/name> --data <prepared dataset> --split test\n```\n\n"
+        "```python\nfrom remamber.hub.folders import load_pretrained\nfrom remamber.inference.predictor import Predictor\n"
+        'from PIL import Image\n\npredictor = Predictor(load_pretrained("<this folder or owner/name>"))\n'
+        'mask = predictor.predict(Image.open("image.jpg"), "man in red shirt").mask  # (H, W) bool\n```\n\n'
+        "## Model\n\n"
+        f"- input size: {config.image_size}x{config.image_size}\n- text encoder: {config.text_encoder}\n"
+        f"- stage dims {config.dims}, depths {config.depths}, Twister depths {config.twister_depths}, "
+        f"d_state {config.d_state}\n" + _variant_line(config) + (f"\n{body.strip()}\n" if body else "")
+    )
+
+
+def _variant_line(config: ModelConfig) -> str:
+    """``- variant: ...`` naming the settings that differ from the default model (empty if none)."""
+    default = ModelConfig()
+    changed = [
+        f"{k} {getattr(config, k)}"
+        for k in ("fusion", "scan", "interaction", "backbone")
+        if getattr(config, k) != getattr(default, k)
+    ]
+    if config.fusion == "hmnet":
+        changed.append(f"recap_every {config.recap_every}")
+    return f"- variant: {', '.join(changed)}\n" if changed else ""
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}"
+
+
+def metrics_table(results: list[dict]) -> str:
+    """A markdown table of ``remamber eval --json`` objects (one row per result and per type)."""
+    cols = ["mIoU", "oIoU", "P@50", "P@70", "P@90"]
+    lines = ["| data | split | samples | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 3)]
+    for r in results:
+        rows = [(r.get("split", "?"), r)] + [
+            (f"{r.get('split', '?')}: {t}", v) for t, v in r.get("by_type", {}).items()
+        ]
+        for name, m in rows:
+            vals = " | ".join(_pct(m[c]) for c in cols)
+            lines.append(f"| {r.get('dataset', '?')} | {name} | {m['samples']} | {vals} |")
+    return "\n".join(lines)
+
+
+def training_section(training: dict) -> str:
+    """Markdown for a ``training.json`` record (written by ``remamber train`` in checkpoints)."""
+    settings = training.get("settings", {})
+    keys = (
+        "preset",
+        "init",
+        "epochs",
+        "max_steps",
+        "batch_size",
+        "lr",
+        "min_lr",
+        "warmup_steps",
+        "weight_decay",
+        "ema",
+        "seed",
+    )
+    shown = ", ".join(f"{k}={settings[k]}" for k in keys if settings.get(k) not in (None, ""))
+    text = (
+        f"## Training\n\nTrained with `remamber train` on {training.get('dataset', '?')} "
+        f"({training.get('train_samples', '?')} training samples) for {training.get('step', '?')} steps "
+        f"({shown}).\n"
+    )
+    val = training.get("val")
+    if val:
+        text += (
+            f"\nValidation at step {val.get('step')} (percent):\n\n"
+            + metrics_table([{**val, "dataset": training.get("dataset", "?")}])
+            + "\n"
+        )
+    return text

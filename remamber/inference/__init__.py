@@ -1,0 +1,1 @@
+"""Image + phrase -> mask: pre- and post-processing, tokens, the PyTorch and onnxruntime predictors."""
