@@ -120,7 +120,7 @@ def main() -> None:
     for size, batch in cases:
         row = {"image_size": size, "batch_size": batch}
         for _ in range(ROUNDS):  # every config once per round, so no config always runs first
-            for label, (backend, keep) in CONFIGS.items():
+            for label in CONFIGS:
                 m = measure_in_subprocess(size, batch, label, steps)
                 print(f"{size} px batch {batch} {label:15s} {m}", flush=True)
                 if label not in row or m["step_s"] < row[label]["step_s"]:

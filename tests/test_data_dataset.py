@@ -110,7 +110,7 @@ def test_swap_left_right(text, expected):
 def test_crop_always_keeps_the_referent():
     rng = np.random.default_rng(0)
     image = Image.new("RGB", (60, 40))
-    for trial in range(50):
+    for _trial in range(50):
         mask = np.zeros((40, 60), dtype=np.uint8)
         x, y = rng.integers(0, 50), rng.integers(0, 30)
         mask[y : y + rng.integers(1, 10), x : x + rng.integers(1, 10)] = 1

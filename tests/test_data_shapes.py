@@ -208,7 +208,7 @@ def test_clearance_rejects_near_misses():
 
 
 def test_mirror_keeps_referent_and_matches_word_swap(shapes_dataset):
-    for scene, target, sentence, expr in _expressions(shapes_dataset):
+    for scene, target, _sentence, expr in _expressions(shapes_dataset):
         assert resolve(mirror_expression(expr), mirror_scene(scene)) == [target]
         text = render(expr, np.random.default_rng(0))
         mirrored = render(mirror_expression(expr), np.random.default_rng(0))

@@ -375,8 +375,7 @@ def iou_histogram(ious: Sequence[float], bins: int = 10, title: str = "", size: 
 def iter_metric_rows(summary: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
     """``("all", summary)`` then ``(type, summary)`` per expression type, for tables."""
     yield "all", summary
-    for name, sub in (summary.get("by_type") or {}).items():
-        yield name, sub
+    yield from (summary.get("by_type") or {}).items()
 
 
 __all__ = [
