@@ -11,7 +11,7 @@ import torch
 from model_fixtures import run_cli
 from PIL import Image
 
-from remamber.cli.weights import default_weights
+from remamber.cli.weights import DEMO_NOTE, default_weights
 from remamber.data.masks import decode_rle
 from remamber.data.shapes import generate_image
 
@@ -42,15 +42,16 @@ def test_examples_are_the_generator_output_with_exact_masks():
 
 @pytest.fixture(scope="module")
 def default_model_results(tmp_path_factory):
-    assert default_weights() is not None, "the shipped default model is missing from weights/"
+    assert default_weights() is not None, "the shipped default model is missing from remamber/pretrained/"
     out = tmp_path_factory.mktemp("examples")
     jobs = out / "jobs.jsonl"
     jobs.write_text("\n".join(json.dumps({"image": str(EXAMPLES / e["image"]), "text": e["text"]}) for e in ENTRIES))
     # no --weights: the default model; on the CPU also where a GPU is (the CUDA test compares with it)
     res = run_cli("segment", "--batch", str(jobs), "--out", str(out), "--json", "--device", "cpu")
     assert res.code == 0, res.stderr
-    results = [json.loads(line) for line in res.stdout.splitlines()]
+    results = [json.loads(line) for line in res.stdout.splitlines()]  # the demo note is not on stdout
     assert [r["text"] for r in results] == [e["text"] for e in ENTRIES]
+    assert res.stderr.count(DEMO_NOTE) == 1  # once for the whole batch
     return out, results
 
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
 from model_fixtures import assert_one_line_error, run_cli
 
 from remamber.hub.folders import load_pretrained, parse_hub_spec, resolve_weights, save_pretrained
-from remamber.utils.errors import ConfigError, WeightsError
+from remamber.utils.errors import ConfigError, InputError, WeightsError
 
 
 def _outputs(model):
@@ -141,3 +142,95 @@ def test_written_files_get_usual_permissions(tiny_model, tmp_path):
     assert os.access(folder / "config.json", os.R_OK)
     for f in folder.iterdir():  # safetensors writes its file 0600 by itself
         assert f.stat().st_mode & 0o777 == 0o666 & ~umask(), f.name
+
+
+# --------------------------------------------------------------------------- ReMamber as a ModelHubMixin
+
+
+def _same_outputs(a, b) -> bool:
+    """Whether two models give identical logits (on the fused CPU scan for both, whichever path
+    the process would otherwise pick for a single call)."""
+    from remamber.inference.predictor import prefer_fused_scan
+
+    prefer_fused_scan(torch.device("cpu"), a.config.d_state)
+    return torch.equal(_outputs(a), _outputs(b))
+
+
+def test_mixin_save_then_from_pretrained_round_trips(tiny_model, tmp_path):
+    from huggingface_hub import ModelHubMixin
+
+    from remamber import ReMamber
+
+    assert isinstance(tiny_model, ModelHubMixin)
+    folder = tmp_path / "m"
+    tiny_model.save_pretrained(folder)
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "README.md",
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ]
+    assert json.loads((folder / "config.json").read_text()) == tiny_model.config.to_dict()  # ours, not the mixin's
+    loaded = ReMamber.from_pretrained(folder)
+    assert loaded.config == tiny_model.config and not loaded.training
+    assert _same_outputs(loaded, tiny_model)
+    assert load_pretrained(folder).state_dict().keys() == loaded.state_dict().keys()
+
+    (folder / "stale.txt").write_text("old")
+    tiny_model.save_pretrained(folder)  # replaces the folder as a whole, as save_pretrained does
+    assert not (folder / "stale.txt").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("mine")
+    with pytest.raises(InputError, match="refusing to replace"):  # the user's files are never overwritten
+        tiny_model.save_pretrained(tmp_path / "notes")
+
+
+def test_mixin_from_pretrained_takes_a_shipped_name():
+    from remamber import ReMamber
+    from remamber.hub.shipped import DEFAULT_MODEL, SHIPPED_MODELS
+
+    model = ReMamber.from_pretrained(DEFAULT_MODEL)
+    assert model.config == load_pretrained(SHIPPED_MODELS[DEFAULT_MODEL]).config
+
+
+def test_mixin_from_pretrained_reads_the_hub_cache_offline(tiny_model, tiny_model_dir, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from remamber import ReMamber
+
+    cache = _hub_cache(tmp_path, tiny_model_dir, revisions=("main", "v1"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # what HF_HUB_OFFLINE=1 sets at import
+    for spec, options in (
+        ("acme/tiny-remamber", {}),
+        ("hf://acme/tiny-remamber@v1", {}),
+        ("acme/tiny-remamber", {"revision": "v1"}),
+    ):
+        model = ReMamber.from_pretrained(spec, cache_dir=cache, **options)
+        assert model.config == tiny_model.config and _same_outputs(model, tiny_model), spec
+    with pytest.raises(WeightsError, match="HF_HUB_OFFLINE"):
+        ReMamber.from_pretrained("acme/not-cached", cache_dir=cache)
+
+
+def test_mixin_push_to_hub_goes_through_our_upload(tiny_model, monkeypatch):
+    import huggingface_hub
+
+    calls = []
+
+    class FakeApi:  # as in test_export: no network
+        def __init__(self, token=None):
+            self.token = token
+
+        def create_repo(self, repo_id, private, exist_ok):
+            calls.append(("create", repo_id, private, self.token))
+
+        def upload_folder(self, repo_id, folder_path, allow_patterns, commit_message):
+            sent = sorted(p.name for p in Path(folder_path).iterdir())  # the folder exists during the upload
+            calls.append(("upload", repo_id, sorted(allow_patterns), sent, commit_message))
+            return f"https://huggingface.co/{repo_id}/commit/abc"
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    url = tiny_model.push_to_hub("me/model", private=True, token="tok", commit_message="first")
+    files = ["README.md", "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
+    assert url == "https://huggingface.co/me/model/commit/abc"
+    assert calls == [("create", "me/model", True, "tok"), ("upload", "me/model", files, files, "first")]

@@ -284,8 +284,9 @@ def test_debug_shows_traceback(tmp_path):
 
 def test_no_weights_and_no_default_model_says_how_to_get_one(monkeypatch, tmp_path):
     from remamber.cli import weights
+    from remamber.hub.shipped import DEFAULT_MODEL, SHIPPED_MODELS
 
-    monkeypatch.setattr(weights, "DEFAULT_WEIGHTS", tmp_path / "absent")
+    monkeypatch.setitem(SHIPPED_MODELS, DEFAULT_MODEL, tmp_path / "absent")
     with pytest.raises(WeightsError, match="pass --weights"):
         weights.load_model(None, "cpu")
 

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
+from remamber.hub.shipped import DEFAULT_MODEL, is_default_model, shipped_folder
 from remamber.utils.errors import WeightsError
 
-# Shipped default model folder (inside the source tree; see weights/README.md).
-DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "pretrained" / "remamber-tiny-shapes"
+DEMO_NOTE = (
+    "note: the default model knows synthetic shapes only; for photos pass --weights "
+    "(a converted ReMamber checkpoint: remamber export --from-official ...) or train on RefCOCO"
+)
+_noted = False  # DEMO_NOTE is said once per process, however many models a command loads
 
 
 def default_weights() -> Path | None:
     """The shipped default model folder, if this installation has it."""
-    return DEFAULT_WEIGHTS if (DEFAULT_WEIGHTS / "config.json").is_file() else None
+    return shipped_folder(DEFAULT_MODEL)
 
 
 def weights_or_default(weights: str | None) -> str:
@@ -28,16 +33,26 @@ def weights_or_default(weights: str | None) -> str:
     return str(found)
 
 
+def _note_if_demo(folder: Path) -> None:
+    """Say on stderr (never stdout, which --json owns) what the shipped demo model cannot do."""
+    global _noted
+    if not _noted and is_default_model(folder):
+        _noted = True
+        sys.stderr.write(DEMO_NOTE + "\n")
+
+
 def load_model(weights: str | None, device):
     """Load the PyTorch model named by ``--weights`` (or the default) onto ``device``; on the CPU
     the command's process keeps freed memory for its next image (:mod:`remamber.engine.allocator`)."""
     import torch
 
     from remamber.engine.allocator import keep_freed_memory
-    from remamber.hub.folders import load_pretrained
+    from remamber.hub.folders import load_pretrained, resolve_weights
 
     device = torch.device(device)
-    model = load_pretrained(weights_or_default(weights), device=str(device))
+    folder = resolve_weights(weights_or_default(weights))
+    _note_if_demo(folder)
+    model = load_pretrained(folder, device=str(device))
     if device.type == "cpu":  # as `remamber train` does
         keep_freed_memory()
     return model

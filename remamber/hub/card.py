@@ -14,8 +14,8 @@ def model_card(config: ModelConfig, body: str = "") -> str:
         "get the mask of the object it names. Use it with [remamber](https://pypi.org/project/remamber/):\n\n"
         '```bash\nremamber segment image.jpg "man in red shirt" --weights <this folder or owner/name>\n'
         "remamber eval --weights <this folder or owner/name> --data <prepared dataset> --split test\n```\n\n"
-        "```python\nfrom remamber.hub.folders import load_pretrained\nfrom remamber.inference.predictor import Predictor\n"
-        'from PIL import Image\n\npredictor = Predictor(load_pretrained("<this folder or owner/name>"))\n'
+        "```python\nfrom PIL import Image\nfrom remamber import Predictor, load_pretrained\n\n"
+        'predictor = Predictor(load_pretrained("<this folder or owner/name>"))\n'
         'mask = predictor.predict(Image.open("image.jpg"), "man in red shirt").mask  # (H, W) bool\n```\n\n'
         "## Model\n\n"
         f"- input size: {config.image_size}x{config.image_size}\n- text encoder: {config.text_encoder}\n"

@@ -2,7 +2,8 @@
 
 A model folder is Hugging Face style: ``config.json`` (our :class:`ModelConfig`),
 ``model.safetensors``, the tokenizer files and a ``README.md`` model card.  ``--weights``
-accepts a local folder, ``owner/name``, ``owner/name@revision`` or ``hf://owner/name``;
+accepts a local folder, the name of a shipped model (:mod:`remamber.hub.shipped`),
+``owner/name``, ``owner/name@revision`` or ``hf://owner/name``, in that order of precedence;
 Hub models go through ``huggingface_hub`` (its cache, ``HF_HUB_OFFLINE`` and tokens apply).
 """
 
@@ -18,6 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from remamber import __version__
+from remamber.hub.shipped import DEFAULT_MODEL, shipped_folder
 from remamber.modeling.config import ModelConfig
 from remamber.utils.errors import ConfigError, InputError, WeightsError
 from remamber.utils.io import umask
@@ -54,8 +56,13 @@ def parse_hub_spec(spec: str) -> tuple[str, str | None] | None:
     return None
 
 
-def resolve_weights(spec: str | os.PathLike) -> Path:
-    """Turn a ``--weights`` value into a local model folder, downloading from the Hub if needed."""
+def resolve_weights(spec: str | os.PathLike, **download_options) -> Path:
+    """Turn a ``--weights`` value into a local model folder, downloading from the Hub if needed.
+
+    Precedence: an existing local path, then a shipped model's name, then a Hub id.
+    ``download_options`` (``cache_dir``, ``token``, ``force_download``, ``local_files_only``, and
+    ``revision`` when the id names none) go to :func:`huggingface_hub.snapshot_download`.
+    """
     text = str(spec)
     local = Path(text).expanduser()
     if not text.startswith("hf://") and local.exists():
@@ -64,13 +71,18 @@ def resolve_weights(spec: str | os.PathLike) -> Path:
                 f"--weights {text}: not a folder (a model folder holds {CONFIG_NAME} and {WEIGHTS_NAME})"
             )
         return local
+    shipped = None if text.startswith("hf://") else shipped_folder(text)
+    if shipped is not None:
+        return shipped
     hub = parse_hub_spec(text)
     if hub is None:
         raise WeightsError(f"--weights {text}: no such model folder (and not a Hub id like owner/name)")
-    return _download(*hub)
+    return _download(*hub, **download_options)
 
 
-def _download(repo_id: str, revision: str | None) -> Path:
+def _download(repo_id: str, id_revision: str | None, revision: str | None = None, **options) -> Path:
+    """Download (or find in the Hub cache) the model files of ``repo_id``; a revision named in the
+    id (``owner/name@rev``) wins over a ``revision`` option."""
     from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import (
         EntryNotFoundError,
@@ -80,9 +92,10 @@ def _download(repo_id: str, revision: str | None) -> Path:
         RevisionNotFoundError,
     )
 
+    revision = id_revision or revision
     name = repo_id + (f"@{revision}" if revision else "")
     try:
-        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=HUB_PATTERNS))
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=HUB_PATTERNS, **options))
     except RepositoryNotFoundError:
         raise WeightsError(
             f"model {name}: no such repository on the Hugging Face Hub (or it is private: run `hf auth login`)"
@@ -136,8 +149,9 @@ def load_state(path: Path) -> dict:
         raise WeightsError(f"{path} is not a readable safetensors file ({e})") from None
 
 
-def load_pretrained(spec: str | os.PathLike, device: str = "cpu"):
-    """Load a :class:`ReMamber` (eval mode, tokenizer attached) from a folder or Hub id."""
+def load_pretrained(spec: str | os.PathLike = DEFAULT_MODEL, device: str = "cpu"):
+    """Load a :class:`ReMamber` (eval mode, tokenizer attached) from a folder, a shipped model's
+    name or a Hub id; without ``spec``, the shipped default model."""
     from remamber.inference.tokens import folder_tokenizer
     from remamber.modeling.remamber import ReMamber
 
@@ -162,18 +176,24 @@ def save_pretrained(
     ``extra_files`` maps file names to writers called with the path to write (e.g. the
     trainer's state in a checkpoint); they land in the folder in the same atomic swap.
     """
+    with staged_folder(folder) as tmp:
+        write_folder(model, tmp, card)
+        for name, write in (extra_files or {}).items():
+            write(tmp / name)
+    return Path(folder)
+
+
+def write_folder(model, folder: Path, card: str | None = None) -> None:
+    """Write the files of a model folder into the existing ``folder``: weights, config, tokenizer
+    and card (what :func:`save_pretrained` stages, and ``ReMamber._save_pretrained`` writes)."""
     from safetensors.torch import save_file
 
     if model.tokenizer is None:
         raise ConfigError("cannot save a model without a tokenizer: a model folder must rebuild its text input")
-    with staged_folder(folder) as tmp:
-        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "remamber_version": __version__})
-        (tmp / WEIGHTS_NAME).chmod(0o666 & ~umask())  # safetensors creates it 0600
-        write_model_files(model, tmp, card)
-        for name, write in (extra_files or {}).items():
-            write(tmp / name)
-    return Path(folder)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(folder / WEIGHTS_NAME), metadata={"format": "pt", "remamber_version": __version__})
+    (folder / WEIGHTS_NAME).chmod(0o666 & ~umask())  # safetensors creates it 0600
+    write_model_files(model, folder, card)
 
 
 def write_model_files(model, folder: Path, card: str | None = None) -> None:

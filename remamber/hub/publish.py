@@ -94,22 +94,30 @@ def upload_plan(folder: Path, repo_id: str) -> Upload:
     return Upload(repo_id, files, sum((folder / f).stat().st_size for f in files))
 
 
-def push_to_hub(folder: Path, repo_id: str, private: bool = False, dry_run: bool = False) -> Upload:
-    """Upload a model folder to ``repo_id`` (created if needed); ``dry_run`` only lists the files."""
+def push_to_hub(
+    folder: Path,
+    repo_id: str,
+    private: bool = False,
+    dry_run: bool = False,
+    token: str | None = None,
+    commit_message: str = "Upload remamber model",
+) -> Upload:
+    """Upload a model folder to ``repo_id`` (created if needed); ``dry_run`` only lists the files.
+    Without ``token``, huggingface_hub's own (``HF_TOKEN``, or the one ``hf auth login`` saved)."""
     plan = upload_plan(folder, repo_id)
     if dry_run:
         return plan
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
-    api = HfApi(token=os.environ.get("HF_TOKEN") or None)
+    api = HfApi(token=token or os.environ.get("HF_TOKEN") or None)
     try:
         api.create_repo(repo_id, private=private, exist_ok=True)
         info = api.upload_folder(
             repo_id=repo_id,
             folder_path=str(folder),
             allow_patterns=plan.files,
-            commit_message="Upload remamber model",
+            commit_message=commit_message,
         )
     except HfHubHTTPError as e:
         raise WeightsError(f"push to {repo_id} failed: {first_line(e)}", exit_code=EXIT_FAILURE) from None

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from huggingface_hub import ModelHubMixin
 from torch import Tensor
 
 from remamber.inference.tokens import tokenize
@@ -71,7 +73,7 @@ class ReMamberEncoder(nn.Module):
         return feats
 
 
-class ReMamber(nn.Module):
+class ReMamber(nn.Module, ModelHubMixin, library_name="remamber"):
     """Referring segmentation: ``(images, input_ids, attention_mask) -> mask logits (b, 1, H, W)``.
 
     ``tokenizer`` (not a module) turns phrases into ``input_ids``; see :meth:`tokenize`.
@@ -126,3 +128,111 @@ class ReMamber(nn.Module):
             out["global_text"] = count(*[getattr(f, "global_text", None) for f in fusions])
             out["local_text"] = count(*[getattr(f, "local_text", None) for f in fusions])
         return out
+
+    # Hugging Face Hub API (huggingface_hub.ModelHubMixin) over the model folders of remamber.hub.folders.
+    # The mixin's two hooks delegate to those functions; its three public methods are thin overrides,
+    # each for one reason given in its docstring, so that the folders they read and write are ours
+    # (config.json is our ModelConfig, not the mixin's dict of __init__ arguments).
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | Path,
+        *,
+        revision: str | None = None,
+        cache_dir: str | Path | None = None,
+        force_download: bool = False,
+        local_files_only: bool = False,
+        token: str | bool | None = None,
+        **model_kwargs: Any,
+    ) -> ReMamber:
+        """Load a model folder: a local path, a shipped model's name (``"remamber-tiny-shapes"``) or
+        a Hub id (``owner/name``, ``owner/name@revision``, ``hf://owner/name``), as ``--weights``.
+
+        The name is resolved here (:func:`remamber.hub.folders.resolve_weights`) before the mixin
+        sees it, because the mixin looks up on the Hub any name that is not a folder, a shipped
+        name too. ``device="cuda"`` loads onto that device (default: the CPU), in eval mode.
+        """
+        from remamber.hub.folders import resolve_weights
+
+        folder = resolve_weights(
+            pretrained_model_name_or_path,
+            revision=revision,
+            cache_dir=cache_dir,
+            force_download=force_download,
+            local_files_only=local_files_only,
+            token=token,
+        )
+        return super().from_pretrained(folder, **model_kwargs)
+
+    @classmethod
+    def _from_pretrained(
+        cls,
+        *,
+        model_id: str,
+        revision: str | None,
+        cache_dir: str | Path | None,
+        force_download: bool,
+        local_files_only: bool,
+        token: str | bool | None,
+        config: dict | None = None,
+        device: str = "cpu",
+    ) -> ReMamber:
+        """The mixin's loading hook: :func:`remamber.hub.folders.load_pretrained` on ``model_id``,
+        the local folder :meth:`from_pretrained` resolved (the Hub options are spent there; the
+        mixin's ``config``, read from config.json, is read again and validated there)."""
+        from remamber.hub.folders import load_pretrained
+
+        return load_pretrained(model_id, device=device)
+
+    def save_pretrained(
+        self,
+        save_directory: str | Path,
+        *,
+        repo_id: str | None = None,
+        push_to_hub: bool = False,
+        **push_to_hub_kwargs: Any,
+    ) -> str | None:
+        """Write this model as a model folder (config.json, model.safetensors, tokenizer files,
+        model card); with ``push_to_hub``, then upload it to ``repo_id`` (default: the folder's name).
+
+        The mixin writes into a staged folder that then replaces ``save_directory`` at once
+        (:func:`remamber.hub.folders.staged_folder`): alone it writes in place, deleting config.json
+        first, so an interrupted save would leave a broken folder. ``save_directory`` must be new,
+        empty or a model folder: other files are never overwritten.
+        """
+        from remamber.hub.folders import staged_folder
+
+        with staged_folder(save_directory) as tmp:
+            super().save_pretrained(tmp)
+        if push_to_hub:
+            return self.push_to_hub(repo_id or Path(save_directory).name, **push_to_hub_kwargs)
+        return None
+
+    def _save_pretrained(self, save_directory: Path) -> None:
+        """The mixin's saving hook: :func:`remamber.hub.folders.write_folder`."""
+        from remamber.hub.folders import write_folder
+
+        write_folder(self, Path(save_directory))
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        private: bool = False,
+        token: str | None = None,
+        commit_message: str = "Upload remamber model",
+    ) -> str:
+        """Upload this model as a model folder to ``repo_id`` (created if needed); returns the commit URL.
+
+        It goes through :func:`remamber.hub.publish.push_to_hub`, as ``remamber export --push-to-hub``
+        does (the same files and one-line errors), not through the mixin's upload.
+        """
+        import tempfile
+
+        from remamber.hub.publish import push_to_hub
+
+        with tempfile.TemporaryDirectory(prefix="remamber-push-") as tmp:
+            folder = Path(tmp) / "model"
+            self.save_pretrained(folder)
+            return push_to_hub(folder, repo_id, private=private, token=token, commit_message=commit_message).url
