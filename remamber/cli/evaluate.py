@@ -14,8 +14,9 @@ from typing import Any
 
 import typer
 
+from remamber.cli.options import device_option, threshold_option, weights_option
 from remamber.data.catalog import KNOWN_DATASETS, SHAPES_NAME, default_out
-from remamber.utils.errors import InputError, check_threshold
+from remamber.utils.errors import InputError
 
 DATASETS = (*KNOWN_DATASETS, SHAPES_NAME)
 EVAL_SIZES = ("original", "input")
@@ -140,54 +141,38 @@ def evaluate(
         help="Split to evaluate: train, val, test, testA, testB (what the prepared folder has).",
         show_default=False,
     ),
-    weights: str | None = typer.Option(
-        None,
-        "--weights",
-        "-w",
-        help="Model: a local folder, owner/name, owner/name@revision or hf://owner/name. "
-        "Default: the shipped default model.",
-        show_default=False,
-    ),
+    weights: str | None = weights_option(),
     dataset: str = typer.Option(
         "refcoco",
         "--dataset",
-        metavar="|".join(DATASETS),
-        help="Which prepared dataset of the data home (where `remamber prepare NAME` put it).",
+        metavar="NAME",
+        help=f"Which prepared dataset of the data home (where `remamber prepare NAME` put it): {', '.join(DATASETS)}.",
     ),
     data: Path | None = typer.Option(
         None,
         "--data",
-        metavar="DIR",
+        metavar="FOLDER",
         help="A prepared dataset folder (any `remamber prepare ... --out DIR`); overrides --dataset.",
         show_default=False,
     ),
-    threshold: float = typer.Option(
-        0.5,
-        "--threshold",
-        metavar="T",
-        help="Mask = sigmoid(logits) > T (strictly greater), 0 < T < 1.",
-    ),
+    threshold: float = threshold_option(),
     eval_size: str = typer.Option(
         "original",
         "--eval-size",
-        metavar="original|input",
-        help="Compare at the original image size (logits upsampled bilinearly) or at the model "
+        metavar="NAME",
+        help="original: compare at the original image size (logits upsampled bilinearly); input: at the model "
         "input size (ground truth resized with nearest).",
     ),
-    batch_size: int = typer.Option(8, "--batch-size", "-b", metavar="B", help="Samples per forward pass."),
-    device: str = typer.Option(
-        "auto", "--device", metavar="auto|cpu|cuda", help="auto (CUDA if available), cpu or cuda."
-    ),
+    batch_size: int = typer.Option(8, "--batch-size", "-b", metavar="N", help="Samples per forward pass."),
+    device: str = device_option(),
     images_root: Path | None = typer.Option(
         None,
         "--images-root",
-        metavar="DIR",
+        metavar="FOLDER",
         help="Where the images are, if they moved since `remamber prepare`.",
         show_default="as prepared",
     ),
-    limit: int | None = typer.Option(
-        None, "--limit", metavar="N", help="Only the first N samples (quick checks).", show_default="all"
-    ),
+    limit: int = typer.Option(0, "--limit", metavar="N", help="Only the first N samples (quick checks; 0: all)."),
     workers: int = typer.Option(0, "--workers", metavar="N", help="Data-loading worker processes."),
     json_out: bool = typer.Option(
         False,
@@ -205,7 +190,7 @@ def evaluate(
     save_masks: Path | None = typer.Option(
         None,
         "--save-masks",
-        metavar="DIR",
+        metavar="FOLDER",
         help="Write each predicted mask as a 0/255 PNG (at the eval size) into DIR.",
         show_default=False,
     ),
@@ -213,13 +198,12 @@ def evaluate(
     # ---- check everything that can be checked before loading a model
     if dataset not in DATASETS:
         raise InputError(f"--dataset {dataset!r}: unknown; choose from: {', '.join(DATASETS)}")
-    check_threshold(threshold)
     if eval_size not in EVAL_SIZES:
         raise InputError(f"--eval-size {eval_size!r}: choose from: {', '.join(EVAL_SIZES)}")
     if batch_size < 1:
         raise InputError(f"--batch-size must be at least 1 (got {batch_size})")
-    if limit is not None and limit < 1:
-        raise InputError(f"--limit must be at least 1 (got {limit})")
+    if limit < 0:
+        raise InputError(f"--limit must be 0 (all) or more (got {limit})")
     if workers < 0:
         raise InputError(f"--workers must be 0 or more (got {workers})")
     folder = data if data is not None else default_out(dataset)
@@ -228,7 +212,7 @@ def evaluate(
     records = prepared.records(split)
     if not records:
         raise InputError(f"--split {split}: {folder} has no samples in this split")
-    n = len(records) if limit is None else min(limit, len(records))
+    n = min(limit, len(records)) if limit else len(records)
     _check_images(records[:n], root, images_root is not None)
     if report is not None:
         from remamber.engine.evaluate import report_paths
@@ -270,7 +254,7 @@ def evaluate(
             device=dev,
             save_masks=save_masks,
             progress=True,
-            limit=limit,
+            limit=limit or None,
             num_workers=workers,
         )
         if not distributed.is_main():
@@ -284,7 +268,7 @@ def evaluate(
             "split": split,
             "threshold": threshold,
             "eval_size": eval_size,
-            "limit": limit,
+            "limit": limit or None,
             "device": str(dev),
             "processes": distributed.world_size(),
             "truncated": result.truncated,

@@ -77,7 +77,6 @@ class _DatasetGroup(TyperGroup):
 app = typer.Typer(
     cls=_DatasetGroup,
     help=PREPARE_HELP,
-    no_args_is_help=True,
     add_completion=False,
     rich_markup_mode="rich",
     context_settings={"help_option_names": ["-h", "--help"]},

@@ -50,7 +50,7 @@ def parse_hub_spec(spec: str) -> tuple[str, str | None] | None:
     if _REPO_ID.match(repo_id) and (explicit or not repo_id.startswith(".")):
         return repo_id, revision or None
     if explicit:
-        raise WeightsError(f"--weights {spec}: expected hf://owner/name or hf://owner/name@revision")
+        raise WeightsError(f"weights {spec!r}: expected hf://owner/name or hf://owner/name@revision")
     return None
 
 
@@ -61,12 +61,12 @@ def resolve_weights(spec: str | os.PathLike) -> Path:
     if not text.startswith("hf://") and local.exists():
         if not local.is_dir():
             raise WeightsError(
-                f"--weights {text}: not a folder (a model folder holds {CONFIG_NAME} and {WEIGHTS_NAME})"
+                f"weights {text!r}: not a folder (a model folder holds {CONFIG_NAME} and {WEIGHTS_NAME})"
             )
         return local
     hub = parse_hub_spec(text)
     if hub is None:
-        raise WeightsError(f"--weights {text}: no such model folder (and not a Hub id like owner/name)")
+        raise WeightsError(f"weights {text!r}: no such model folder (and not a Hub id like owner/name)")
     return _download(*hub)
 
 
