@@ -14,6 +14,7 @@ import typer
 
 from remamber import __version__
 from remamber.cli import evaluate, export, prepare, segment, train
+from remamber.cli.options import Command, Group
 from remamber.utils.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, RemamberError, UsageError
 
 
@@ -32,6 +33,7 @@ USAGE_ERRORS = _click_errors()
 
 app = typer.Typer(
     name="remamber",
+    cls=Group,
     help=(
         "Referring image segmentation with ReMamber: give an image and a phrase "
         '("man in red shirt"), get the mask of the object it names.\n\n'
@@ -68,11 +70,11 @@ def _root(
     """remamber command line."""
 
 
-app.command(name="segment", help=segment.HELP)(segment.segment)
+app.command(name="segment", help=segment.HELP, cls=Command)(segment.segment)
 app.add_typer(prepare.app, name="prepare")
-app.command(name="eval", help=evaluate.HELP)(evaluate.evaluate)
-app.command(name="train", help=train.HELP)(train.train)
-app.command(name="export", help=export.HELP)(export.export)
+app.command(name="eval", help=evaluate.HELP, cls=Command)(evaluate.evaluate)
+app.command(name="train", help=train.HELP, cls=Command)(train.train)
+app.command(name="export", help=export.HELP, cls=Command)(export.export)
 
 
 def _one_line(message: str) -> str:

@@ -1,8 +1,8 @@
 """Options that several commands share, declared once so that they read the same everywhere.
 
 Metavars follow one scheme in every command: FOLDER (a directory), FILE (a file), PATH (either),
-MODEL (a model folder or Hub id), N (an integer), X (a number), TEXT (free text), NAME (one of
-the names the help lists). Flags (on/off) show no metavar.
+MODEL (a model folder or Hub id), REPO (a Hub repository, owner/name), N (an integer), X (a
+number), TEXT (free text), NAME (one of the names the help lists). Flags (on/off) show none.
 """
 
 from __future__ import annotations
@@ -11,12 +11,35 @@ from collections.abc import Callable
 from typing import Any
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from remamber.utils.errors import InputError, check_threshold
 
 WEIGHTS_HELP = (
     "Model: a local folder, owner/name, owner/name@revision or hf://owner/name. Default: the shipped default model."
 )
+
+
+def _hide_flag_types(params: list[Any]) -> list[Any]:
+    """Flags take no value: show none (Typer otherwise shows ``<bool>`` beside each)."""
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class Command(TyperCommand):
+    """A command whose help shows no value type beside its flags."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _hide_flag_types(super().get_params(ctx))
+
+
+class Group(TyperGroup):
+    """A group of commands whose help shows no value type beside its flags."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _hide_flag_types(super().get_params(ctx))
 
 
 def checked(check: Callable[[Any], Any]) -> Callable[[Any], Any]:

@@ -14,8 +14,8 @@ from typing import Any
 
 import click
 import typer
-from typer.core import TyperGroup
 
+from remamber.cli.options import Command, Group
 from remamber.data.catalog import (
     COCO_TRAIN2014_URL,
     KNOWN_DATASETS,
@@ -63,7 +63,7 @@ refcoco, refcoco+ and refcocog convert REFER annotations + COCO train2014 images
 {LAYOUT_HELP}"""
 
 
-class _DatasetGroup(TyperGroup):
+class _DatasetGroup(Group):
     """The ``prepare`` group: an unknown dataset name is a one-line input error."""
 
     def resolve_command(self, ctx: click.Context, args: list[str]) -> Any:
@@ -229,13 +229,13 @@ def _refer_command(dataset: str) -> Callable[..., None]:
 
 
 for _name in KNOWN_DATASETS:
-    app.command(_name)(_refer_command(_name))
+    app.command(_name, cls=Command)(_refer_command(_name))
 
 
 # --------------------------------------------------------------------------- shapes
 
 
-@app.command(SHAPES_NAME)
+@app.command(SHAPES_NAME, cls=Command)
 def shapes(
     out: Path | None = typer.Option(
         None,
