@@ -47,7 +47,7 @@ Metrics (every sentence is one sample):
 
 The table shows percent; --json prints one object with samples, mIoU, oIoU, P@50 ... P@90 as fractions in [0, 1], the sums I and U, and the settings (weights, data, split, threshold, eval_size, ...). Datasets with expression types (shapes) add the same metrics per type (table rows; "by_type" in JSON).
 
---report FILE writes one CSV row per sample (index, sent_id, ref_id, image, text, expr_type, I, U, IoU) and an IoU histogram PNG beside it (same name, .png). --save-masks DIR writes each predicted mask as a 0/255 PNG at the eval size, named <index>_<sent_id>.png. Files are written whole or not at all. Bad input exits with code 2.
+--report FILE writes one CSV row per sample (index, sent_id, ref_id, image, text, expr_type, I, U, IoU) and an IoU histogram PNG beside it (same name, .png). --save-masks FOLDER writes each predicted mask as a 0/255 PNG at the eval size, named <index>_<sent_id>.png. Files are written whole or not at all. Bad input exits with code 2.
 """
 
 
@@ -94,7 +94,7 @@ def _open_split(folder: Path, split: str, images_root: Path | None, dataset: str
         raise InputError(f"--split {split}: {folder} has no such split; it has: {', '.join(prepared.splits)}")
     root = Path(images_root) if images_root is not None else folder / prepared.info["images_root"]
     if not root.is_dir():
-        hint = "pass --images-root DIR where the images are now" if images_root is None else "check --images-root"
+        hint = "pass --images-root FOLDER where the images are now" if images_root is None else "check --images-root"
         raise InputError(f"images folder {root} does not exist; {hint}")
     return prepared, root
 
@@ -103,7 +103,7 @@ def _check_images(records: list[dict], root: Path, explicit_root: bool) -> None:
     missing = [r["file_name"] for r in records if not (root / r["file_name"]).is_file()]
     if missing:
         names = sorted(set(missing))
-        hint = "check --images-root" if explicit_root else "if the images moved, pass --images-root DIR"
+        hint = "check --images-root" if explicit_root else "if the images moved, pass --images-root FOLDER"
         raise InputError(f"{len(names)} image(s) of this split are missing in {root} (first: {names[0]}); {hint}")
 
 
@@ -152,7 +152,7 @@ def evaluate(
         None,
         "--data",
         metavar="FOLDER",
-        help="A prepared dataset folder (any `remamber prepare ... --out DIR`); overrides --dataset.",
+        help="A prepared dataset folder (any `remamber prepare ... --out FOLDER`); overrides --dataset.",
         show_default=False,
     ),
     threshold: float = threshold_option(),
@@ -191,7 +191,7 @@ def evaluate(
         None,
         "--save-masks",
         metavar="FOLDER",
-        help="Write each predicted mask as a 0/255 PNG (at the eval size) into DIR.",
+        help="Write each predicted mask as a 0/255 PNG (at the eval size) into FOLDER.",
         show_default=False,
     ),
 ) -> None:

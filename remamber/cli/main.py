@@ -114,8 +114,10 @@ def main(argv: list[str] | None = None) -> None:
         code = app(args=args, prog_name="remamber", standalone_mode=False)
     except USAGE_ERRORS as e:  # usage errors: the usage line and one error line, exit 2
         ctx = getattr(e, "ctx", None)
-        if type(e).__name__ == "NoArgsIsHelpError" and ctx is not None:  # bare `remamber`: the help
-            sys.stdout.write(ctx.get_help() + "\n")
+        if type(e).__name__ == "NoArgsIsHelpError":  # bare `remamber`: the help, exit 0
+            text = e.format_message()  # the help; empty when Rich has printed it already
+            if text.strip():
+                sys.stdout.write(text + "\n")
             sys.exit(0)
         if e.exit_code != EXIT_BAD_INPUT:  # not about the command line (e.g. a file error)
             sys.stderr.write(f"error: {_one_line(e.format_message())}\n")

@@ -224,6 +224,11 @@ def _run_one(
     }
 
 
+def _printable(text: str) -> str:
+    """``text`` with what UTF-8 cannot encode (lone surrogates) escaped as \\udcff, for output."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _fold(name: str) -> str:
     """A file name as case-insensitive, normalising file systems (macOS) compare it."""
     return unicodedata.normalize("NFC", name).casefold()
@@ -281,7 +286,9 @@ def _run_batch(predictor, batch: str, out_dir: Path, write_overlay: bool, allow_
                 failures += 1
                 progress.console.print(f"error: line {n}: {problem}", markup=False, highlight=False)
                 if json_out:
-                    failed = {"line": n, "error": problem} | ({"image": job[0], "text": job[1]} if job else {})
+                    failed = {"line": n, "error": problem}
+                    if job is not None:
+                        failed.update(image=_printable(job[0]), text=_printable(job[1]))
                     sys.stdout.write(json.dumps(failed, ensure_ascii=False) + "\n")
             progress.advance(task)
     return failures
