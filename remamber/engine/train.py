@@ -31,8 +31,6 @@ from remamber.engine.train_config import LOG_NAME, TRAIN_CONFIG_NAME, TrainConfi
 from remamber.modeling.layers import no_weight_decay
 from remamber.utils.errors import EXIT_FAILURE, InputError, RemamberError, WeightsError, first_line
 
-__all__ = ["LOG_NAME", "TRAIN_CONFIG_NAME", "TrainConfig", "Trainer", "TrainResult", "lr_factor"]
-
 # Architecture variant settings a training run may set on a fresh preset (see ModelConfig).
 VARIANT_FIELDS = ("fusion", "scan", "interaction", "backbone", "recap_every")
 
