@@ -81,7 +81,7 @@ def _option(name: str, *aliases: str, **overrides: Any) -> Any:
     f = _FIELDS[name]
     flag = "--" + name.replace("_", "-")
     kwargs: dict[str, Any] = {"help": f.metadata["help"], "metavar": f.metadata["metavar"]}
-    if f.type in ("bool | None",):  # a tri-state flag: --amp / --no-amp / the device's default
+    if f.type == "bool | None":  # a tri-state flag: --amp, --no-amp, or (unset) the device's default
         flag = f"{flag}/--no-{name.replace('_', '-')}"
     if f.default is None:
         kwargs["show_default"] = False
