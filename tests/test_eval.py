@@ -386,7 +386,7 @@ def test_missing_and_unprepared_folders_name_the_prepare_command(tmp_path):
         (("--threshold", "-0.2"), ("--threshold",)),
         (("--dataset", "coco"), ("--dataset", "refcoco, refcoco+, refcocog, shapes")),
         (("--eval-size", "native"), ("--eval-size", "original, input")),
-        (("--limit", "0"), ("--limit",)),
+        (("--limit", "-1"), ("--limit",)),
         (("--batch-size", "0"), ("--batch-size",)),
     ],
 )

@@ -132,7 +132,7 @@ def test_push_uploads_the_planned_files(checkpoint_like, monkeypatch):
     "args, fragment",
     [
         (["--format", "gif", "--out", "x"], "--format 'gif'"),
-        (["--format", "hub"], "--out is required"),
+        (["--format", "hub"], "Missing option '--out'"),
         (["--out", "x", "--dry-run"], "--push-to-hub"),
         (["--format", "onnx", "--out", "x", "--opset", "3", "--json"], "--opset 3: choose 14 to 20"),
         (["--format", "onnx", "--out", "x", "--opset", "99"], "--opset 99: choose 14 to 20"),

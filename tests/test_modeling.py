@@ -150,5 +150,16 @@ def test_config_round_trip_and_validation(tiny_model):
         ModelConfig.from_dict(dict(cfg.to_dict(), image_size=100))
     with pytest.raises(ConfigError, match="4 entries"):
         ModelConfig.from_dict(dict(cfg.to_dict(), dims=[1, 2]))
-    with pytest.raises(ConfigError, match="wrong type"):
+    with pytest.raises(ConfigError, match=r"dims\[0\] must be an integer >= 1 \(got 'a'\)"):
         ModelConfig.from_dict(dict(cfg.to_dict(), dims=["a", "b", "c", "d"]))
+    for name, value in (
+        ("image_size", "big"),
+        ("pixel_std", [0.0, 0.0, 0.0]),
+        ("ssm_ratio", float("nan")),
+        ("conv_bias", "no"),
+        ("text_config", "clip"),
+        ("text_config", dict(cfg.text_config, hidden_size="big")),
+        ("text_pooling", 3),
+    ):
+        with pytest.raises(ConfigError, match=name.split("_")[0]):
+            ModelConfig.from_dict(dict(cfg.to_dict(), **{name: value}))

@@ -262,7 +262,7 @@ def _bad_inputs(tmp_path, rgb_image):
         ([str(rgb_image), "x", "--out", str(tmp_path / "a_file" / "sub")], "cannot write there"),
         ([str(rgb_image), "x", "--threshold", "1.5"], "--threshold"),
         ([str(rgb_image), "x", "--weights", str(tmp_path / "no" / "model")], "no such model folder"),
-        ([str(rgb_image)], "give an IMAGE and a TEXT"),
+        ([str(rgb_image)], "missing TEXT"),
         ([str(rgb_image), "x", "--bogus"], "No such option"),
     ]
 

@@ -14,8 +14,9 @@ from typing import Any
 
 import typer
 
+from remamber.cli.options import device_option, threshold_option, weights_option
 from remamber.data.catalog import KNOWN_DATASETS, SHAPES_NAME, default_out
-from remamber.utils.errors import InputError, check_threshold
+from remamber.utils.errors import InputError
 
 DATASETS = (*KNOWN_DATASETS, SHAPES_NAME)
 EVAL_SIZES = ("original", "input")
@@ -46,7 +47,7 @@ Metrics (every sentence is one sample):
 
 The table shows percent; --json prints one object with samples, mIoU, oIoU, P@50 ... P@90 as fractions in [0, 1], the sums I and U, and the settings (weights, data, split, threshold, eval_size, ...). Datasets with expression types (shapes) add the same metrics per type (table rows; "by_type" in JSON).
 
---report FILE writes one CSV row per sample (index, sent_id, ref_id, image, text, expr_type, I, U, IoU) and an IoU histogram PNG beside it (same name, .png). --save-masks DIR writes each predicted mask as a 0/255 PNG at the eval size, named <index>_<sent_id>.png. Files are written whole or not at all. Bad input exits with code 2.
+--report FILE writes one CSV row per sample (index, sent_id, ref_id, image, text, expr_type, I, U, IoU) and an IoU histogram PNG beside it (same name, .png). --save-masks FOLDER writes each predicted mask as a 0/255 PNG at the eval size, named <index>_<sent_id>.png. Files are written whole or not at all. Bad input exits with code 2.
 """
 
 
@@ -93,7 +94,7 @@ def _open_split(folder: Path, split: str, images_root: Path | None, dataset: str
         raise InputError(f"--split {split}: {folder} has no such split; it has: {', '.join(prepared.splits)}")
     root = Path(images_root) if images_root is not None else folder / prepared.info["images_root"]
     if not root.is_dir():
-        hint = "pass --images-root DIR where the images are now" if images_root is None else "check --images-root"
+        hint = "pass --images-root FOLDER where the images are now" if images_root is None else "check --images-root"
         raise InputError(f"images folder {root} does not exist; {hint}")
     return prepared, root
 
@@ -102,7 +103,7 @@ def _check_images(records: list[dict], root: Path, explicit_root: bool) -> None:
     missing = [r["file_name"] for r in records if not (root / r["file_name"]).is_file()]
     if missing:
         names = sorted(set(missing))
-        hint = "check --images-root" if explicit_root else "if the images moved, pass --images-root DIR"
+        hint = "check --images-root" if explicit_root else "if the images moved, pass --images-root FOLDER"
         raise InputError(f"{len(names)} image(s) of this split are missing in {root} (first: {names[0]}); {hint}")
 
 
@@ -140,54 +141,38 @@ def evaluate(
         help="Split to evaluate: train, val, test, testA, testB (what the prepared folder has).",
         show_default=False,
     ),
-    weights: str | None = typer.Option(
-        None,
-        "--weights",
-        "-w",
-        help="Model: a local folder, owner/name, owner/name@revision or hf://owner/name. "
-        "Default: the shipped default model.",
-        show_default=False,
-    ),
+    weights: str | None = weights_option(),
     dataset: str = typer.Option(
         "refcoco",
         "--dataset",
-        metavar="|".join(DATASETS),
-        help="Which prepared dataset of the data home (where `remamber prepare NAME` put it).",
+        metavar="NAME",
+        help=f"Which prepared dataset of the data home (where `remamber prepare NAME` put it): {', '.join(DATASETS)}.",
     ),
     data: Path | None = typer.Option(
         None,
         "--data",
-        metavar="DIR",
-        help="A prepared dataset folder (any `remamber prepare ... --out DIR`); overrides --dataset.",
+        metavar="FOLDER",
+        help="A prepared dataset folder (any `remamber prepare ... --out FOLDER`); overrides --dataset.",
         show_default=False,
     ),
-    threshold: float = typer.Option(
-        0.5,
-        "--threshold",
-        metavar="T",
-        help="Mask = sigmoid(logits) > T (strictly greater), 0 < T < 1.",
-    ),
+    threshold: float = threshold_option(),
     eval_size: str = typer.Option(
         "original",
         "--eval-size",
-        metavar="original|input",
-        help="Compare at the original image size (logits upsampled bilinearly) or at the model "
+        metavar="NAME",
+        help="original: compare at the original image size (logits upsampled bilinearly); input: at the model "
         "input size (ground truth resized with nearest).",
     ),
-    batch_size: int = typer.Option(8, "--batch-size", "-b", metavar="B", help="Samples per forward pass."),
-    device: str = typer.Option(
-        "auto", "--device", metavar="auto|cpu|cuda", help="auto (CUDA if available), cpu or cuda."
-    ),
+    batch_size: int = typer.Option(8, "--batch-size", "-b", metavar="N", help="Samples per forward pass."),
+    device: str = device_option(),
     images_root: Path | None = typer.Option(
         None,
         "--images-root",
-        metavar="DIR",
+        metavar="FOLDER",
         help="Where the images are, if they moved since `remamber prepare`.",
         show_default="as prepared",
     ),
-    limit: int | None = typer.Option(
-        None, "--limit", metavar="N", help="Only the first N samples (quick checks).", show_default="all"
-    ),
+    limit: int = typer.Option(0, "--limit", metavar="N", help="Only the first N samples (quick checks; 0: all)."),
     workers: int = typer.Option(0, "--workers", metavar="N", help="Data-loading worker processes."),
     json_out: bool = typer.Option(
         False,
@@ -205,21 +190,20 @@ def evaluate(
     save_masks: Path | None = typer.Option(
         None,
         "--save-masks",
-        metavar="DIR",
-        help="Write each predicted mask as a 0/255 PNG (at the eval size) into DIR.",
+        metavar="FOLDER",
+        help="Write each predicted mask as a 0/255 PNG (at the eval size) into FOLDER.",
         show_default=False,
     ),
 ) -> None:
     # ---- check everything that can be checked before loading a model
     if dataset not in DATASETS:
         raise InputError(f"--dataset {dataset!r}: unknown; choose from: {', '.join(DATASETS)}")
-    check_threshold(threshold)
     if eval_size not in EVAL_SIZES:
         raise InputError(f"--eval-size {eval_size!r}: choose from: {', '.join(EVAL_SIZES)}")
     if batch_size < 1:
         raise InputError(f"--batch-size must be at least 1 (got {batch_size})")
-    if limit is not None and limit < 1:
-        raise InputError(f"--limit must be at least 1 (got {limit})")
+    if limit < 0:
+        raise InputError(f"--limit must be 0 (all) or more (got {limit})")
     if workers < 0:
         raise InputError(f"--workers must be 0 or more (got {workers})")
     folder = data if data is not None else default_out(dataset)
@@ -228,7 +212,7 @@ def evaluate(
     records = prepared.records(split)
     if not records:
         raise InputError(f"--split {split}: {folder} has no samples in this split")
-    n = len(records) if limit is None else min(limit, len(records))
+    n = min(limit, len(records)) if limit else len(records)
     _check_images(records[:n], root, images_root is not None)
     if report is not None:
         from remamber.engine.evaluate import report_paths
@@ -270,7 +254,7 @@ def evaluate(
             device=dev,
             save_masks=save_masks,
             progress=True,
-            limit=limit,
+            limit=limit or None,
             num_workers=workers,
         )
         if not distributed.is_main():
@@ -284,7 +268,7 @@ def evaluate(
             "split": split,
             "threshold": threshold,
             "eval_size": eval_size,
-            "limit": limit,
+            "limit": limit or None,
             "device": str(dev),
             "processes": distributed.world_size(),
             "truncated": result.truncated,

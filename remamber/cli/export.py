@@ -35,31 +35,38 @@ VARIANTS = ("conv", "mamba")
 
 def export(
     weights: str | None = typer.Argument(
-        None, help="Model folder or Hub id to export. Default: the shipped default model.", show_default=False
-    ),
-    fmt: str = typer.Option("hub", "--format", "-f", help="hub or onnx."),
-    out: Path | None = typer.Option(
         None,
+        metavar="WEIGHTS",
+        help="Model folder or Hub id to export. Default: the shipped default model.",
+        show_default=False,
+    ),
+    fmt: str = typer.Option("hub", "--format", "-f", metavar="NAME", help="hub or onnx."),
+    out: Path = typer.Option(
+        ...,
         "--out",
         "-o",
+        metavar="FOLDER",
         help="Output folder: new, empty, or a model folder of the same format, which is replaced atomically.",
         show_default=False,
     ),
     metrics: list[Path] = typer.Option(
         [],
         "--metrics",
+        metavar="FILE",
         help="`remamber eval --json` output to show in the model card (repeatable).",
         show_default=False,
     ),
     notes: Path | None = typer.Option(
         None,
         "--notes",
+        metavar="FILE",
         help="Markdown file appended to the model card (limits, intended use, ...).",
         show_default=False,
     ),
     push_to_hub: str | None = typer.Option(
         None,
         "--push-to-hub",
+        metavar="REPO",
         help="Upload the exported folder to this Hub repository (owner/name).",
         show_default=False,
     ),
@@ -68,30 +75,30 @@ def export(
         False, "--dry-run", help="With --push-to-hub: list what would be uploaded, send nothing."
     ),
     verify: bool = typer.Option(False, "--verify", help="onnx: compare onnxruntime with PyTorch on sample inputs."),
-    opset: int = typer.Option(17, "--opset", help="onnx: ONNX opset version, 14 to 20."),
+    opset: int = typer.Option(17, "--opset", metavar="N", help="onnx: ONNX opset version, 14 to 20."),
     json_out: bool = typer.Option(
         False, "--json", help="Print one JSON object: format, out, files, bytes, and the verify/push results."
     ),
     from_official: Path | None = typer.Option(
         None,
         "--from-official",
+        metavar="FILE",
         help="Convert this official ReMamber .pth checkpoint into a model folder at --out.",
         show_default=False,
     ),
     variant: str = typer.Option(
-        "conv", "--variant", help="--from-official: the official model, conv (ReMamber_Conv) or mamba."
+        "conv", "--variant", metavar="NAME", help="--from-official: the official model, conv (ReMamber_Conv) or mamba."
     ),
     tokenizer: str | None = typer.Option(
         None,
         "--tokenizer",
+        metavar="MODEL",
         help="--from-official: tokenizer (Hub id or folder). Default: openai/clip-vit-large-patch14.",
         show_default=False,
     ),
 ) -> None:
     if fmt not in FORMATS:
         raise InputError(f"--format {fmt!r}: choose hub or onnx")
-    if out is None:
-        raise InputError("--out is required: the folder to write the exported model to")
     if (dry_run or private) and push_to_hub is None:
         raise InputError("--dry-run and --private go with --push-to-hub owner/name")
     if variant not in VARIANTS:

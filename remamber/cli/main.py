@@ -14,7 +14,8 @@ import typer
 
 from remamber import __version__
 from remamber.cli import evaluate, export, prepare, segment, train
-from remamber.utils.errors import EXIT_FAILURE, EXIT_INTERRUPTED, RemamberError
+from remamber.cli.options import Command, Group
+from remamber.utils.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, RemamberError, UsageError
 
 
 def _click_errors() -> tuple[type, ...]:
@@ -32,10 +33,14 @@ USAGE_ERRORS = _click_errors()
 
 app = typer.Typer(
     name="remamber",
+    cls=Group,
     help=(
         "Referring image segmentation with ReMamber: give an image and a phrase "
         '("man in red shirt"), get the mask of the object it names.\n\n'
-        "segment an image; prepare RefCOCO or a synthetic dataset; train on a CPU, a GPU or many; evaluate any split (mIoU, oIoU, P@X); export for the Hub or ONNX."
+        "segment an image; prepare RefCOCO or a synthetic dataset; train on a CPU, a GPU or many; evaluate any split (mIoU, oIoU, P@X); export for the Hub or ONNX.\n\n"
+        f"Exit codes: 0 success; 1 the work ran but some of it failed (batch items, a diverged training); "
+        f"2 bad input or usage (one error: line on stderr); {EXIT_INTERNAL} an internal error (a bug; "
+        f"--debug shows the traceback); {EXIT_INTERRUPTED} interrupted."
     ),
     add_completion=False,
     no_args_is_help=True,
@@ -65,15 +70,39 @@ def _root(
     """remamber command line."""
 
 
-app.command(name="segment", help=segment.HELP, no_args_is_help=True)(segment.segment)
+app.command(name="segment", help=segment.HELP, cls=Command)(segment.segment)
 app.add_typer(prepare.app, name="prepare")
-app.command(name="eval", help=evaluate.HELP, no_args_is_help=True)(evaluate.evaluate)
-app.command(name="train", help=train.HELP)(train.train)
-app.command(name="export", help=export.HELP)(export.export)
+app.command(name="eval", help=evaluate.HELP, cls=Command)(evaluate.evaluate)
+app.command(name="train", help=train.HELP, cls=Command)(train.train)
+app.command(name="export", help=export.HELP, cls=Command)(export.export)
 
 
 def _one_line(message: str) -> str:
     return " ".join(str(message).split())
+
+
+def _command_context(args: list[str]):
+    """The click context of the (sub)command that ``args`` name, parsed leniently: what a usage
+    line is printed for when a command itself reports a usage error."""
+    import typer.main
+
+    command = typer.main.get_command(app)
+    ctx = command.make_context("remamber", [], resilient_parsing=True)
+    for arg in args:
+        sub = command.get_command(ctx, arg) if hasattr(command, "get_command") else None
+        if sub is None:
+            if arg.startswith("-"):
+                continue
+            break
+        command, ctx = sub, sub.make_context(arg, [], parent=ctx, resilient_parsing=True)
+    return ctx
+
+
+def _usage_error(message: str, ctx) -> None:
+    """Print a usage error: the command's usage line, one ``error:`` line; exit 2."""
+    sys.stderr.write(f"{ctx.get_usage()}\n")
+    sys.stderr.write(f"error: {_one_line(message)} (see `{ctx.command_path} --help`)\n")
+    sys.exit(EXIT_BAD_INPUT)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -83,15 +112,24 @@ def main(argv: list[str] | None = None) -> None:
     args = [a for a in args if a != "--debug"]
     try:
         code = app(args=args, prog_name="remamber", standalone_mode=False)
-    except USAGE_ERRORS as e:  # usage errors: one line, exit 2 (or the help when no arguments)
-        if type(e).__name__ == "NoArgsIsHelpError" and getattr(e, "ctx", None) is not None:
-            sys.stdout.write(e.ctx.get_help() + "\n")
+    except USAGE_ERRORS as e:  # usage errors: the usage line and one error line, exit 2
+        ctx = getattr(e, "ctx", None)
+        if type(e).__name__ == "NoArgsIsHelpError":  # bare `remamber`: the help, exit 0
+            text = e.format_message()  # the help; empty when Rich has printed it already
+            if text.strip():
+                sys.stdout.write(text + "\n")
             sys.exit(0)
-        sys.stderr.write(f"error: {_one_line(e.format_message())} (see --help)\n")
-        sys.exit(e.exit_code)
+        if e.exit_code != EXIT_BAD_INPUT:  # not about the command line (e.g. a file error)
+            sys.stderr.write(f"error: {_one_line(e.format_message())}\n")
+            sys.exit(e.exit_code)
+        _usage_error(e.format_message(), ctx if ctx is not None else _command_context(args))
     except typer.Abort:
         sys.stderr.write("interrupted\n")
         sys.exit(EXIT_INTERRUPTED)
+    except UsageError as e:
+        if debug:
+            traceback.print_exc()
+        _usage_error(str(e), _command_context(args))
     except RemamberError as e:
         if debug:
             traceback.print_exc()
@@ -100,9 +138,10 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         sys.exit(EXIT_INTERRUPTED)
-    except Exception as e:  # an unexpected failure: still one line unless --debug
+    except Exception as e:  # an unexpected failure (a bug): its own exit code, one line unless --debug
         if debug:
             traceback.print_exc()
-        sys.stderr.write(f"error: {type(e).__name__}: {_one_line(str(e))} (run with --debug for the traceback)\n")
-        sys.exit(EXIT_FAILURE)
+        hint = "" if debug else " (run with --debug for the traceback)"
+        sys.stderr.write(f"error: internal error: {type(e).__name__}: {_one_line(str(e))}{hint}\n")
+        sys.exit(EXIT_INTERNAL)
     sys.exit(code if isinstance(code, int) else 0)

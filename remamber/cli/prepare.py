@@ -14,8 +14,8 @@ from typing import Any
 
 import click
 import typer
-from typer.core import TyperGroup
 
+from remamber.cli.options import Command, Group
 from remamber.data.catalog import (
     COCO_TRAIN2014_URL,
     KNOWN_DATASETS,
@@ -63,7 +63,7 @@ refcoco, refcoco+ and refcocog convert REFER annotations + COCO train2014 images
 {LAYOUT_HELP}"""
 
 
-class _DatasetGroup(TyperGroup):
+class _DatasetGroup(Group):
     """The ``prepare`` group: an unknown dataset name is a one-line input error."""
 
     def resolve_command(self, ctx: click.Context, args: list[str]) -> Any:
@@ -77,7 +77,6 @@ class _DatasetGroup(TyperGroup):
 app = typer.Typer(
     cls=_DatasetGroup,
     help=PREPARE_HELP,
-    no_args_is_help=True,
     add_completion=False,
     rich_markup_mode="rich",
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -177,14 +176,14 @@ def _refer_command(dataset: str) -> Callable[..., None]:
         refer_root: Path | None = typer.Option(
             None,
             "--refer-root",
-            metavar="DIR",
+            metavar="FOLDER",
             help=f"Folder holding {dataset}/instances.json and {dataset}/refs(<split-by>).p.",
             show_default=f"{paths.refer_root()}",
         ),
         coco_images: Path | None = typer.Option(
             None,
             "--coco-images",
-            metavar="DIR",
+            metavar="FOLDER",
             help="Folder of the COCO train2014 images (COCO_train2014_*.jpg).",
             show_default=f"{paths.coco_images()}",
         ),
@@ -192,14 +191,14 @@ def _refer_command(dataset: str) -> Callable[..., None]:
             None,
             "--out",
             "-o",
-            metavar="DIR",
+            metavar="FOLDER",
             help="Output folder (a non-default --split-by adds _<split-by> to the default name).",
             show_default=f"{default_out(dataset)}",
         ),
         split_by: str | None = typer.Option(
             None,
             "--split-by",
-            metavar="|".join(known.split_bys),
+            metavar="NAME",
             help=f"Partition of {dataset}: {', '.join(known.split_bys)}.",
             show_default=known.default_split_by,
         ),
@@ -230,19 +229,19 @@ def _refer_command(dataset: str) -> Callable[..., None]:
 
 
 for _name in KNOWN_DATASETS:
-    app.command(_name)(_refer_command(_name))
+    app.command(_name, cls=Command)(_refer_command(_name))
 
 
 # --------------------------------------------------------------------------- shapes
 
 
-@app.command(SHAPES_NAME)
+@app.command(SHAPES_NAME, cls=Command)
 def shapes(
     out: Path | None = typer.Option(
         None,
         "--out",
         "-o",
-        metavar="DIR",
+        metavar="FOLDER",
         help="Output folder.",
         show_default=f"{default_out(SHAPES_NAME)}",
     ),
@@ -252,15 +251,15 @@ def shapes(
     seed: int = typer.Option(
         SHAPES_DEFAULT_SEED,
         "--seed",
-        metavar="S",
+        metavar="N",
         help="Random seed; the same seed gives the same bytes.",
     ),
-    size: int = typer.Option(SHAPES_DEFAULT_SIZE, "--size", metavar="PX", help="Image side in pixels (64 to 2048)."),
+    size: int = typer.Option(SHAPES_DEFAULT_SIZE, "--size", metavar="N", help="Image side in pixels (64 to 2048)."),
     workers: int = typer.Option(
         1,
         "--workers",
         "-j",
-        metavar="K",
+        metavar="N",
         min=1,
         help="Processes generating images (the output is the same for any number).",
     ),

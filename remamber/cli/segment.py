@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -11,7 +12,8 @@ from pathlib import Path
 
 import typer
 
-from remamber.utils.errors import EXIT_FAILURE, InputError, RemamberError, check_threshold, first_line
+from remamber.cli.options import device_option, threshold_option, weights_option
+from remamber.utils.errors import EXIT_FAILURE, InputError, RemamberError, UsageError, first_line
 
 HELP = """Segment the object that TEXT names in IMAGE.
 
@@ -25,20 +27,32 @@ Examples:
 
   remamber segment --batch jobs.jsonl --out masks/     (one {"image": ..., "text": ...} per line; - reads stdin)
 
-In a batch the model loads once; a bad line or image is reported and skipped, the rest are written, and the exit code is 1 if any failed. Bad input exits with code 2.
+In a batch the model loads once; relative image paths are relative to the batch file's folder (the current folder for stdin); a bad line or image is reported and skipped, the rest are written, and the exit code is 1 if any failed. Bad input exits with code 2.
 """
 
 
-def _jobs_from(batch: str) -> Iterator[tuple[int, tuple[str, str] | None, str | None]]:
-    """Yield (line number, (image, text) or None, error or None) for each non-blank line."""
+def _batch_lines(batch: str) -> Iterator[bytes]:
+    """The raw lines of the batch file (or of stdin for ``-``): bytes, so that one line that is
+    not UTF-8 fails alone."""
     if batch == "-":
-        lines = sys.stdin
-    else:
+        return iter(sys.stdin.buffer)
+    try:
+        return iter(Path(batch).read_bytes().splitlines())
+    except OSError as e:
+        raise InputError(f"--batch {batch}: cannot read it ({e.strerror or e})") from None
+
+
+def _jobs_from(batch: str) -> Iterator[tuple[int, tuple[str, str] | None, str | None]]:
+    """Yield (line number, (image, text) or None, error or None) for each non-blank line.
+
+    A relative image path is relative to the batch file's folder (stdin: the current folder)."""
+    base = None if batch == "-" else Path(batch).parent
+    for n, raw in enumerate(_batch_lines(batch), 1):
         try:
-            lines = Path(batch).read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as e:
-            raise InputError(f"--batch {batch}: cannot read it ({e})") from None
-    for n, line in enumerate(lines, 1):
+            line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
+        except UnicodeDecodeError:
+            yield n, None, "not valid UTF-8"
+            continue
         if not line.strip():
             continue
         try:
@@ -49,36 +63,71 @@ def _jobs_from(batch: str) -> Iterator[tuple[int, tuple[str, str] | None, str | 
         except (json.JSONDecodeError, KeyError, TypeError):
             yield n, None, 'not a JSON object with string fields "image" and "text"'
             continue
+        if base is not None and not Path(image).is_absolute():
+            image = str(base / image)
         yield n, (image, text), None
 
 
-def _output_dir(out: Path) -> Path:
+def _check_text(text: str) -> None:
+    """Refuse a text that is empty or not valid Unicode (on Linux, argv bytes that are not UTF-8
+    arrive as lone surrogates; so can a JSON escape like "\\udcff")."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError("the text is not valid UTF-8: check the terminal's or the file's encoding") from None
+    if not text.strip():
+        raise InputError("the text is empty: say which object to segment")
+
+
+@contextlib.contextmanager
+def _output_dir(out: Path) -> Iterator[Path]:
+    """``out``, created if needed and checked writable; the folders this made are removed again
+    if they are still empty at the end (a failed run leaves no empty new --out behind)."""
+    created = None  # the topmost folder this call creates
+    probe = out
+    while not probe.exists() and probe != probe.parent:
+        created, probe = probe, probe.parent
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".remamber-write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
+        test_file = out / ".remamber-write-test"
+        test_file.write_bytes(b"")
+        test_file.unlink()
     except OSError as e:
+        _remove_empty(out, created)
         raise InputError(f"--out {out}: cannot write there ({e.strerror or e})") from None
-    return out
+    try:
+        yield out
+    finally:
+        _remove_empty(out, created)
+
+
+def _remove_empty(folder: Path, up_to: Path | None) -> None:
+    """Remove ``folder`` and its parents up to ``up_to`` while they are empty."""
+    if up_to is None:
+        return
+    while True:
+        try:
+            folder.rmdir()  # only ever removes an empty folder
+        except OSError:
+            return
+        if folder == up_to:
+            return
+        folder = folder.parent
 
 
 def segment(
-    image: Path | None = typer.Argument(None, help="Image file (JPEG, PNG, WebP, TIFF, ...).", show_default=False),
+    image: Path | None = typer.Argument(
+        None, metavar="IMAGE", help="Image file (JPEG, PNG, WebP, TIFF, ...).", show_default=False
+    ),
     text: str | None = typer.Argument(
-        None, help='Phrase naming one object, e.g. "man in red shirt".', show_default=False
+        None, metavar="TEXT", help='Phrase naming one object, e.g. "man in red shirt".', show_default=False
     ),
-    weights: str | None = typer.Option(
-        None,
-        "--weights",
-        "-w",
-        help="Model: a local folder, owner/name, owner/name@revision or hf://owner/name. "
-        "Default: the shipped default model.",
-        show_default=False,
+    weights: str | None = weights_option(),
+    out: Path = typer.Option(
+        Path("."), "--out", "-o", metavar="FOLDER", help="Folder for the mask and overlay files (made if needed)."
     ),
-    out: Path = typer.Option(Path("."), "--out", "-o", help="Folder for the mask and overlay files."),
-    device: str = typer.Option("auto", "--device", help="auto (CUDA if available), cpu or cuda."),
-    threshold: float = typer.Option(0.5, "--threshold", help="Mask = sigmoid(logit) > threshold."),
+    device: str = device_option(),
+    threshold: float = threshold_option(),
     json_out: bool = typer.Option(
         False,
         "--json",
@@ -88,30 +137,36 @@ def segment(
     ),
     no_overlay: bool = typer.Option(False, "--no-overlay", help="Do not write the overlay picture."),
     batch: str | None = typer.Option(
-        None, "--batch", help='JSON Lines file of {"image": ..., "text": ...} jobs, or - for stdin.', show_default=False
+        None,
+        "--batch",
+        metavar="FILE",
+        help='JSON Lines file of {"image": ..., "text": ...} jobs, or - for stdin. Relative image paths are '
+        "relative to the file's folder (to the current folder for stdin).",
+        show_default=False,
     ),
     allow_large: bool = typer.Option(
         False, "--allow-large", help="Read images over Pillow's decompression-bomb limit (~89 Mpx)."
     ),
 ) -> None:
     if batch is not None and (image is not None or text is not None):
-        raise InputError("give either IMAGE TEXT or --batch FILE, not both")
+        raise UsageError("give either IMAGE TEXT or --batch FILE, not both")
     if batch is None and (image is None or text is None):
-        raise InputError('give an IMAGE and a TEXT, e.g. remamber segment photo.jpg "man in red shirt"')
-    if batch is None and not text.strip():
-        raise InputError("the text is empty: say which object to segment")
-    check_threshold(threshold)
-    out_dir = _output_dir(out)
-    from remamber.inference.images import load_image
+        raise UsageError(f"missing {'IMAGE and TEXT' if image is None else 'TEXT'} (or --batch FILE)")
+    if batch is None:
+        _check_text(text)
+    elif batch != "-" and not Path(batch).is_file():
+        raise InputError(f"--batch {batch}: no such file")
+    with _output_dir(out) as out_dir:
+        from remamber.inference.images import load_image
 
-    first = None if batch is not None else load_image(image, allow_large=allow_large)  # fail before loading a model
-    from remamber.cli.weights import load_predictor
+        first = None if batch is not None else load_image(image, allow_large=allow_large)  # before loading a model
+        from remamber.cli.weights import load_predictor
 
-    predictor = load_predictor(weights, device, threshold)
-    if first is not None:
-        _emit(_run_one(predictor, str(image), text, out_dir, not no_overlay, allow_large, first), json_out)
-        return
-    failures = _run_batch(predictor, batch, out_dir, not no_overlay, allow_large, json_out)
+        predictor = load_predictor(weights, device, threshold)
+        if first is not None:
+            _emit(_run_one(predictor, str(image), text, out_dir, not no_overlay, allow_large, first), json_out)
+            return
+        failures = _run_batch(predictor, batch, out_dir, not no_overlay, allow_large, json_out)
     if failures:
         sys.stderr.write(f"error: {failures} item(s) failed (see above)\n")
         raise typer.Exit(EXIT_FAILURE)
@@ -135,6 +190,7 @@ def _run_one(
     from remamber.inference.images import load_image, output_stem, save_mask, save_overlay
 
     start = time.perf_counter()
+    _check_text(text)
     if img is None:
         img = load_image(image_path, allow_large=allow_large)
     pred = predictor.predict(img, text)
@@ -166,6 +222,11 @@ def _run_one(
         "height": img.size[1],
         "seconds": round(time.perf_counter() - start, 4),
     }
+
+
+def _printable(text: str) -> str:
+    """``text`` with what UTF-8 cannot encode (lone surrogates) escaped as \\udcff, for output."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _fold(name: str) -> str:
@@ -225,7 +286,9 @@ def _run_batch(predictor, batch: str, out_dir: Path, write_overlay: bool, allow_
                 failures += 1
                 progress.console.print(f"error: line {n}: {problem}", markup=False, highlight=False)
                 if json_out:
-                    failed = {"line": n, "error": problem} | ({"image": job[0], "text": job[1]} if job else {})
+                    failed = {"line": n, "error": problem}
+                    if job is not None:
+                        failed.update(image=_printable(job[0]), text=_printable(job[1]))
                     sys.stdout.write(json.dumps(failed, ensure_ascii=False) + "\n")
             progress.advance(task)
     return failures

@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 
-from remamber.utils.errors import InputError
+from remamber.engine.train_config import (
+    CHECKPOINTS_DIR,
+    TRAIN_CONFIG_NAME,
+    SettingError,
+    TrainConfig,
+    clear_run,
+)
+from remamber.utils.errors import InputError, UsageError
+
+STATE_NAME = "trainer_state.pt"  # remamber.engine.checkpoint.STATE_NAME, without importing torch for it
 
 HELP = """Train ReMamber on a prepared dataset (see `remamber prepare`).
 
@@ -60,164 +72,129 @@ def _launch(nproc: int) -> None:
     raise typer.Exit(subprocess.call(cmd))
 
 
+_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def _option(name: str, *aliases: str, **overrides: Any) -> Any:
+    """The Typer option of TrainConfig field ``name``: flag, default, help and metavar come from
+    the dataclass (``overrides`` for the few flags whose CLI default differs)."""
+    f = _FIELDS[name]
+    flag = "--" + name.replace("_", "-")
+    kwargs: dict[str, Any] = {"help": f.metadata["help"], "metavar": f.metadata["metavar"]}
+    if f.type == "bool | None":  # a tri-state flag: --amp, --no-amp, or (unset) the device's default
+        flag = f"{flag}/--no-{name.replace('_', '-')}"
+    if f.default is None:
+        kwargs["show_default"] = False
+    kwargs.update(overrides)
+    default = kwargs.pop("default", f.default)
+    return typer.Option(default, flag, *aliases, **kwargs)
+
+
 def train(
-    data: Path | None = typer.Option(
-        None,
-        "--data",
-        help="Prepared dataset folder. Default: the prepared --dataset in the data home.",
-        show_default=False,
+    data: Path | None = _option(
+        "data", default=None, help="Prepared dataset folder. Default: the prepared --dataset in the data home."
     ),
     dataset: str = typer.Option(
         "refcoco",
         "--dataset",
+        metavar="NAME",
         help="Dataset name in the data home when --data is not given (refcoco, refcoco+, refcocog, shapes).",
     ),
-    out: Path = typer.Option(Path("runs/remamber"), "--out", "-o", help="Run folder (RUNDIR)."),
-    preset: str = typer.Option("tiny", "--preset", help="Model preset: tiny, small or base (official ReMamber_Conv)."),
-    image_size: int | None = typer.Option(
-        None, "--image-size", help="Input size (multiple of 32). Default: the preset's.", show_default=False
-    ),
-    init: str | None = typer.Option(
-        None,
-        "--init",
-        help="Start from these weights (folder or Hub id) instead of a fresh preset.",
-        show_default=False,
-    ),
-    text_encoder: str | None = typer.Option(
-        None,
-        "--text-encoder",
-        help="Hugging Face text model (Hub id or folder), or 'scratch'. Default: the preset's.",
-        show_default=False,
-    ),
-    fusion: str | None = typer.Option(
-        None,
-        "--fusion",
-        help="Text fusion: twister (default), attention, in-context, film or hmnet.",
-        show_default=False,
-    ),
-    scan: str | None = typer.Option(
-        None,
-        "--scan",
-        help="Twister scan order: channel-spatial (default), spatial-channel, parallel, channel or spatial.",
-        show_default=False,
-    ),
-    interaction: str | None = typer.Option(
-        None, "--interaction", help="Twister text maps: both (default), global or local.", show_default=False
-    ),
-    backbone: str | None = typer.Option(
-        None,
-        "--backbone",
-        help="Stage blocks: vss (VMamba, default), mambaout (gated CNN) or mambavision.",
-        show_default=False,
-    ),
-    recap_every: int | None = typer.Option(
-        None, "--recap-every", help="hmnet fusion: image tokens between text recaps (default 64).", show_default=False
-    ),
-    freeze_text: bool = typer.Option(False, "--freeze-text", help="Do not train the text encoder."),
-    text_lr_scale: float = typer.Option(
-        1.0,
-        "--text-lr-scale",
-        help="Learning rate of the text encoder, as a multiple of --lr (e.g. 0.1 for a pretrained text encoder).",
-    ),
-    epochs: int = typer.Option(50, "--epochs", help="Epochs."),
-    max_steps: int = typer.Option(0, "--max-steps", help="Stop after this many optimizer steps (0: run all epochs)."),
-    time_limit: float = typer.Option(
-        0.0, "--time-limit", help="Stop (and save) after this many minutes (0: no limit)."
-    ),
-    batch_size: int = typer.Option(8, "--batch-size", "-b", help="Samples per process per micro-batch."),
-    grad_accum: int = typer.Option(1, "--grad-accum", help="Micro-batches per optimizer step."),
-    optimizer: str = typer.Option("adamw", "--optimizer", help="adamw (the paper's) or sgd (momentum 0.9)."),
-    lr: float = typer.Option(5e-5, "--lr", help="Peak learning rate."),
-    min_lr: float = typer.Option(1e-6, "--min-lr", help="Learning rate at the end of the cosine decay."),
-    warmup_steps: int = typer.Option(0, "--warmup-steps", help="Linear warmup steps."),
-    weight_decay: float = typer.Option(
-        0.01, "--weight-decay", help="AdamW weight decay (not on A_log, D, norms, biases)."
-    ),
-    clip_grad: float = typer.Option(0.0, "--clip-grad", help="Clip the gradient norm to this (0: off)."),
-    ema: float = typer.Option(
-        0.0, "--ema", help="EMA decay of the weights, e.g. 0.999 (0: off); checkpoints then hold the EMA weights."
-    ),
-    amp: bool | None = typer.Option(
-        None, "--amp/--no-amp", help="Mixed precision. Default: on for CUDA, off on CPU.", show_default=False
-    ),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-    workers: int = typer.Option(0, "--workers", help="DataLoader worker processes."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the initialisation, data order and augmentation."),
-    limit: int = typer.Option(0, "--limit", help="Use only the first N training samples (0: all)."),
-    val_split: str = typer.Option("val", "--val-split", help="Validation split ('' for none)."),
-    val_every: int = typer.Option(0, "--val-every", help="Validate every N steps (0: at each epoch end)."),
-    val_limit: int = typer.Option(0, "--val-limit", help="Validate on the first N samples (0: all)."),
-    ckpt_every: int = typer.Option(
-        0, "--ckpt-every", help="Also write checkpoints/last every N steps (0: at epoch ends only)."
-    ),
-    log_every: int = typer.Option(10, "--log-every", help="Log every N steps to log.jsonl."),
+    out: Path = _option("out", "-o", default=Path("runs/remamber")),
+    preset: str = _option("preset"),
+    image_size: int | None = _option("image_size"),
+    init: str | None = _option("init"),
+    text_encoder: str | None = _option("text_encoder"),
+    fusion: str | None = _option("fusion"),
+    scan: str | None = _option("scan"),
+    interaction: str | None = _option("interaction"),
+    backbone: str | None = _option("backbone"),
+    recap_every: int | None = _option("recap_every"),
+    freeze_text: bool = _option("freeze_text"),
+    text_lr_scale: float = _option("text_lr_scale"),
+    epochs: int = _option("epochs"),
+    max_steps: int = _option("max_steps"),
+    time_limit: float = _option("time_limit"),
+    batch_size: int = _option("batch_size", "-b"),
+    grad_accum: int = _option("grad_accum"),
+    optimizer: str = _option("optimizer"),
+    lr: float = _option("lr"),
+    min_lr: float = _option("min_lr"),
+    warmup_steps: int = _option("warmup_steps"),
+    weight_decay: float = _option("weight_decay"),
+    clip_grad: float = _option("clip_grad"),
+    ema: float = _option("ema"),
+    amp: bool | None = _option("amp"),
+    device: str = _option("device"),
+    workers: int = _option("workers"),
+    seed: int = _option("seed"),
+    limit: int = _option("limit"),
+    val_split: str = _option("val_split"),
+    val_every: int = _option("val_every"),
+    val_limit: int = _option("val_limit"),
+    ckpt_every: int = _option("ckpt_every"),
+    log_every: int = _option("log_every"),
     resume: bool = typer.Option(
-        False, "--resume", help="Continue the run in --out from checkpoints/last (its saved settings apply)."
+        False,
+        "--resume",
+        help="Continue the run in --out from checkpoints/last (its saved settings apply); a run stopped "
+        "before its first checkpoint starts afresh from its saved settings.",
+    ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Start a new run in --out even if it holds one (its config, log and checkpoints go)."
     ),
     nproc: int = typer.Option(
-        1, "--nproc", help="Start K processes with torch.distributed (one per GPU, or CPU processes)."
+        1,
+        "--nproc",
+        metavar="N",
+        min=1,
+        help="Start N processes with torch.distributed (one per GPU, or CPU processes).",
     ),
 ) -> None:
+    settings = {name: value for name, value in locals().items() if name in _FIELDS}
     from remamber.engine import distributed as D
-    from remamber.engine.train import TRAIN_CONFIG_NAME, TrainConfig
 
+    if resume and overwrite:
+        raise UsageError("--resume continues the run in --out and --overwrite replaces it: give one of them")
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file; training writes a run folder there")
+    launching = nproc > 1 and not D.launched_by_torchrun()
     # Before the launch, and in every rank: rank 0 writes its config only after the process group
     # has formed, so no rank can find the config of the run it belongs to.
-    if not resume:
-        if out.exists() and not out.is_dir():
-            raise InputError(f"--out {out} is a file; training writes a run folder there")
-        if (out / TRAIN_CONFIG_NAME).exists():
-            raise InputError(
-                f"--out {out} already holds a training run: continue it with --resume, or choose another --out"
-            )
-    if nproc > 1 and not D.launched_by_torchrun():
-        _launch(nproc)
     if resume:
         cfg = TrainConfig.load(out / TRAIN_CONFIG_NAME)
+        cfg.validate()
+        if not (out / CHECKPOINTS_DIR / "last" / STATE_NAME).is_file():
+            if not launching and os.environ.get("RANK", "0") == "0":
+                sys.stderr.write(
+                    f"note: {out} has no checkpoint yet (it stopped before its first one): "
+                    f"starting the run afresh from its {TRAIN_CONFIG_NAME}\n"
+                )
+            clear_run(out, keep_config=True)
+            resume = False
     else:
-        from remamber.data.catalog import default_out
-
+        if (out / TRAIN_CONFIG_NAME).exists() and not overwrite:
+            raise InputError(
+                f"--out {out} already holds a training run: continue it with --resume, "
+                "replace it with --overwrite, or choose another --out"
+            )
         if data is None:
+            from remamber.data.catalog import default_out
+
             data = default_out(dataset)
             if not data.exists():
-                raise InputError(f"no prepared dataset at {data}; run `remamber prepare {dataset}` or pass --data DIR")
-        cfg = TrainConfig(
-            data=str(data),
-            out=str(out),
-            preset=preset,
-            image_size=image_size,
-            init=init,
-            text_encoder=text_encoder,
-            fusion=fusion,
-            scan=scan,
-            interaction=interaction,
-            backbone=backbone,
-            recap_every=recap_every,
-            freeze_text=freeze_text,
-            text_lr_scale=text_lr_scale,
-            val_split=val_split or None,
-            epochs=epochs,
-            max_steps=max_steps,
-            time_limit=time_limit,
-            batch_size=batch_size,
-            grad_accum=grad_accum,
-            optimizer=optimizer,
-            lr=lr,
-            min_lr=min_lr,
-            warmup_steps=warmup_steps,
-            weight_decay=weight_decay,
-            clip_grad=clip_grad,
-            ema=ema,
-            amp=amp,
-            device=device,
-            workers=workers,
-            seed=seed,
-            limit=limit,
-            val_every=val_every,
-            val_limit=val_limit,
-            ckpt_every=ckpt_every,
-            log_every=log_every,
-        )
+                raise InputError(
+                    f"no prepared dataset at {data}; run `remamber prepare {dataset}` or pass --data FOLDER"
+                )
+        cfg = TrainConfig(**{**settings, "data": str(data), "out": str(out), "val_split": val_split or None})
+        try:
+            cfg.validate()
+        except SettingError as e:
+            raise UsageError(f"--{e.name.replace('_', '-')} must be {e.requirement} (got {e.value!r})") from None
+        if overwrite:
+            clear_run(out)
+    if launching:
+        _launch(nproc)
     _run(cfg, resume)
 
 

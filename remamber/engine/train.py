@@ -27,105 +27,12 @@ from remamber.engine import distributed as D
 from remamber.engine.checkpoint import load_trainer_state, rng_state, save_checkpoint, set_rng_state
 from remamber.engine.losses import segmentation_loss
 from remamber.engine.sampling import BatchSource, epoch_batches
+from remamber.engine.train_config import LOG_NAME, TRAIN_CONFIG_NAME, TrainConfig
 from remamber.modeling.layers import no_weight_decay
 from remamber.utils.errors import EXIT_FAILURE, InputError, RemamberError, WeightsError, first_line
 
-TRAIN_CONFIG_NAME = "train_config.json"
 # Architecture variant settings a training run may set on a fresh preset (see ModelConfig).
 VARIANT_FIELDS = ("fusion", "scan", "interaction", "backbone", "recap_every")
-LOG_NAME = "log.jsonl"
-
-
-@dataclass
-class TrainConfig:
-    """Every training setting; saved as ``RUNDIR/train_config.json`` and reused by ``--resume``."""
-
-    data: str
-    out: str
-    preset: str = "tiny"
-    image_size: int | None = None
-    init: str | None = None
-    text_encoder: str | None = None
-    fusion: str | None = None
-    scan: str | None = None
-    interaction: str | None = None
-    backbone: str | None = None
-    recap_every: int | None = None
-    freeze_text: bool = False
-    text_lr_scale: float = 1.0
-    train_split: str = "train"
-    val_split: str | None = "val"
-    epochs: int = 50
-    max_steps: int = 0
-    time_limit: float = 0.0
-    optimizer: str = "adamw"
-    batch_size: int = 8
-    grad_accum: int = 1
-    lr: float = 5e-5
-    min_lr: float = 1e-6
-    warmup_steps: int = 0
-    weight_decay: float = 0.01
-    clip_grad: float = 0.0
-    ema: float = 0.0
-    amp: bool | None = None
-    device: str = "auto"
-    workers: int = 0
-    seed: int = 0
-    limit: int = 0
-    val_every: int = 0
-    val_limit: int = 0
-    ckpt_every: int = 0
-    log_every: int = 10
-
-    def validate(self) -> None:
-        """Raise InputError on settings that cannot train."""
-        positive = {
-            "epochs": self.epochs,
-            "batch_size": self.batch_size,
-            "grad_accum": self.grad_accum,
-            "log_every": self.log_every,
-        }
-        for name, value in positive.items():
-            if value < 1:
-                raise InputError(f"--{name.replace('_', '-')} must be at least 1 (got {value})")
-        if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
-            raise InputError(f"--lr must be positive and --min-lr in [0, lr] (got lr={self.lr}, min_lr={self.min_lr})")
-        if not 0.0 <= self.ema < 1.0:
-            raise InputError(f"--ema must be in [0, 1) (got {self.ema})")
-        for name in (
-            "max_steps",
-            "time_limit",
-            "warmup_steps",
-            "workers",
-            "limit",
-            "val_every",
-            "val_limit",
-            "ckpt_every",
-        ):
-            if getattr(self, name) < 0:
-                raise InputError(f"--{name.replace('_', '-')} must not be negative")
-        if self.optimizer not in ("adamw", "sgd"):
-            raise InputError(f"--optimizer must be adamw or sgd (got {self.optimizer!r})")
-        if self.text_lr_scale <= 0:
-            raise InputError(
-                f"--text-lr-scale must be positive (got {self.text_lr_scale}); use --freeze-text to keep the text encoder fixed"
-            )
-        if self.clip_grad < 0 or self.weight_decay < 0:
-            raise InputError("--clip-grad and --weight-decay must not be negative")
-
-    def save(self, path: Path) -> None:
-        from remamber.utils.io import write_json
-
-        write_json(path, dataclasses.asdict(self))
-
-    @classmethod
-    def load(cls, path: Path) -> TrainConfig:
-        try:
-            return cls(**json.loads(path.read_text(encoding="utf-8")))
-        except FileNotFoundError:
-            raise InputError(f"--resume: {path.parent} has no {path.name}; is it a training run folder?") from None
-        except (TypeError, json.JSONDecodeError) as e:
-            raise InputError(f"--resume: {path} is not a valid training config ({e})") from None
 
 
 class TrainingDiverged(RemamberError):

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from remamber import __version__
-from remamber.hub.shipped import DEFAULT_MODEL, shipped_folder
+from remamber.hub.shipped import DEFAULT_MODEL, SHIPPED_MODELS, shipped_folder
 from remamber.modeling.config import ModelConfig
 from remamber.utils.errors import ConfigError, InputError, WeightsError
 from remamber.utils.io import umask
@@ -52,7 +52,7 @@ def parse_hub_spec(spec: str) -> tuple[str, str | None] | None:
     if _REPO_ID.match(repo_id) and (explicit or not repo_id.startswith(".")):
         return repo_id, revision or None
     if explicit:
-        raise WeightsError(f"--weights {spec}: expected hf://owner/name or hf://owner/name@revision")
+        raise WeightsError(f"weights {spec!r}: expected hf://owner/name or hf://owner/name@revision")
     return None
 
 
@@ -68,7 +68,7 @@ def resolve_weights(spec: str | os.PathLike, **download_options) -> Path:
     if not text.startswith("hf://") and local.exists():
         if not local.is_dir():
             raise WeightsError(
-                f"--weights {text}: not a folder (a model folder holds {CONFIG_NAME} and {WEIGHTS_NAME})"
+                f"weights {text!r}: not a folder (a model folder holds {CONFIG_NAME} and {WEIGHTS_NAME})"
             )
         return local
     shipped = None if text.startswith("hf://") else shipped_folder(text)
@@ -76,7 +76,10 @@ def resolve_weights(spec: str | os.PathLike, **download_options) -> Path:
         return shipped
     hub = parse_hub_spec(text)
     if hub is None:
-        raise WeightsError(f"--weights {text}: no such model folder (and not a Hub id like owner/name)")
+        raise WeightsError(
+            f"weights {text!r}: no such model folder, shipped model name ({', '.join(SHIPPED_MODELS)}) "
+            "or Hub id (owner/name)"
+        )
     return _download(*hub, **download_options)
 
 

@@ -18,11 +18,11 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device != "cpu" and not re.fullmatch(r"cuda(:[0-9]+)?", device):
-        raise InputError(f"--device {device}: expected auto, cpu, cuda or cuda:N")
+        raise InputError(f"device {device!r}: expected auto, cpu, cuda or cuda:N")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"--device {device}: no CUDA GPU is available (use --device cpu or auto)")
+        raise InputError(f"device {device!r}: no CUDA GPU is available (use cpu or auto)")
     if ":" in device and int(device.split(":")[1]) >= torch.cuda.device_count():
-        raise InputError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+        raise InputError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
     return torch.device(device)
 
 

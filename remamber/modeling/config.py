@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,15 +20,116 @@ INTERACTIONS = ("both", "global", "local")
 BACKBONES = ("vss", "mambaout", "mambavision")
 
 
+def _bad(name: str, what: str, value: Any) -> ConfigError:
+    return ConfigError(f"config: {name} must be {what} (got {value!r})")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if not _is_int(value) or value < minimum:
+        raise _bad(name, f"an integer >= {minimum}", value)
+
+
+def _check_number(name: str, value: Any, low: float, high: float | None = None, low_open: bool = False) -> None:
+    """A finite number in [low, high) ((low, high) with ``low_open``); no upper bound without ``high``."""
+    above = value > low if low_open else value >= low
+    if not _is_number(value) or not above or (high is not None and value >= high):
+        span = f"{'(' if low_open else '['}{low:g}, {'inf' if high is None else f'{high:g}'})"
+        raise _bad(name, f"a finite number in {span}", value)
+
+
+def _check_str(name: str, value: Any, choices: tuple[str, ...] | None = None) -> None:
+    if choices is not None and value not in choices:
+        raise ConfigError(f"config: unknown {name} {value!r} (known: {', '.join(choices)})")
+    if not isinstance(value, str) or not value:
+        raise _bad(name, "a non-empty string", value)
+
+
+def _check_list(name: str, value: Any, length: int, check: Any) -> None:
+    """A list of ``length`` items, each passing ``check(item_name, item)``."""
+    if not isinstance(value, list) or len(value) != length:
+        raise _bad(name, f"a list of {length} entries", value)
+    for i, item in enumerate(value):
+        check(f"{name}[{i}]", item)
+
+
+# Keys of a Hugging Face text config whose values are sizes or counts (must be integers >= 1) and
+# rates or epsilons (finite numbers >= 0): checked here, so that a bad one is a ConfigError that
+# names it rather than an error from inside transformers.
+_TEXT_SIZES = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "projection_dim",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "max_position_embeddings",
+)
+_TEXT_RATES = ("layer_norm_eps", "attention_dropout", "hidden_dropout_prob", "initializer_range", "initializer_factor")
+
+
+def _check_text_config(value: Any) -> None:
+    if value is None:
+        return
+    if not isinstance(value, dict):
+        raise _bad("text_config", "a JSON object (a Hugging Face text model config) or null", value)
+    _check_str("text_config.model_type", value.get("model_type"))
+    for key in _TEXT_SIZES:
+        if key in value:
+            _check_int(f"text_config.{key}", value[key], 1)
+    for key in _TEXT_RATES:
+        if key in value:
+            _check_number(f"text_config.{key}", value[key], 0.0)
+    for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
+        if value.get(key) is not None:
+            _check_int(f"text_config.{key}", value[key], 0)
+
+
 @dataclass
 class ModelConfig:
     """Everything needed to rebuild a ReMamber model (the weights come separately).
 
-    The defaults are the official ReMamber_Conv "base" configuration.  ``fusion``, ``scan``,
-    ``interaction`` and ``backbone`` pick a variant (see :mod:`remamber.modeling.fusion` and
-    :mod:`remamber.modeling.backbones`); ``twister_depths`` is the number of fusion blocks per
-    stage whatever the fusion, and ``recap_every`` the image tokens between text recaps of
-    the ``hmnet`` fusion.
+    The defaults are the official ReMamber_Conv "base" configuration.  :meth:`validate` checks
+    the type and range of every field and names the field it refuses.
+
+    Attributes:
+        preset: Name of the preset this configuration started from (tiny, small, base, ...).
+        image_size: Side of the square model input in pixels; a multiple of 32.
+        in_chans: Channels of the input image (3 for RGB).
+        dims: Feature width of each of the 4 backbone stages.
+        depths: Backbone blocks (VSS or the ``backbone`` variant's) in each stage; 0 allowed.
+        twister_depths: Text fusion blocks after each stage, whatever the ``fusion``; 0 allowed.
+        d_state: State size N of the selective scan.
+        ssm_ratio: Inner width of SS2D as a multiple of the block width.
+        dt_rank: Rank of the step-size projection: an integer, or "auto" (ceil(width / 16)).
+        d_conv: Kernel size of the depthwise convolution before the scan.
+        conv_bias: Whether that convolution has a bias.
+        mlp_ratio: Hidden width of each block's MLP as a multiple of its width (0: no MLP).
+        drop_path_rate: Largest stochastic-depth rate (training only), in [0, 1).
+        channel_scan_size: Side of the pooled map the Twister's channel scan reads.
+        local_hidden: Width of the Twister's word-pixel correlation (local interaction) map.
+        decoder: Mask decoder; only "conv" (the official convolutional decoder).
+        fusion: Text fusion layer: twister, attention, in-context, film or hmnet.
+        scan: Twister scan order: channel-spatial, spatial-channel, parallel, channel or spatial.
+        interaction: Twister text maps: both, global (pooled sentence) or local (word-pixel).
+        backbone: Stage blocks: vss (VMamba), mambaout (gated CNN) or mambavision.
+        recap_every: hmnet fusion: image tokens between two recaps of the text.
+        decoder_dim: Width of the decoder's feature maps.
+        text_encoder: Hugging Face id or folder of the text encoder, or "scratch" (word-level).
+        text_config: The text encoder's Hugging Face config (so a folder rebuilds it offline),
+            or None before it is known.
+        text_pooling: How the sentence vector is pooled from the words: pooler, mean or first.
+        max_text_len: Tokens per text; longer texts are truncated.
+        pixel_mean: Per-channel mean subtracted from the [0, 1] image (``in_chans`` numbers).
+        pixel_std: Per-channel standard deviation the image is divided by (``in_chans`` numbers > 0).
+        format_version: Version of this file's format (newer ones are refused).
     """
 
     preset: str = "base"
@@ -71,34 +173,45 @@ class ModelConfig:
         return int(self.text_config["hidden_size"])
 
     def validate(self) -> None:
-        """Raise ConfigError on settings that cannot build a model."""
-        n = len(self.dims)
-        if n != 4 or len(self.depths) != 4 or len(self.twister_depths) != 4:
-            raise ConfigError("config: dims, depths and twister_depths must each have 4 entries (one per stage)")
-        if any(int(d) <= 0 for d in self.dims) or any(int(d) < 0 for d in self.depths + self.twister_depths):
-            raise ConfigError("config: dims must be positive and depths non-negative")
-        if self.image_size < 32 or self.image_size % 32:
-            raise ConfigError(f"config: image_size must be a multiple of 32 (got {self.image_size})")
-        if self.decoder != "conv":
-            raise ConfigError(f"config: unknown decoder {self.decoder!r} (known: conv)")
-        for name, choices in (
-            ("fusion", FUSIONS),
-            ("scan", SCANS),
-            ("interaction", INTERACTIONS),
-            ("backbone", BACKBONES),
-        ):
-            if getattr(self, name) not in choices:
-                raise ConfigError(f"config: unknown {name} {getattr(self, name)!r} (known: {', '.join(choices)})")
+        """Raise ConfigError, naming the field, on any field of the wrong type or out of range."""
+        _check_str("preset", self.preset)
+        _check_int("image_size", self.image_size, 32)
+        if self.image_size % 32:
+            raise _bad("image_size", "a multiple of 32", self.image_size)
+        _check_int("in_chans", self.in_chans, 1)
+        _check_list("dims", self.dims, 4, lambda name, v: _check_int(name, v, 1))
+        _check_list("depths", self.depths, 4, lambda name, v: _check_int(name, v, 0))
+        _check_list("twister_depths", self.twister_depths, 4, lambda name, v: _check_int(name, v, 0))
+        _check_int("d_state", self.d_state, 1)
+        _check_number("ssm_ratio", self.ssm_ratio, 0.0, low_open=True)
+        if self.dt_rank != "auto":
+            if not _is_int(self.dt_rank) or self.dt_rank < 1:
+                raise _bad("dt_rank", "'auto' or an integer >= 1", self.dt_rank)
+        _check_int("d_conv", self.d_conv, 1)
+        if not isinstance(self.conv_bias, bool):
+            raise _bad("conv_bias", "true or false", self.conv_bias)
+        _check_number("mlp_ratio", self.mlp_ratio, 0.0)
+        _check_number("drop_path_rate", self.drop_path_rate, 0.0, 1.0)
+        _check_int("channel_scan_size", self.channel_scan_size, 1)
+        _check_int("local_hidden", self.local_hidden, 1)
+        _check_str("decoder", self.decoder, ("conv",))
+        _check_str("fusion", self.fusion, FUSIONS)
+        _check_str("scan", self.scan, SCANS)
+        _check_str("interaction", self.interaction, INTERACTIONS)
+        _check_str("backbone", self.backbone, BACKBONES)
         if self.fusion != "twister" and (self.scan != SCANS[0] or self.interaction != INTERACTIONS[0]):
             raise ConfigError("config: scan and interaction apply to the twister fusion only")
-        if self.recap_every < 1:
-            raise ConfigError("config: recap_every must be positive")
-        if self.text_pooling not in ("pooler", "mean", "first"):
-            raise ConfigError(f"config: text_pooling must be pooler, mean or first (got {self.text_pooling!r})")
-        if self.dt_rank != "auto" and not isinstance(self.dt_rank, int):
-            raise ConfigError(f"config: dt_rank must be 'auto' or an integer (got {self.dt_rank!r})")
-        if self.max_text_len < 1 or self.channel_scan_size < 1 or self.d_state < 1:
-            raise ConfigError("config: max_text_len, channel_scan_size and d_state must be positive")
+        _check_int("recap_every", self.recap_every, 1)
+        _check_int("decoder_dim", self.decoder_dim, 1)
+        _check_str("text_encoder", self.text_encoder)
+        _check_text_config(self.text_config)
+        _check_str("text_pooling", self.text_pooling, ("pooler", "mean", "first"))
+        _check_int("max_text_len", self.max_text_len, 1)
+        _check_list("pixel_mean", self.pixel_mean, self.in_chans, lambda name, v: _check_number(name, v, -math.inf))
+        _check_list(
+            "pixel_std", self.pixel_std, self.in_chans, lambda name, v: _check_number(name, v, 0.0, low_open=True)
+        )
+        _check_int("format_version", self.format_version, 1)
 
     def to_dict(self) -> dict:
         """A JSON-ready dict of every field."""

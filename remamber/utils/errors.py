@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 EXIT_OK = 0
-EXIT_FAILURE = 1  # the work ran but something failed (a batch with bad items)
-EXIT_BAD_INPUT = 2  # the user's input or configuration is wrong
+EXIT_FAILURE = 1  # the work ran but something failed (a batch with bad items, a diverged training)
+EXIT_BAD_INPUT = 2  # the user's input, configuration or command line is wrong
+EXIT_INTERNAL = 70  # an unexpected error, a bug: EX_SOFTWARE of sysexits.h, so scripts can tell it from 1
 EXIT_INTERRUPTED = 130
 
 
@@ -31,10 +32,15 @@ class InputError(RemamberError):
     """A bad image, text, or data file given by the user."""
 
 
+class UsageError(InputError):
+    """A command line that does not say what to do (missing or clashing arguments); the CLI
+    shows the command's usage line above the message."""
+
+
 def check_threshold(threshold: float) -> float:
     """The mask threshold as a float, or InputError when it is not strictly between 0 and 1."""
     if not (isinstance(threshold, (int, float)) and 0.0 < threshold < 1.0):
-        raise InputError(f"--threshold must be between 0 and 1, exclusive (got {threshold})")
+        raise InputError(f"threshold must be between 0 and 1, exclusive (got {threshold})")
     return float(threshold)
 
 
