@@ -13,7 +13,7 @@ import traceback
 import typer
 
 from remamber import __version__
-from remamber.cli import evaluate, export, prepare, segment, train
+from remamber.cli import evaluate, export, prepare, segment, serve, train
 from remamber.utils.errors import EXIT_FAILURE, EXIT_INTERRUPTED, RemamberError
 
 
@@ -70,6 +70,7 @@ app.add_typer(prepare.app, name="prepare")
 app.command(name="eval", help=evaluate.HELP, no_args_is_help=True)(evaluate.evaluate)
 app.command(name="train", help=train.HELP)(train.train)
 app.command(name="export", help=export.HELP)(export.export)
+app.command(name="serve", help=serve.HELP)(serve.serve)
 
 
 def _one_line(message: str) -> str:
