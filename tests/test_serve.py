@@ -470,23 +470,46 @@ def test_loopback_detection():
 
 @pytest.mark.slow
 def test_serve_command_end_to_end_and_sigterm(tiny_model_dir):
-    """The real command: --weights, --api-key from the environment, a request, then SIGTERM stops it."""
+    """The real command: --weights, --api-key from the environment, a request; SIGTERM while a
+    request runs lets it finish, then the server stops."""
+    rng = np.random.default_rng(0)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (1600, 1600, 3), dtype=np.uint8)).save(buf, format="JPEG", quality=80)
     with serve_process("--weights", str(tiny_model_dir), "--max-batch", "4", env={"REMAMBER_API_KEY": "k"}) as (
         url,
         proc,
     ):
-        with httpx.Client(base_url=url, timeout=60) as c:
+        key = {"X-API-Key": "k"}
+        with httpx.Client(base_url=url, timeout=120) as c:
             health = c.get("/health").json()
             assert health["model"] == "tiny" and health["demo"] is False and health["auth"] is True
             assert health["queue"]["max_batch"] == 4
             assert c.post("/v1/segment", json={"text": "x"}).status_code == 401
-            res = c.post(
-                "/v1/segment", headers={"X-API-Key": "k"}, files={"image": SHAPES3.read_bytes()}, data={"text": "x"}
-            )
+            res = c.post("/v1/segment", headers=key, files={"image": SHAPES3.read_bytes()}, data={"text": "x"})
             assert res.status_code == 200 and res.json()["results"][0]["rle"]["size"] == [256, 256]
+
+            slow: dict = {}
+
+            def post_slow() -> None:  # 32 phrases on a 2.6 Mpx image: several batches and upsamplings
+                with httpx.Client(base_url=url, timeout=300) as own:
+                    slow["res"] = own.post(
+                        "/v1/segment",
+                        headers=key,
+                        files={"image": buf.getvalue()},
+                        data={"text": [f"object {k}" for k in range(32)]},
+                    )
+                    slow["at"] = time.monotonic()
+
+            thread = threading.Thread(target=post_slow)
+            thread.start()
+            _wait_for(lambda: c.get("/health").json()["queue"]["running"] > 0, "the slow request to run")
         proc.send_signal(signal.SIGTERM)
-        proc.wait(60)
-        assert "Traceback" not in proc.stderr.read()
+        sent = time.monotonic()
+        thread.join(300)
+        proc.wait(120)
+        assert slow["res"].status_code == 200 and len(slow["res"].json()["results"]) == 32
+        assert slow["at"] > sent  # it was in flight when the signal came
+        assert proc.returncode in (0, -signal.SIGTERM) and "Traceback" not in proc.stderr.read()
 
 
 def test_predict_many_equals_predict(tiny_model_dir):
@@ -530,3 +553,24 @@ def test_serve_an_onnx_folder(tiny_model_dir, tmp_path):
     with TestClient(create_app(predictor, info)) as c:
         body = _post(c, texts=texts).json()
         assert [r["text"] for r in body["results"]] == texts and c.get("/health").json()["format"] == "onnx"
+
+
+def test_loopback_server_refuses_other_host_names(served):
+    """DNS rebinding: a page of another site that resolves its name to 127.0.0.1 gets nothing."""
+    from remamber.serve.app import LOOPBACK_HOSTS
+
+    with TestClient(create_app(*served, ServeSettings(allowed_hosts=LOOPBACK_HOSTS))) as c:
+        assert c.get("/health", headers={"host": "127.0.0.1:8000"}).status_code == 200
+        assert c.get("/health", headers={"host": "localhost"}).status_code == 200
+        assert c.get("/health", headers={"host": "[::1]:8000"}).status_code == 200
+        res = c.get("/health", headers={"host": "evil.example:8000"})
+        assert res.status_code == 400 and "loopback" in res.json()["error"]
+
+
+def test_large_image_with_many_phrases_is_refused(client, monkeypatch):
+    import remamber.serve.inputs as inputs
+
+    monkeypatch.setattr(inputs, "MAX_PIXEL_PHRASES", 3 * 256 * 256)
+    assert _post(client, texts=["a", "b", "c"]).status_code == 200
+    res = _post(client, texts=["a", "b", "c", "d"])
+    assert res.status_code == 413 and "at most 3 per request at 256x256" in res.json()["error"]

@@ -123,7 +123,7 @@ def serve(
     try:
         import uvicorn
 
-        from remamber.serve.app import ServeSettings, create_app
+        from remamber.serve.app import LOOPBACK_HOSTS, ServeSettings, create_app
     except ImportError as e:
         raise InputError(f"remamber serve needs FastAPI and uvicorn ({e}): pip install fastapi uvicorn") from None
 
@@ -135,7 +135,11 @@ def serve(
             "model (set --api-key or REMAMBER_API_KEY)\n"
         )
     settings = ServeSettings(
-        max_upload_bytes=int(max_upload_mb * 2**20), max_batch=max_batch, max_queue=max_queue, api_key=api_key
+        max_upload_bytes=int(max_upload_mb * 2**20),
+        max_batch=max_batch,
+        max_queue=max_queue,
+        api_key=api_key,
+        allowed_hosts=LOOPBACK_HOSTS if _is_loopback(host) else None,
     )
     app = create_app(predictor, info, settings)
     bound_host, bound_port = sock.getsockname()[:2]

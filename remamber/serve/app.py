@@ -40,6 +40,7 @@ from remamber.serve.inputs import (
     ApiError,
     SegmentRequest,
     check_content_length,
+    check_pixel_budget,
     decode_image,
     parse_json,
     parse_multipart,
@@ -84,6 +85,9 @@ class ServeSettings:
     max_queue: int = 64
     api_key: str | None = None
     retry_after_s: int = 1
+    # Host headers accepted (None: any). A server on a loopback address accepts only loopback
+    # names, so that a web page cannot reach it through DNS rebinding.
+    allowed_hosts: list[str] | None = None
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -122,6 +126,17 @@ def _provided_key(request: Request) -> str | None:
     if auth[:7].lower() == "bearer ":
         return auth[7:].strip()
     return request.headers.get("x-api-key")
+
+
+LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "[::1]"]
+
+
+def _host_name(request: Request) -> str:
+    """The Host header without its port (``[::1]:8000`` -> ``[::1]``)."""
+    host = request.headers.get("host", "").strip().lower()
+    if host.startswith("["):
+        return host.split("]", 1)[0] + "]"
+    return host.rsplit(":", 1)[0] if ":" in host else host
 
 
 SEGMENT_BODY = {
@@ -224,6 +239,8 @@ def create_app(predictor, info: ModelInfo, settings: ServeSettings | None = None
 
     @app.middleware("http")
     async def _headers(request: Request, call_next):
+        if settings.allowed_hosts is not None and _host_name(request) not in settings.allowed_hosts:
+            return _error(400, "this server answers only requests addressed to its loopback name")
         response = await call_next(request)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         return response
@@ -296,6 +313,7 @@ def create_app(predictor, info: ModelInfo, settings: ServeSettings | None = None
             raise ApiError(415, "send multipart/form-data (image file + text fields) or application/json")
         del body
         image = await run_in_threadpool(decode_image, req.image)
+        check_pixel_budget(image.size, len(req.texts))
         try:
             futures = batcher().submit([(image, text, req.threshold) for text in req.texts])
         except QueueFull as e:

@@ -20,6 +20,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 MAX_TEXTS = 32  # phrases in one request
 MAX_TEXT_CHARS = 1000
 MAX_PROBS_SIDE = 4096
+# Pixels times phrases of one request: each phrase's mask and probabilities are made at the
+# image's size (5 bytes a pixel), so this bounds what one request can hold in memory (~1.3 GB).
+MAX_PIXEL_PHRASES = 256 * 2**20
 
 
 class ApiError(Exception):
@@ -68,6 +71,16 @@ async def read_body(receive_chunks, limit: int) -> bytes:
         if len(body) > limit:
             raise too_large(limit)
     return bytes(body)
+
+
+def check_pixel_budget(size: tuple[int, int], phrases: int) -> None:
+    """Refuse a request whose masks would take too much memory: a large image with many phrases."""
+    pixels = size[0] * size[1]
+    if pixels * phrases > MAX_PIXEL_PHRASES:
+        most = max(1, MAX_PIXEL_PHRASES // pixels)
+        raise ApiError(
+            413, f"the image is too large for {phrases} phrases: at most {most} per request at {size[0]}x{size[1]}"
+        )
 
 
 def _flag(value, name: str) -> bool:
