@@ -110,6 +110,24 @@ def test_page_segments_like_the_cli(tmp_path):
             body = json.loads(Path(dl.value.path()).read_text())
             assert body["results"][0]["rle"] == cli["rle"]
 
+            # Drop and paste bring an image in too (events made in the page, as a drag or Ctrl+V would).
+            give = """async ([kind, name]) => {
+                const blob = await (await fetch('/static/examples/shapes-1.png')).blob();
+                const dt = new DataTransfer();
+                dt.items.add(new File([blob], name, {type: 'image/png'}));
+                if (kind === 'drop') {
+                    document.getElementById('drop').dispatchEvent(
+                        new DragEvent('drop', {dataTransfer: dt, bubbles: true, cancelable: true}));
+                } else {
+                    window.dispatchEvent(new ClipboardEvent('paste', {clipboardData: dt}));
+                }
+            }"""
+            page.evaluate(give, ["drop", "dropped.png"])
+            expect(page.locator("#status")).to_contain_text("dropped.png: 256 x 256")
+            assert page.locator("#results li").count() == 0  # a new image clears the old masks
+            page.evaluate(give, ["paste", "clip.png"])
+            expect(page.locator("#status")).to_contain_text("clip.png: 256 x 256")
+
             # An example: one click fills the image and its phrases; each phrase gets its own mask.
             page.fill("#threshold", "0.5")
             page.locator("#examples button").nth(2).click()
