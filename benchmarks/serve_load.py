@@ -217,6 +217,7 @@ def main() -> None:
         "machine": machine(),
         "model": "remamber-tiny-shapes (shipped default)",
         "request": "one image (examples/shapes-*.png, 256x256) and one phrase, multipart, keep-alive",
+        "clients": "threads of this script on the same machine as the server (they share its CPUs)",
         "settings": settings,
         "throughput_gain_batched_over_unbatched": gain,
         "overload": overload | {"only_503_past_the_queue": set(over) <= {"200", "503"}},
