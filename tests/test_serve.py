@@ -466,6 +466,10 @@ def test_loopback_detection():
 
     assert _is_loopback("127.0.0.1") and _is_loopback("::1") and _is_loopback("localhost")
     assert not _is_loopback("0.0.0.0") and not _is_loopback("192.168.1.5") and not _is_loopback("example.com")
+    from remamber.cli.serve import exposure_warning
+
+    assert exposure_warning("127.0.0.1", None) is None and exposure_warning("0.0.0.0", "key") is None
+    assert "without an API key" in exposure_warning("0.0.0.0", None)
 
 
 @pytest.mark.slow

@@ -36,6 +36,16 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def exposure_warning(host: str, api_key: str | None) -> str | None:
+    """The warning for a server that other machines may reach with no key; None when there is none."""
+    if _is_loopback(host) or api_key is not None:
+        return None
+    return (
+        f"warning: listening on {host} without an API key: anyone who can reach this machine can use the "
+        "model (set --api-key or REMAMBER_API_KEY)"
+    )
+
+
 def _bind(host: str, port: int) -> socket.socket:
     """A listening socket on ``host:port`` (port 0: a free one), or one clear error."""
     try:
@@ -129,11 +139,9 @@ def serve(
 
     predictor, info = load_served_model(weights, device)
     sock = _bind(host, port)
-    if not _is_loopback(host) and api_key is None:
-        sys.stderr.write(
-            f"warning: listening on {host} without an API key: anyone who can reach this machine can use the "
-            "model (set --api-key or REMAMBER_API_KEY)\n"
-        )
+    warning = exposure_warning(host, api_key)
+    if warning:
+        sys.stderr.write(warning + "\n")
     settings = ServeSettings(
         max_upload_bytes=int(max_upload_mb * 2**20),
         max_batch=max_batch,
