@@ -13,7 +13,7 @@ import traceback
 import typer
 
 from remamber import __version__
-from remamber.cli import evaluate, export, prepare, segment, train
+from remamber.cli import evaluate, export, prepare, segment, serve, train
 from remamber.cli.options import Command, Group
 from remamber.utils.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, RemamberError, UsageError
 
@@ -37,7 +37,7 @@ app = typer.Typer(
     help=(
         "Referring image segmentation with ReMamber: give an image and a phrase "
         '("man in red shirt"), get the mask of the object it names.\n\n'
-        "segment an image; prepare RefCOCO or a synthetic dataset; train on a CPU, a GPU or many; evaluate any split (mIoU, oIoU, P@X); export for the Hub or ONNX.\n\n"
+        "segment an image; prepare RefCOCO or a synthetic dataset; train on a CPU, a GPU or many; evaluate any split (mIoU, oIoU, P@X); export for the Hub or ONNX; serve a web page and an HTTP API.\n\n"
         f"Exit codes: 0 success; 1 the work ran but some of it failed (batch items, a diverged training); "
         f"2 bad input or usage (one error: line on stderr); {EXIT_INTERNAL} an internal error (a bug; "
         f"--debug shows the traceback); {EXIT_INTERRUPTED} interrupted."
@@ -75,6 +75,7 @@ app.add_typer(prepare.app, name="prepare")
 app.command(name="eval", help=evaluate.HELP, cls=Command)(evaluate.evaluate)
 app.command(name="train", help=train.HELP, cls=Command)(train.train)
 app.command(name="export", help=export.HELP, cls=Command)(export.export)
+app.command(name="serve", help=serve.HELP, cls=Command)(serve.serve)
 
 
 def _one_line(message: str) -> str:

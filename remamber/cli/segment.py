@@ -184,10 +184,8 @@ def _run_one(
 ) -> dict:
     """Segment one job and write its files; ``taken`` (a batch's output names so far) gets the new
     name, made unique with -2, -3, ... when another job of the batch already wrote that name."""
-    import numpy as np
-    from pycocotools import mask as mask_utils
-
     from remamber.inference.images import load_image, output_stem, save_mask, save_overlay
+    from remamber.inference.results import prediction_fields
 
     start = time.perf_counter()
     _check_text(text)
@@ -209,15 +207,12 @@ def _run_one(
     if write_overlay:
         overlay_path = out_dir / f"{stem}.overlay.jpg"
         save_overlay(overlay_path, img, pred.mask)
-    rle = mask_utils.encode(np.asfortranarray(pred.mask.astype(np.uint8)))
     return {
         "image": image_path,
         "text": text,
         "mask": str(mask_path),
         "overlay": str(overlay_path) if overlay_path else None,
-        "area": pred.area,
-        "mean_prob": round(pred.mean_prob, 6),
-        "rle": {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")},
+        **prediction_fields(pred),
         "width": img.size[0],
         "height": img.size[1],
         "seconds": round(time.perf_counter() - start, 4),

@@ -59,3 +59,17 @@ class OnnxPredictor:
         """Segment the object ``text`` names in ``image``."""
         logits, truncated = self.logits([image], [text])
         return to_prediction(logits[0], image.size, self.threshold, truncated[0])
+
+    def predict_many(
+        self, images: list[Image.Image], texts: list[str], thresholds: list[float] | None = None
+    ) -> list[Prediction]:
+        """Segment image/phrase pairs in one session run (see ``Predictor.predict_many``)."""
+        if len(images) != len(texts) or (thresholds is not None and len(thresholds) != len(texts)):
+            raise ValueError("predict_many: images, texts and thresholds must have the same length")
+        if not images:
+            return []
+        logits, truncated = self.logits(images, texts)
+        cuts = thresholds if thresholds is not None else [self.threshold] * len(images)
+        return [
+            to_prediction(lg, im.size, check_threshold(t), tr) for lg, im, t, tr in zip(logits, images, cuts, truncated)
+        ]

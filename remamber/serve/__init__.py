@@ -1,0 +1,1 @@
+"""``remamber serve``: the model behind an HTTP API and a page, with batched inference."""
