@@ -24,6 +24,13 @@ SHAPES3 = EXAMPLES / "shapes-3.png"
 PHRASE = "the big yellow object"
 
 
+def _missing(reason: str) -> None:
+    """Skip, or fail where REMAMBER_REQUIRE_BROWSER=1 (.ci/run sets it: CI must run this test)."""
+    if os.environ.get("REMAMBER_REQUIRE_BROWSER") == "1":
+        pytest.fail(f"{reason}, and REMAMBER_REQUIRE_BROWSER=1 asks for the browser test")
+    pytest.skip(reason)
+
+
 def _chromium() -> str:
     candidates = [os.environ.get("REMAMBER_CHROMIUM")] + [
         shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
@@ -31,7 +38,7 @@ def _chromium() -> str:
     for path in candidates:
         if path and Path(path).is_file():
             return path
-    pytest.skip("no Chromium found (apt-get install chromium, or set REMAMBER_CHROMIUM to its path)")
+    _missing("no Chromium found (apt-get install chromium, or set REMAMBER_CHROMIUM to its path)")
 
 
 def _mask_png(path: Path) -> np.ndarray:
@@ -50,9 +57,10 @@ def _areas(page) -> list[int]:
 
 @pytest.mark.slow
 def test_page_segments_like_the_cli(tmp_path):
-    sync_api = pytest.importorskip(
-        "playwright.sync_api", reason="Playwright for Python is not installed (pip install playwright)"
-    )
+    try:
+        from playwright import sync_api
+    except ImportError:
+        _missing("Playwright for Python is not installed (pip install playwright)")
     chromium = _chromium()
     res = run_cli("segment", str(SHAPES3), PHRASE, "--json", "--no-overlay", "--out", str(tmp_path / "cli"))
     assert res.code == 0, res.stderr
