@@ -175,7 +175,7 @@ def _in_step_order(low: Tensor, h: int, w: int) -> Tensor:
 def cross_selective_scan(
     x: Tensor, x_proj_weight: Tensor, dt_projs_weight: Tensor, dt_projs_bias: Tensor, A: Tensor, D: Tensor
 ) -> Tensor:
-    """The merged four-order scan of ``x (b, d, h, w)`` by the fused kernel (see :func:`usable`).
+    """The merged four-order scan of ``x (b, d, h, w)`` by the fused kernel (see :func:`takes`).
 
     ``x_proj_weight (K, R + 2N, d)``, ``dt_projs_weight (K, d, R)``, ``dt_projs_bias (K, d)``,
     ``A (K * d, N)`` (negative), ``D (K * d)``, as SS2D holds them (softplus on the deltas).

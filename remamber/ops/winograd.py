@@ -233,7 +233,7 @@ def _autocast_cpu() -> bool:
 
 
 def use_winograd(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> bool:
-    """Whether a 3x3 convolution (the decoder's ``Conv3x3``) takes the Winograd path: float32 CPU
+    """Whether a 3x3 convolution (the fused decoder's, per call) takes the Winograd path: float32 CPU
     inference (no gradient wanted, not traced for export, no autocast; numba present) of a 3x3
     convolution large enough to gain from it."""
     # first: the shape checks below would be recorded into a trace
