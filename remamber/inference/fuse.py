@@ -14,7 +14,7 @@ faster ones that compute the same function (up to rounding):
 
 Everything derived from the weights (the Winograd filters, the folded scale and shift, ``A``) is
 made once, at fuse time: a fused model is inference-only and its weights are frozen. Changing
-the original weights after fusing does not reach the fused modules; unfuse, change, fuse again.
+the original weights after fusing is not seen by the fused modules; unfuse, change, fuse again.
 A fused model refuses what needs the unfused one: ``train()``, calls that want gradients, and
 ``state_dict()`` (so saving it): :func:`unfuse` gives the original modules back, with the same
 parameters and names, so that checkpoints load into and save from the unfused model unchanged.
@@ -70,17 +70,13 @@ class ConvBNReLU(_InferenceOnly, nn.Module):
 
     def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, act: nn.Module) -> None:
         super().__init__()
-        with torch.no_grad():
+        with torch.no_grad():  # new tensors: later changes to conv or bn do not reach them
             weight = conv.weight.detach()
             bias = conv.bias.detach() if conv.bias is not None else weight.new_zeros(weight.shape[0])
             scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
-            shift = bn.bias.detach() - bn.running_mean * scale
-            self.register_buffer("weight", weight)
-            self.register_buffer("bias", bias)
-            self.register_buffer("scale", scale)
-            self.register_buffer("shift", shift)
+            self.register_buffer("scale", scale)  # Winograd's output kernel applies scale and bias
+            self.register_buffer("folded_bias", bias * scale + (bn.bias.detach() - bn.running_mean * scale))
             self.register_buffer("folded_weight", weight * scale[:, None, None, None])
-            self.register_buffer("folded_bias", bias * scale + shift)
             channels_ok = weight.shape[0] * weight.shape[1] >= winograd.MIN_CHANNEL_PRODUCT
             cpu_float = weight.device.type == "cpu" and weight.dtype == torch.float32
             # None where Winograd can never be taken: too few channels, no numba, another device
@@ -91,10 +87,10 @@ class ConvBNReLU(_InferenceOnly, nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if torch.is_grad_enabled() and x.requires_grad:
             raise FusedModelError.cannot("compute gradients")
-        if self.filters is not None and winograd.use_winograd(x, self.weight, self.bias):
-            return winograd.conv3x3_winograd(
-                x, self.weight, self.bias, self.filters, affine=(self.scale, self.shift), relu=True
-            )
+        if self.filters is not None and winograd.use_winograd(x, self.folded_weight):
+            # the filters are the unscaled weight's: the BatchNorm's scale is applied to the output
+            affine = (self.scale, self.folded_bias)
+            return winograd.conv3x3_winograd(x, self.folded_weight, None, self.filters, affine=affine, relu=True)
         return F.relu(F.conv2d(x, self.folded_weight, self.folded_bias, padding=1))
 
 
@@ -173,7 +169,7 @@ def unfuse(model: nn.Module) -> nn.Module:
         for i, m in enumerate(list(seq)):
             if isinstance(m, ConvBNReLU):
                 # onto the device the model went to since (.to() moved the fused buffers only)
-                seq[i], seq[i + 1], seq[i + 2] = (u.to(m.weight.device) for u in m._unfused)
+                seq[i], seq[i + 1], seq[i + 2] = (u.to(m.folded_weight.device) for u in m._unfused)
     for m in model.modules():
         if type(m) is FusedSS2D:
             del m.fused_A
