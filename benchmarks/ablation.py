@@ -164,7 +164,7 @@ def measure_models(args: argparse.Namespace, trained: dict[str, int]) -> dict[st
     out = {}
     names = list(trained)
     for name in [names[0], *names]:  # the first model twice: its first pass warms up the process
-        model = load_pretrained(Path(args.runs) / f"{name}-s{trained[name]}" / "checkpoints" / "last").eval()
+        model = load_pretrained(Path(args.runs) / f"{name}-s{trained[name]}" / "checkpoints" / "last").eval().fuse()
         ids, mask, _ = model.tokenize(["the second green square from the left"])
         times = {}
         for size in (args.image_size, 256):

@@ -13,6 +13,8 @@ relative to the largest output. Writes ``benchmarks/results/conv.json``.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from common import allocator_note, best_of, machine, timing_parser
 
@@ -46,12 +48,12 @@ def bench(cin: int, cout: int, size: int, repeat: int) -> dict:
     with torch.inference_mode():
         exact = conv3x3_ref(x.double(), weight.double(), bias.double())
         scale = exact.abs().max()
-        filters = winograd_filters(weight)  # made once per weight, as the decoder's Conv3x3 keeps them
+        filters = winograd_filters(weight)  # made once per weight, as the fused decoder does
         row = {"filters_s": round(best_of(lambda: winograd_filters(weight), repeat)[0], 4)}
         winograd = lambda x, weight, bias: conv3x3_winograd(x, weight, bias, filters)  # noqa: E731
         for name, fn in (("direct", conv3x3_ref), ("winograd", winograd)):
             fn(x, weight, bias)  # warm-up
-            seconds, out = best_of(lambda: fn(x, weight, bias), repeat)
+            seconds, out = best_of(functools.partial(fn, x, weight, bias), repeat)
             row[f"{name}_s"] = round(seconds, 4)
             row[f"{name}_max_rel_err"] = float((out.double() - exact).abs().max() / scale)
         row["speedup"] = round(row["direct_s"] / row["winograd_s"], 2)

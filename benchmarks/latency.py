@@ -89,7 +89,7 @@ def measure(model_name: str, size: int, allocator: str = "kept") -> dict:
 
         preset, _, fusion = model_name.partition(":")
         config = preset_config(preset).replace(image_size=size)
-        model = build_model(config.replace(fusion=fusion) if fusion else config).eval()
+        model = build_model(config.replace(fusion=fusion) if fusion else config).eval().fuse()  # as segment runs it
         args = random_inputs(model, size)
         call = lambda: model(*args)  # noqa: E731
     with torch.inference_mode():

@@ -1,7 +1,8 @@
 """SS2D's scan on the CPU for inference: the fused kernel (``remamber.ops.ss2d_cpu``: cross-scan,
 selective scan and cross-merge in one pass over the channels-last map) against the composed path
 (``SS2D.scan``'s copy of the map in four orders, per-order projections, the fused row kernels of
-``remamber.ops.scan_cpu`` and the merge: what training runs, and what inference ran before).
+``remamber.ops.scan_cpu`` and the merge: what training and an unfused model run; a model fused by
+``remamber.inference.fuse`` runs the kernel).
 
 At every SS2D scan shape of ``base`` at 480 px (``d_inner`` channels; the Twister's spatial scans
 included; its channel scans are one row of 3C positions with 512 channels), same module weights
@@ -15,10 +16,14 @@ directly. Writes ``benchmarks/results/ss2d_scan.json``.
 
 from __future__ import annotations
 
+import copy
+import functools
+
 import torch
 from common import best_of, timing_parser, write_per_forward
 
 from remamber.engine.allocator import keep_freed_memory
+from remamber.inference.fuse import fuse
 from remamber.modeling.ss2d import SS2D
 from remamber.ops import ss2d_cpu
 
@@ -35,20 +40,11 @@ SHAPES = [
 ]
 
 
-def composed(module: SS2D, x: torch.Tensor) -> torch.Tensor:
-    """``module.scan(x)`` on the composed path (the fused kernel declined)."""
-    usable = ss2d_cpu.usable
-    ss2d_cpu.usable = lambda *a: False
-    try:
-        return module.scan(x)
-    finally:
-        ss2d_cpu.usable = usable
-
-
 def main() -> None:
     ap = timing_parser(__doc__, "ss2d_scan.json", 7)
     args = ap.parse_args()
     kept = keep_freed_memory()
+    ss2d_cpu.preload()  # every call below on the kernel, whatever its size
     torch.manual_seed(0)
     rows, before, after = [], 0.0, 0.0
     with torch.inference_mode():
@@ -57,8 +53,9 @@ def main() -> None:
             module.A_logs.uniform_(-1.0, 3.9)
             module.dt_projs_bias.uniform_(-4.0, 1.6)
             x = torch.randn(1, module.d_inner, h, w).to(memory_format=torch.channels_last)
-            assert ss2d_cpu.usable(x, module.A_logs)
-            fused_out, plain_out = module.scan(x), composed(module, x)  # warm-up (and the kernels compiled)
+            fused = fuse(copy.deepcopy(module))  # the same weights, the scan swapped for the kernel
+            assert ss2d_cpu.takes(x, module.d_state)
+            fused_out, plain_out = fused.scan(x), module.scan(x)  # warm-up (and the kernels compiled)
             row = {
                 "where": where,
                 "channels": module.d_inner,
@@ -69,8 +66,8 @@ def main() -> None:
                 "block": ss2d_cpu.block_size(1, module.d_inner),
                 "calls_per_forward": calls,
             }
-            row["composed_ms"] = round(best_of(lambda: composed(module, x), args.repeat)[0] * 1e3, 2)
-            row["fused_ms"] = round(best_of(lambda: module.scan(x), args.repeat)[0] * 1e3, 2)
+            row["composed_ms"] = round(best_of(functools.partial(module.scan, x), args.repeat)[0] * 1e3, 2)
+            row["fused_ms"] = round(best_of(functools.partial(fused.scan, x), args.repeat)[0] * 1e3, 2)
             row["speedup"] = round(row["composed_ms"] / row["fused_ms"], 2)
             row["max_rel_diff"] = float((fused_out - plain_out).abs().max() / plain_out.abs().max())
             before += calls * row["composed_ms"]

@@ -238,6 +238,35 @@ def test_onnx_predictor_matches_pytorch(onnx_export, tiny_model_dir):
     assert np.abs(la.numpy() - lb).max() < 1e-4
 
 
+def test_predictor_eval_and_onnx_give_the_same_masks(onnx_export, tiny_model_dir, small_shapes, tmp_path):
+    """One pre- and post-processing (remamber.inference.processing) for every path: the masks that
+    `remamber eval` scores are the ones `remamber segment` writes, with PyTorch or onnxruntime."""
+    from remamber.data.dataset import ReferringDataset
+    from remamber.engine.evaluate import evaluate, mask_file_name
+    from remamber.hub.folders import load_pretrained, read_config
+    from remamber.inference.onnx_predictor import OnnxPredictor
+    from remamber.inference.predictor import Predictor
+
+    out, _ = onnx_export
+    model = load_pretrained(tiny_model_dir)
+    ds = ReferringDataset(small_shapes, "test", model.config.image_size, train=False)
+    n = min(len(ds), 6)
+    evaluate(model, ds, batch_size=1, progress=False, limit=n, save_masks=tmp_path / "masks")
+    torch_pred, onnx_pred = Predictor(model), OnnxPredictor(out, read_config(out))
+    near = 0
+    for i in range(n):
+        image, text = ds.load_image(i), ds.record(i)["sentence"]
+        saved = np.asarray(Image.open(tmp_path / "masks" / mask_file_name(i, ds.record(i).get("sent_id")))) > 0
+        a, b = torch_pred.predict(image, text), onnx_pred.predict(image, text)
+        assert a.mask.shape == saved.shape == (image.size[1], image.size[0])
+        assert np.array_equal(a.mask, saved)  # eval's mask is segment's, pixel for pixel
+        # onnxruntime's logits differ by rounding (~1e-5): only pixels at the threshold may flip
+        flipped = a.mask != b.mask
+        assert (np.abs(a.probs[flipped] - 0.5) < 1e-4).all()
+        near += int(flipped.sum())
+    assert near <= 0.001 * n * saved.size
+
+
 def test_segment_runs_an_onnx_folder(onnx_export, rgb_image, tmp_path):
     out, _ = onnx_export
     res = run_cli("segment", str(rgb_image), "the red circle", "--weights", str(out), "--out", str(tmp_path), "--json")

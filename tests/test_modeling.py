@@ -56,7 +56,7 @@ def test_text_guidance_and_twister():
     img = torch.randn(2, 16, 6, 7, requires_grad=True)
     words = torch.randn(2, 5, 24, requires_grad=True)
     pooled = torch.randn(2, 24, requires_grad=True)
-    g = GlobalTextGuidance(24, 16)(pooled, img)
+    g = GlobalTextGuidance(24, 16)(img, words, pooled)  # every text map is called as (img, words, pooled)
     assert g.shape == img.shape and (g >= 0).all()
     local = LocalTextInteraction(16, 24, 32, n_words=5)(img, words)
     assert local.shape == img.shape

@@ -17,6 +17,7 @@ import torch
 from remamber.ops import (
     cross_merge,
     cross_scan,
+    numba_utils,
     scan_backend,
     scan_cpu,
     selective_scan,
@@ -428,13 +429,13 @@ def _elementwise(fn):
     return lambda x: (run(x, out := np.empty_like(x)), out)[1]
 
 
-@pytest.mark.parametrize("variant", ["_exp2_scalef", "_exp2_bits"])
+@pytest.mark.parametrize("variant", ["exp2_scalef", "exp2_bits"])
 def test_both_exp2_variants_match_numpy(variant):
     """The kernels' exp2 (scalef on AVX-512, float bits elsewhere; only one runs in the kernels of a
     given machine): relative error <= 3e-7 over the float range, 0 below it and huge above it."""
-    if variant == "_exp2_scalef" and importlib.import_module("llvmlite.binding").llvm_version_info < (17,):
+    if variant == "exp2_scalef" and importlib.import_module("llvmlite.binding").llvm_version_info < (17,):
         pytest.skip("llvm.ldexp needs LLVM 17")
-    exp2 = _elementwise(getattr(scan_cpu, variant))
+    exp2 = _elementwise(getattr(numba_utils, variant))
     x = np.linspace(-125.9, 126.9, 200_001, dtype=np.float32)
     rel = np.abs(exp2(x) / np.exp2(x.astype(np.float64)) - 1)
     assert rel.max() <= 3e-7
@@ -446,9 +447,9 @@ def test_both_exp2_variants_match_numpy(variant):
 def test_scalef_exp2_is_vectorised_where_it_is_chosen():
     """Where the kernels take the ldexp variant, a loop of it compiles to ``vscalefps`` (no
     per-element ``ldexpf`` call, which older LLVMs and targets without AVX-512VL would emit)."""
-    if not scan_cpu._use_scalef():
+    if not numba_utils.use_scalef():
         pytest.skip("numba's target has no AVX-512F/VL or its LLVM calls ldexpf: the bit-built exp2 is used")
-    run = _loop(scan_cpu._exp2_scalef)
+    run = _loop(numba_utils.exp2_scalef)
     x = np.linspace(-10, 10, 64, dtype=np.float32)
     run(x, np.empty_like(x))
     asm = "\n".join(run.inspect_asm().values())
@@ -457,7 +458,7 @@ def test_scalef_exp2_is_vectorised_where_it_is_chosen():
 
 def test_log1p_matches_numpy_on_its_interval():
     w = np.linspace(0, 1, 100_001, dtype=np.float32)
-    got = _elementwise(scan_cpu._log1p_unit)(w).astype(np.float64)
+    got = _elementwise(numba_utils.log1p_unit)(w).astype(np.float64)
     want = np.log1p(w.astype(np.float64))
     assert got[0] == 0.0
     assert (np.abs(got[1:] / want[1:] - 1) <= 3e-7).all()  # float32 rounding and a fast reciprocal: ~2-3 ulp
@@ -468,8 +469,8 @@ def test_fused_on_a_target_without_avx512_matches_reference(tmp_path):
     d_state 1 forward and backward still match the reference."""
     code = """
 import torch
-from remamber.ops import scan_cpu, selective_scan_ref
-assert scan_cpu._exp2 is scan_cpu._exp2_bits
+from remamber.ops import numba_utils, scan_cpu, selective_scan_ref
+assert numba_utils.fast_exp2 is numba_utils.exp2_bits
 g = torch.Generator().manual_seed(0)
 u, delta = torch.randn(2, 8, 150, generator=g), torch.randn(2, 8, 150, generator=g)
 A, D, bias = -3 * torch.rand(8, 1, generator=g), torch.randn(8, generator=g), torch.randn(8, generator=g)

@@ -1,5 +1,5 @@
 """SS2D's fused CPU inference scan (cross-scan, selective scan, cross-merge in one kernel) against
-the plain composition, and the dispatch that picks it."""
+the plain composition, and the fused SS2D (remamber.inference.fuse) that runs it."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ import sys
 import pytest
 import torch
 
+from remamber.inference.fuse import FusedModelError, FusedSS2D, fuse, unfuse
 from remamber.modeling.ss2d import SS2D
-from remamber.ops import scan_backend, scan_cpu, ss2d_cpu
+from remamber.ops import numba_utils, scan_backend, ss2d_cpu
 
-pytestmark = pytest.mark.skipif(not scan_cpu.AVAILABLE, reason="needs numba")
+pytestmark = pytest.mark.skipif(not numba_utils.AVAILABLE, reason="needs numba")
 
 
 def _weights(d: int, n: int, rank: int, a_max: float = 3.0, dt_max: float = 1.0, seed: int = 0):
@@ -84,7 +85,7 @@ def _module(gate: bool) -> SS2D:
 
 
 @pytest.mark.parametrize("gate", [False, True])
-def test_ss2d_inference_takes_the_kernel_and_matches_the_reference_scan(gate, monkeypatch):
+def test_fused_ss2d_takes_the_kernel_and_matches_the_reference_scan(gate, monkeypatch):
     m = _module(gate)
     x = torch.randn(2, 12, 6, 5)
     calls = []
@@ -92,12 +93,16 @@ def test_ss2d_inference_takes_the_kernel_and_matches_the_reference_scan(gate, mo
     monkeypatch.setattr(ss2d_cpu, "cross_selective_scan", lambda *a: calls.append(1) or fused(*a))
     monkeypatch.setattr(ss2d_cpu, "compiled", lambda: True)  # small call: as once the kernel is in the process
     with torch.inference_mode():
-        y = m(x)
-        assert calls == [1]
         with scan_backend("ref"):  # the composed path with the plain reference loop
             ref = m(x)
+        assert calls == []  # an unfused SS2D is plain PyTorch: never the kernel
+        fuse(m)
+        assert type(m) is FusedSS2D and fuse(m) is m and type(m) is FusedSS2D  # idempotent
+        y = m(x)
         assert calls == [1]
     assert _max_rel(y, ref) <= 1e-5
+    unfuse(m)
+    assert type(m) is SS2D and "fused_A" not in dict(m.named_buffers())
 
 
 def test_training_text_and_other_backends_take_the_composed_path(monkeypatch):
@@ -108,27 +113,32 @@ def test_training_text_and_other_backends_take_the_composed_path(monkeypatch):
     y = m(x)  # parameters require grad: a training call
     y.sum().backward()
     assert m.x_proj_weight.grad is not None
+    with scan_backend("torch"):  # fusing under another backend leaves the SS2D as it is
+        assert type(fuse(m)) is SS2D
+    fuse(m)
+    with pytest.raises(FusedModelError, match="cannot compute gradients"):
+        m(x)  # a fused module refuses a call that wants gradients
+    with pytest.raises(FusedModelError, match="cannot train"):
+        m.train()
     with torch.no_grad():
-        m(x, text=torch.randn(1, 3, 12))  # in-context text tokens
-        for backend in ("torch", "ref", "parallel"):
-            with scan_backend(backend):
-                m(x)
+        m(x, text=torch.randn(1, 3, 12))  # in-context text tokens: the composed path
 
 
 def test_small_calls_wait_for_the_kernel_to_be_compiled(monkeypatch):
-    x, A = torch.randn(1, 8, 4, 4), -torch.ones(32, 1)
+    x = torch.randn(1, 8, 4, 4)
     monkeypatch.setattr(ss2d_cpu, "compiled", lambda: False)
-    assert not ss2d_cpu.usable(x, A)
-    assert ss2d_cpu.usable(torch.empty(1, 1024, 32, 32), A)  # 4 Mi state updates: worth compiling
+    assert not ss2d_cpu.takes(x, 1)
+    assert ss2d_cpu.takes(torch.empty(1, 1024, 32, 32), 1)  # 4 Mi state updates: worth compiling
     monkeypatch.setattr(ss2d_cpu, "compiled", lambda: True)
-    assert ss2d_cpu.usable(x, A)
+    assert ss2d_cpu.takes(x, 1)
+    assert not ss2d_cpu.takes(x.to("meta"), 1)  # not on the CPU
 
 
 @pytest.mark.parametrize(
     "threads,b,d,expected", [(2, 1, 256, 128), (2, 1, 1024, 256), (16, 1, 256, 16), (2, 1, 24, 16), (4, 2, 100, 64)]
 )
 def test_block_size(threads, b, d, expected, monkeypatch):
-    monkeypatch.setattr(scan_cpu.numba, "get_num_threads", lambda: threads)
+    monkeypatch.setattr(numba_utils.numba, "get_num_threads", lambda: threads)
     assert ss2d_cpu.block_size(b, d) == expected
 
 
@@ -136,8 +146,8 @@ def test_fused_on_a_target_without_avx512_matches_the_composition(tmp_path):
     """numba compiling for a generic x86-64 (the bit-built exp2, narrower vectors)."""
     code = """
 import torch
-from remamber.ops import scan_cpu, ss2d_cpu
-assert scan_cpu._exp2 is scan_cpu._exp2_bits
+from remamber.ops import numba_utils, ss2d_cpu
+assert numba_utils.fast_exp2 is numba_utils.exp2_bits
 g = torch.Generator().manual_seed(0)
 x = torch.randn(2, 20, 7, 9, generator=g)
 weights = (torch.randn(4, 4, 20, generator=g) / 4, torch.randn(4, 20, 2, generator=g), torch.randn(4, 20, generator=g),

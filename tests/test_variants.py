@@ -213,3 +213,15 @@ def test_variants_export_to_onnx(variant, tmp_path):
     folder = save_pretrained(build_model(MICRO.replace(**variant)), tmp_path / "m")
     _, report = export_onnx(str(folder), tmp_path / "onnx", verify=True)
     assert report["max_abs_diff"] < 1e-4
+
+
+def test_each_variant_table_has_exactly_the_config_choices():
+    """One table per kind maps a config name to what it builds; its keys are the config's choices
+    (same order: the default first), so that a new choice needs both or fails here."""
+    from remamber.modeling import backbones, config, decoder, fusion, twister
+
+    assert tuple(fusion.FUSIONS) == config.FUSIONS
+    assert tuple(twister.SCANS) == config.SCANS
+    assert tuple(twister.INTERACTIONS) == config.INTERACTIONS
+    assert tuple(backbones.BACKBONES) == config.BACKBONES
+    assert tuple(decoder.DECODERS) == (config.ModelConfig().decoder,)  # validate() knows "conv" alone

@@ -1,15 +1,15 @@
 """Winograd F(4x4, 3x3) convolutions (an inference path) against the plain convolution, and when
-the decoder takes them."""
+the fused decoder (remamber.inference.fuse) takes them."""
 
 from __future__ import annotations
 
-import copy
-import pickle
-
 import pytest
 import torch
+import torch.nn as nn
 
-from remamber.modeling.decoder import Conv3x3, ConvDecoder
+from remamber.inference.fuse import ConvBNReLU, FusedModelError, fuse
+from remamber.modeling.decoder import ConvDecoder
+from remamber.modeling.layers import BatchNorm2d
 from remamber.ops import winograd
 from remamber.ops.winograd import conv3x3_ref, conv3x3_winograd, use_winograd
 
@@ -47,31 +47,39 @@ def test_winograd_matches_the_plain_convolution(n, cin, cout, h, w, bias, block)
         assert torch.equal(given, out)
 
 
-def test_decoder_conv_makes_its_filters_once_per_weight(monkeypatch):
-    conv = Conv3x3(128, 128).eval()
+def _conv_bn_relu(cin: int, cout: int, seed: int = 0) -> nn.Sequential:
+    """Conv 3x3, BatchNorm with trained-like statistics (so that folding them is tested), ReLU; eval mode."""
+    torch.manual_seed(seed)
+    seq = nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), BatchNorm2d(cout), nn.ReLU()).eval()
+    bn = seq[1]
+    bn.running_mean.uniform_(-0.5, 0.5)
+    bn.running_var.uniform_(0.5, 2.0)
+    bn.weight.data.uniform_(0.5, 1.5)
+    bn.bias.data.uniform_(-0.3, 0.3)
+    return seq
+
+
+def test_fused_conv_makes_its_filters_once_at_fuse_time(monkeypatch):
+    seq = _conv_bn_relu(128, 128)
     x = torch.randn(1, 128, 48, 48)
+    with torch.inference_mode():
+        plain = seq(x)
     made = []
     filters = winograd.winograd_filters
     monkeypatch.setattr(winograd, "winograd_filters", lambda w: made.append(1) or filters(w))
+    fuse(seq)
+    assert isinstance(seq[0], ConvBNReLU) and isinstance(seq[1], nn.Identity) and len(made) == 1
     with torch.inference_mode():
-        first = conv(x)
-        assert torch.equal(conv(x), first) and len(made) == 1
-    with torch.no_grad():
-        conv.weight.mul_(2.0)  # an in-place change: a new version of the weight
-    with torch.inference_mode():
-        assert len(made) == 1 and _rel(conv(x), conv3x3_ref(x, conv.weight, conv.bias)) <= TOL and len(made) == 2
-    other = Conv3x3(128, 128).state_dict()
-    conv.load_state_dict(other, assign=True)  # another tensor
-    with torch.inference_mode():
-        assert _rel(conv(x), conv3x3_ref(x, other["weight"], other["bias"])) <= TOL and len(made) == 3
-    assert copy.deepcopy(conv)._filters is None and pickle.loads(pickle.dumps(conv))._filters is None
-    conv.float()  # .to() and the like drop them
-    assert conv._filters is None
+        first = seq(x)
+        assert torch.equal(seq(x), first) and len(made) == 1  # no filters made per call
+    assert _rel(first, plain) <= TOL
+    fuse(seq)  # idempotent: nothing left to fuse
+    assert isinstance(seq[0], ConvBNReLU) and len(made) == 1
 
 
 def test_winograd_is_taken_for_large_cpu_inference_only(monkeypatch):
     x = torch.randn(1, 128, 48, 48)
-    conv = Conv3x3(128, 128)
+    conv = nn.Conv2d(128, 128, 3, padding=1)
     with torch.no_grad():
         assert use_winograd(x, conv.weight, conv.bias)
         assert not use_winograd(x[:, :, :40, :40], conv.weight, conv.bias)  # too few pixels
@@ -80,25 +88,32 @@ def test_winograd_is_taken_for_large_cpu_inference_only(monkeypatch):
     assert not use_winograd(x, conv.weight, conv.bias)  # the weights want gradients: training keeps F.conv2d
     with torch.inference_mode():
         assert use_winograd(x, conv.weight, conv.bias)
-        narrow = Conv3x3(64, 128)
-        assert torch.equal(narrow(x[:, :64]), conv3x3_ref(x[:, :64], narrow.weight, narrow.bias))
-        assert _rel(conv(x), conv3x3_ref(x, conv.weight, conv.bias)) <= TOL
-        assert conv(x[:0]).shape == (0, 128, 48, 48)  # an empty batch
+        narrow = _conv_bn_relu(64, 128)
+        plain = narrow(x[:, :64])
+        narrow = fuse(narrow)[0]
+        assert narrow.filters is None  # too few channels: never Winograd, the BatchNorm folded into the weights
+        assert _rel(narrow(x[:, :64]), plain) <= 1e-6
+        wide = _conv_bn_relu(128, 128)
+        plain = wide(x)
+        fused = fuse(wide)[0]
+        assert _rel(fused(x), plain) <= TOL
+        assert fused(x[:0]).shape == (0, 128, 48, 48)  # an empty batch
         assert not use_winograd(x, torch.randn(128, 128, 5, 5))  # not a 3x3 kernel
         assert not use_winograd(x, conv.weight, conv.bias.double())
         with torch.autocast("cpu", dtype=torch.bfloat16):  # bfloat16 products: the direct convolution
             assert not use_winograd(x, conv.weight, conv.bias)
-        monkeypatch.setattr(winograd.scan_cpu, "AVAILABLE", False)  # no numba: the direct convolution
+        monkeypatch.setattr(winograd.numba_utils, "AVAILABLE", False)  # no numba: the direct convolution
         assert not use_winograd(x, conv.weight, conv.bias)
+        assert fuse(_conv_bn_relu(128, 128))[0].filters is None
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit.trace
 def test_winograd_is_not_traced_into_an_export():
-    conv = Conv3x3(128, 128).eval()
+    seq = fuse(_conv_bn_relu(128, 128))
     x = torch.randn(1, 128, 48, 48)
     with torch.no_grad():
-        traced = torch.jit.trace(conv, x, check_trace=False)
-    kinds = {node.kind() for node in traced.graph.nodes()}
+        traced = torch.jit.trace(seq, x, check_trace=False)
+    kinds = {node.kind() for node in traced.inlined_graph.nodes()}
     assert "aten::_convolution" in kinds and "aten::bmm" not in kinds
 
 
@@ -106,8 +121,9 @@ def test_decoder_with_winograd_matches_the_plain_decoder(monkeypatch):
     torch.manual_seed(0)
     dims, hidden = [32, 64, 96, 128], 128
     decoder = ConvDecoder(dims, hidden).eval()
-    assert isinstance(decoder.neck[0], Conv3x3) and isinstance(decoder.neck[4], Conv3x3)
-    assert set(decoder.neck[0].state_dict()) == {"weight", "bias"}  # same keys as nn.Conv2d
+    assert type(decoder.neck[0]) is nn.Conv2d and type(decoder.neck[4]) is nn.Conv2d  # plain PyTorch unfused
+    assert set(decoder.neck[0].state_dict()) == {"weight", "bias"}
+    keys = list(decoder.state_dict())
     for bn in (decoder.neck[1], decoder.neck[5]):  # trained-like statistics, so that folding them is tested
         bn.running_mean.uniform_(-0.5, 0.5)
         bn.running_var.uniform_(0.5, 2.0)
@@ -119,30 +135,28 @@ def test_decoder_with_winograd_matches_the_plain_decoder(monkeypatch):
         "remamber.ops.winograd.conv3x3_winograd", lambda *a, **k: taken.append(sorted(k)) or conv3x3_winograd(*a, **k)
     )
     with torch.inference_mode():
-        fast = decoder(feats)
-        monkeypatch.setattr("remamber.ops.winograd.use_winograd", lambda *a: False)
         plain = decoder(feats)
+        assert taken == []  # the unfused decoder never takes Winograd
+        fuse(decoder)
+        fast = decoder(feats)
     assert taken == [["affine", "relu"]] * 2 and _rel(fast, plain) <= TOL  # BatchNorm and ReLU folded in
-    monkeypatch.setattr("remamber.ops.winograd.use_winograd", use_winograd)  # the real one again
-    taken.clear()
-    with torch.inference_mode():
-        handle = decoder.neck[5].register_forward_hook(lambda *a: None)  # hooks run only through module calls
-        decoder(feats)
-        handle.remove()
-    assert taken == [["affine", "relu"], []]
-    taken.clear()
-    decoder.requires_grad_(False)  # all frozen but the neck's BatchNorms: no folding, gradients reach them
-    decoder.neck[1].requires_grad_(True)
-    decoder.neck[5].requires_grad_(True)
-    assert use_winograd(feats[0].new_empty(1, 160, 56, 56), decoder.neck[0].weight, decoder.neck[0].bias)
-    decoder(feats).sum().backward()
-    # the first convolution by Winograd alone (BatchNorm applied after it); the second's input wants
-    # gradients, so the direct convolution
-    assert taken == [[]] and decoder.neck[1].weight.grad is not None
-    decoder.train()  # batch statistics: no folding
-    with torch.no_grad():
-        decoder(feats)
-    assert taken == [[], [], []]
+    with pytest.raises(FusedModelError, match="cannot compute gradients"):
+        decoder([f.requires_grad_() for f in feats])
+    with pytest.raises(FusedModelError, match="cannot train"):
+        decoder.neck[0].train()
+    with pytest.raises(FusedModelError, match="cannot be saved"):
+        decoder.state_dict()
+    from remamber.inference.fuse import unfuse
+
+    unfuse(decoder)
+    assert list(decoder.state_dict()) == keys and type(decoder.neck[0]) is nn.Conv2d
+
+
+def test_fuse_leaves_hooked_runs_alone():
+    seq = _conv_bn_relu(128, 128)
+    seq[1].register_forward_hook(lambda *a: None)  # hooks run only through module calls: keep the modules
+    fuse(seq)
+    assert type(seq[0]) is nn.Conv2d
 
 
 @pytest.mark.parametrize("bias", [False, True])

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from remamber.inference import processing
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -88,10 +90,14 @@ def referent_crop(
 
 
 def resize_pair(image: Image.Image, mask: np.ndarray, size: int) -> tuple[Image.Image, np.ndarray]:
-    """Image and mask at ``size`` x ``size``: bilinear for the image, nearest for the mask."""
-    image = image.resize((size, size), Image.BILINEAR)
-    mask_img = Image.fromarray(mask.astype(np.uint8)).resize((size, size), Image.NEAREST)
-    return image, np.asarray(mask_img)
+    """Image and mask at ``size`` x ``size``: the image as every inference path resizes it
+    (:func:`remamber.inference.processing.resize_image`), nearest for the mask."""
+    return processing.resize_image(image, size), resize_mask(mask, size)
+
+
+def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    """The mask at ``size`` x ``size`` (nearest neighbour)."""
+    return np.asarray(Image.fromarray(mask.astype(np.uint8)).resize((size, size), Image.NEAREST))
 
 
 def image_to_tensor(image: Image.Image) -> torch.Tensor:
@@ -113,10 +119,9 @@ def brightness_contrast(image: torch.Tensor, brightness: float, contrast: float)
 
 
 def normalize(image: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
-    """Per-channel ``(x - mean) / std``."""
-    m = torch.tensor(mean, dtype=image.dtype).view(-1, 1, 1)
-    s = torch.tensor(std, dtype=image.dtype).view(-1, 1, 1)
-    return (image - m) / s
+    """Per-channel ``(x - mean) / std``, as every inference path normalises
+    (:func:`remamber.inference.processing.normalize`)."""
+    return torch.from_numpy(processing.normalize(image.numpy(), mean, std))
 
 
 def hflip(image: torch.Tensor, mask: torch.Tensor, text: str) -> tuple[torch.Tensor, torch.Tensor, str]:
@@ -135,17 +140,20 @@ class Preprocess:
 
     def __call__(self, image: Image.Image, mask: np.ndarray, text: str) -> tuple[torch.Tensor, torch.Tensor, str]:
         aug = self.augment
-        if aug and aug.crop_scale[0] < 1.0:
+        if aug is None:  # evaluation: the image exactly as the predictors prepare it
+            pixels = torch.from_numpy(processing.model_input(image, self.size, self.mean, self.std))
+            return pixels, mask_to_tensor(resize_mask(mask, self.size)), text
+        if aug.crop_scale[0] < 1.0:
             scale = _uniform(*aug.crop_scale)
             image, mask = referent_crop(image, mask, scale, (_uniform(0, 1), _uniform(0, 1)))
         image, mask = resize_pair(image, mask, self.size)
         pixels, target = image_to_tensor(image), mask_to_tensor(mask)
-        if aug and (aug.brightness or aug.contrast):
+        if aug.brightness or aug.contrast:
             pixels = brightness_contrast(
                 pixels,
                 _uniform(1 - aug.brightness, 1 + aug.brightness),
                 _uniform(1 - aug.contrast, 1 + aug.contrast),
             )
-        if aug and aug.flip_prob and float(torch.rand(())) < aug.flip_prob:
+        if aug.flip_prob and float(torch.rand(())) < aug.flip_prob:
             pixels, target, text = hflip(pixels, target, text)
         return normalize(pixels, self.mean, self.std), target, text

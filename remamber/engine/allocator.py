@@ -2,14 +2,14 @@
 
 By default glibc gives every block above a threshold (at most 32 MiB) its own ``mmap`` and
 returns it to the kernel on ``free``, so each training step faults its large activation and
-gradient buffers in afresh: on the recorded 2-core machine that was about a fifth of a `tiny`
-step (``benchmarks/train_speed.py``). With ``mmap`` off and no trimming, freed blocks stay in the
+gradient buffers in afresh, a sizeable share of a small model's step (BENCHMARKS.md, "Training
+throughput"). With ``mmap`` off and no trimming, freed blocks stay in the
 heap for the next step; the process keeps its peak memory instead of giving it back between
 steps, which a training run reaches on every step anyway; in `remamber segment` and `eval` each
 image repeats the previous one's allocations. Those three commands set it on the CPU (the
 library's Trainer and predictors leave the process's allocator alone); it lasts for the process.
-The price is peak memory: fragments of freed blocks are not given back (``base`` at 1024 px peaks
-at 7.7 GiB instead of 4.5, ``benchmarks/latency.py``). ``REMAMBER_KEEP_FREED_MEMORY=0`` keeps
+The price is peak memory: fragments of freed blocks are not given back (BENCHMARKS.md, "Segment
+latency"). ``REMAMBER_KEEP_FREED_MEMORY=0`` keeps
 glibc's defaults.
 """
 

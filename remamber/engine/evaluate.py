@@ -9,6 +9,7 @@ every process returns the result of the whole split.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import time
@@ -19,10 +20,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from remamber.engine import distributed
-from remamber.engine.metrics import MetricAccumulator, binarize, iou, sample_iou
+from remamber.engine.metrics import MetricAccumulator, iou, sample_iou
+from remamber.inference.fuse import fused
+from remamber.inference.processing import to_prediction
 from remamber.utils.errors import InputError, check_threshold
 from remamber.utils.io import atomic_open, atomic_path
 
@@ -164,9 +166,13 @@ def evaluate(
     limit: int | None = None,
     num_workers: int = 0,
     sharded: bool | None = None,
+    fuse: bool = True,
 ) -> EvalResult:
     """Evaluate ``model`` on ``dataset`` (a :class:`remamber.data.dataset.ReferringDataset`).
 
+    Images and masks go through the inference paths' pre- and post-processing
+    (:mod:`remamber.inference.processing`: the dataset's :func:`model_input`, and
+    :func:`to_prediction` here), so a sample's mask is the one ``remamber segment`` gives.
     ``threshold``: mask = ``sigmoid(logits) > threshold``. ``eval_size``: ``"original"``
     (logits upsampled bilinearly to each image's original size, compared with the
     original mask) or ``"input"`` (compared at the model input size with the mask resized
@@ -181,6 +187,9 @@ def evaluate(
     torch.distributed group is active -- then every process must call this, and each
     returns the result for all samples; False evaluates every sample in this process with
     no collective calls (e.g. on rank 0 alone).
+
+    ``fuse``: run the model with its inference-only modules swapped in
+    (:func:`remamber.inference.fuse.fused`); a model that came unfused is given back unfused.
 
     The model is put in eval mode and given back in the mode it came in. A
     DistributedDataParallel wrapper is looked through.
@@ -223,17 +232,16 @@ def evaluate(
     world = distributed.world_size() if collective else 1
     bar = _Progress(n, progress and distributed.is_main(), f"eval {getattr(dataset, 'split', '')}".strip())
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), fused(core) if fuse else contextlib.nullcontext():
             for batch in loader:
                 ids, attention, cut = core.tokenize(batch["text"])
                 truncated += sum(bool(c) for c in cut)
                 logits = core(batch["image"].to(device, non_blocking=True), ids.to(device), attention.to(device))
+                logits = logits[:, 0].float().cpu().numpy()
                 for j, i in enumerate(batch["index"]):
-                    gt = torch.from_numpy(batch["gt"][j]).to(device)
-                    lg = logits[j : j + 1].float()
-                    if tuple(lg.shape[-2:]) != tuple(gt.shape):
-                        lg = F.interpolate(lg, size=tuple(gt.shape), mode="bilinear", align_corners=False)
-                    pred = binarize(lg[0, 0], threshold)  # sigmoid(logits) > threshold
+                    gt = batch["gt"][j]
+                    # as `remamber segment` makes its mask (the same function): at the eval size
+                    pred = to_prediction(logits[j], (gt.shape[1], gt.shape[0]), threshold).mask
                     inter, union = sample_iou(pred, gt)
                     rec = _record(dataset, i)
                     acc.add(inter, union, rec.get("expr_type"))
@@ -251,7 +259,7 @@ def evaluate(
                         }
                     )
                     if masks_dir is not None:
-                        _save_mask(masks_dir / mask_file_name(i, rec.get("sent_id")), pred.cpu().numpy())
+                        _save_mask(masks_dir / mask_file_name(i, rec.get("sent_id")), pred)
                 bar.advance(len(batch["index"]) * world)
     finally:
         bar.close()

@@ -1,1 +1,2 @@
-"""Image + phrase -> mask: pre- and post-processing, tokens, the PyTorch and onnxruntime predictors."""
+"""Image + phrase -> mask: pre- and post-processing, tokens, the inference-only fused modules, the
+PyTorch and onnxruntime predictors."""

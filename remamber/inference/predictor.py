@@ -7,6 +7,7 @@ import re
 import torch
 from PIL import Image
 
+from remamber.inference.fuse import fuse as fuse_model
 from remamber.inference.processing import Prediction, clean_texts, model_input, to_prediction
 from remamber.utils.errors import InputError, check_threshold
 
@@ -38,12 +39,20 @@ def prefer_fused_scan(device: torch.device, d_state: int) -> None:
 
 
 class Predictor:
-    """Runs a :class:`ReMamber` on PIL images: resize + normalise per its config, upsample back."""
+    """Runs a :class:`ReMamber` on PIL images: resize + normalise per its config, upsample back
+    (:mod:`remamber.inference.processing`).
 
-    def __init__(self, model, device: str | torch.device = "cpu", threshold: float = 0.5) -> None:
+    The model is moved to ``device``, put in eval mode and, with ``fuse`` (the default), fused in
+    place (:func:`remamber.inference.fuse.fuse`): from then on it is inference-only until
+    ``unfuse()``.
+    """
+
+    def __init__(self, model, device: str | torch.device = "cpu", threshold: float = 0.5, fuse: bool = True) -> None:
         check_threshold(threshold)
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
+        if fuse:
+            fuse_model(self.model)
         self.threshold = threshold
         self.config = model.config
         self.size = model.config.image_size

@@ -1,7 +1,9 @@
-"""Image <-> model arrays in numpy, shared by the PyTorch and the ONNX predictors.
+"""Image <-> model arrays in numpy: the one pre- and post-processing of every inference path.
 
-Both predictors resize and normalise the same way and upsample the logits back to the
-original size the same way, so that they give the same masks.
+The PyTorch and ONNX predictors (``remamber segment``), the evaluation (``remamber eval``, whose
+dataset prepares its images with :func:`model_input`) and any server resize and normalise an
+image with :func:`model_input`, and turn the model's ``(S, S)`` logits into probabilities and a
+mask at the original size with :func:`to_prediction`, so that they all give the same masks.
 """
 
 from __future__ import annotations
@@ -34,17 +36,37 @@ class Prediction:
         return float(self.probs[self.mask].mean()) if self.mask.any() else 0.0
 
 
+def resize_image(image: Image.Image, size: int) -> Image.Image:
+    """The RGB image at ``size`` x ``size`` (bilinear), as the model takes it."""
+    return image.convert("RGB").resize((size, size), Image.BILINEAR)
+
+
+def normalize(pixels: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """``(pixels - mean) / std`` per channel of a float32 ``(3, H, W)`` array of values in [0, 1]."""
+    m = np.asarray(mean, dtype=np.float32)[:, None, None]
+    s = np.asarray(std, dtype=np.float32)[:, None, None]
+    return np.ascontiguousarray((pixels - m) / s, dtype=np.float32)
+
+
 def model_input(image: Image.Image, size: int, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
     """RGB image -> normalised ``(3, size, size)`` float32 array (bilinear resize)."""
-    resized = image.convert("RGB").resize((size, size), Image.BILINEAR)
-    x = np.asarray(resized, dtype=np.float32) / 255.0
-    x = (x - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
-    return np.ascontiguousarray(x.transpose(2, 0, 1))
+    pixels = np.asarray(resize_image(image, size), dtype=np.float32) / 255.0
+    return normalize(pixels.transpose(2, 0, 1), mean, std)
 
 
-def to_prediction(logits: np.ndarray, size: tuple[int, int], threshold: float, truncated: bool) -> Prediction:
-    """``(S, S)`` logits -> mask and probabilities at ``size = (width, height)`` (bilinear upsampling)."""
-    up = np.asarray(Image.fromarray(np.asarray(logits, dtype=np.float32), mode="F").resize(size, Image.BILINEAR))
+def upsample_logits(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``(S, S)`` logits at ``size = (width, height)``, float32: Pillow's bilinear resize (which
+    averages over the footprint when it shrinks); at the same size, the logits as they are."""
+    logits = np.asarray(logits, dtype=np.float32)
+    if logits.shape == (size[1], size[0]):
+        return logits
+    return np.asarray(Image.fromarray(logits, mode="F").resize(size, Image.BILINEAR))
+
+
+def to_prediction(logits: np.ndarray, size: tuple[int, int], threshold: float, truncated: bool = False) -> Prediction:
+    """``(S, S)`` logits -> probabilities (sigmoid) and mask (``probs > threshold``) at
+    ``size = (width, height)`` (:func:`upsample_logits`)."""
+    up = upsample_logits(logits, size)
     probs = (1.0 / (1.0 + np.exp(-up.astype(np.float64)))).astype(np.float32)
     return Prediction(mask=probs > threshold, probs=probs, truncated=truncated)
 

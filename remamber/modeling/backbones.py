@@ -1,6 +1,6 @@
 """Backbone blocks of each stage: VMamba's VSS (default), MambaOut's gated CNN, MambaVision's mixer.
 
-``config.backbone`` picks the block; stem, downsampling, Twister and decoder stay the same.
+``config.backbone`` picks the block from :data:`BACKBONES`; stem, downsampling, Twister and decoder stay the same.
 
 - ``vss``: ``x + SS2D(norm(x))``, ``x + MLP(norm2(x))`` (:mod:`remamber.modeling.vss`).
 - ``mambaout``: MambaOut's gated CNN block, the Mamba block without its SSM: one projection
@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
@@ -104,20 +105,35 @@ class SelfAttention(nn.Module):
         return self.proj(out).transpose(1, 2).reshape(b, c, h, w)
 
 
+def _ssm(cfg: ModelConfig) -> dict:
+    return dict(d_state=cfg.d_state, dt_rank=cfg.dt_rank, d_conv=cfg.d_conv, conv_bias=cfg.conv_bias)
+
+
+def _vss(cfg: ModelConfig, i: int, j: int, depth: int, drop_path: float) -> nn.Module:
+    return VSSBlock(cfg.dims[i], ssm_ratio=cfg.ssm_ratio, mlp_ratio=cfg.mlp_ratio, drop_path=drop_path, **_ssm(cfg))
+
+
+def _mambaout(cfg: ModelConfig, i: int, j: int, depth: int, drop_path: float) -> nn.Module:
+    return GatedCNNBlock(cfg.dims[i], drop_path=drop_path)
+
+
+def _mambavision(cfg: ModelConfig, i: int, j: int, depth: int, drop_path: float) -> nn.Module:
+    dim = cfg.dims[i]
+    attention = i >= 2 and j >= depth // 2  # the second half of stages 3 and 4
+    op = SelfAttention(dim) if attention else MambaVisionMixer(dim, **_ssm(cfg))
+    return ResidualBlock(dim, op, cfg.mlp_ratio, drop_path)
+
+
+#: ``config.backbone`` -> the builder of block ``j`` of the ``depth`` blocks of stage ``i``,
+#: ``(cfg, i, j, depth, drop_path) -> module``; the keys are :data:`remamber.modeling.config.BACKBONES`.
+BACKBONES: dict[str, Callable[[ModelConfig, int, int, int, float], nn.Module]] = {
+    "vss": _vss,
+    "mambaout": _mambaout,
+    "mambavision": _mambavision,
+}
+
+
 def build_blocks(cfg: ModelConfig, i: int, drop_paths: list[float]) -> nn.ModuleList:
     """The backbone blocks of stage ``i`` (one per drop-path rate) for ``cfg.backbone``."""
-    dim = cfg.dims[i]
-    if cfg.backbone == "mambaout":
-        return nn.ModuleList(GatedCNNBlock(dim, drop_path=p) for p in drop_paths)
-    ssm = dict(d_state=cfg.d_state, dt_rank=cfg.dt_rank, d_conv=cfg.d_conv, conv_bias=cfg.conv_bias)
-    if cfg.backbone == "vss":
-        return nn.ModuleList(
-            VSSBlock(dim, ssm_ratio=cfg.ssm_ratio, mlp_ratio=cfg.mlp_ratio, drop_path=p, **ssm) for p in drop_paths
-        )
-    depth = len(drop_paths)
-    blocks = []
-    for j, p in enumerate(drop_paths):
-        attention = i >= 2 and j >= depth // 2
-        op = SelfAttention(dim) if attention else MambaVisionMixer(dim, **ssm)
-        blocks.append(ResidualBlock(dim, op, cfg.mlp_ratio, p))
-    return nn.ModuleList(blocks)
+    make = BACKBONES[cfg.backbone]
+    return nn.ModuleList(make(cfg, i, j, len(drop_paths), p) for j, p in enumerate(drop_paths))

@@ -1,6 +1,6 @@
 """Text-image fusion layers, one per stage: the Twister (default) and the variants it is compared with.
 
-``config.fusion`` picks one; each takes the Twister's place with the same number of blocks
+``config.fusion`` picks one from :data:`FUSIONS`; each takes the Twister's place with the same number of blocks
 (``twister_depths``) and maps ``(image (b, C, h, w), words (b, t, text_dim), pooled (b, text_dim),
 mask (b, t))`` to the fused image:
 
@@ -15,6 +15,8 @@ mask (b, t))`` to the fused image:
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
@@ -111,50 +113,92 @@ class HybridBlock(nn.Module):
         return x + self.op(self.norm(x), text, mask)
 
 
+def ssm_kwargs(cfg: ModelConfig) -> dict:
+    """The SS2D settings of ``cfg`` that every fusion's scans share."""
+    return dict(
+        d_state=cfg.d_state, ssm_ratio=cfg.ssm_ratio, dt_rank=cfg.dt_rank, d_conv=cfg.d_conv, conv_bias=cfg.conv_bias
+    )
+
+
 class FusionLayer(nn.Module):
-    """A stack of ``attention``, ``in-context``, ``film`` or ``hmnet`` blocks; returns the fused image.
+    """A stack of ``depth`` blocks of one kind (:attr:`block`, set by the subclasses below, built
+    with ``dim``, then the settings named in :attr:`block_args`, then the SS2D settings); returns
+    the fused image. The scan-based kinds (:attr:`projects_text`: in-context, hmnet) first map the
+    words to the stage width (Linear + LayerNorm), as the Twister's text guidance does. In a
+    stage the layer is the module ``fusion``."""
 
-    The scan-based kinds (in-context, hmnet) first map the words to the stage width
-    (Linear + LayerNorm), as the Twister's text guidance does.
-    """
+    block: type[nn.Module]
+    block_args: tuple[str, ...] = ()  # of "text_dim", "recap_every"
+    projects_text = False
+    module_name = "fusion"
 
-    def __init__(self, kind: str, dim: int, depth: int, text_dim: int, recap_every: int, **ssm) -> None:
+    def __init__(self, dim: int, depth: int, text_dim: int, recap_every: int, **ssm) -> None:
         super().__init__()
-        if kind in ("in-context", "hmnet"):
+        if self.projects_text:
             self.text_proj = nn.Sequential(nn.Linear(text_dim, dim), nn.LayerNorm(dim))
-        if kind == "attention":
-            blocks = [CrossAttentionBlock(dim, text_dim, **ssm) for _ in range(depth)]
-        elif kind == "film":
-            blocks = [FiLMBlock(dim, text_dim, **ssm) for _ in range(depth)]
-        elif kind == "in-context":
-            blocks = [InContextBlock(dim, **ssm) for _ in range(depth)]
-        else:
-            blocks = [HybridBlock(dim, recap_every, **ssm) for _ in range(depth)]
-        self.blocks = nn.ModuleList(blocks)
+        settings = {"text_dim": text_dim, "recap_every": recap_every}
+        args = [settings[name] for name in self.block_args]
+        self.blocks = nn.ModuleList(self.block(dim, *args, **ssm) for _ in range(depth))
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig, i: int) -> FusionLayer:
+        """The layer of stage ``i``."""
+        return cls(cfg.dims[i], cfg.twister_depths[i], cfg.text_dim, cfg.recap_every, **ssm_kwargs(cfg))
 
     def forward(self, img: Tensor, words: Tensor, pooled: Tensor, mask: Tensor) -> Tensor:
-        text = self.text_proj(words) if hasattr(self, "text_proj") else words
+        text = self.text_proj(words) if self.projects_text else words
         for blk in self.blocks:
             img = blk(img, text, pooled, mask)
         return img
 
+    def part_counts(self) -> dict[str, int]:
+        """Parameters of named parts, beyond the whole (none here; see :meth:`TwisterLayer.part_counts`)."""
+        return {}
+
+
+class AttentionFusion(FusionLayer):
+    block, block_args = CrossAttentionBlock, ("text_dim",)
+
+
+class InContextFusion(FusionLayer):
+    block = InContextBlock
+    projects_text = True
+
+
+class FiLMFusion(FusionLayer):
+    block, block_args = FiLMBlock, ("text_dim",)
+
+
+class HMNetFusion(FusionLayer):
+    block, block_args = HybridBlock, ("recap_every",)
+    projects_text = True
+
+
+def _twister(cfg: ModelConfig, i: int) -> TwisterLayer:
+    return TwisterLayer(
+        cfg.dims[i],
+        cfg.twister_depths[i],
+        cfg.text_dim,
+        cfg.local_hidden,
+        cfg.max_text_len,
+        interaction=cfg.interaction,
+        order=cfg.scan,
+        channel_scan_size=cfg.channel_scan_size,
+        **ssm_kwargs(cfg),
+    )
+
+
+#: ``config.fusion`` -> the builder of a stage's fusion layer, ``(cfg, stage) -> module``; the
+#: keys are :data:`remamber.modeling.config.FUSIONS`, in its order.
+FUSIONS: dict[str, Callable[[ModelConfig, int], nn.Module]] = {
+    "twister": _twister,
+    "attention": AttentionFusion.from_config,
+    "in-context": InContextFusion.from_config,
+    "film": FiLMFusion.from_config,
+    "hmnet": HMNetFusion.from_config,
+}
+
 
 def build_fusion(cfg: ModelConfig, i: int) -> nn.Module:
     """The fusion layer of stage ``i`` for ``cfg.fusion``."""
-    ssm = dict(
-        d_state=cfg.d_state, ssm_ratio=cfg.ssm_ratio, dt_rank=cfg.dt_rank, d_conv=cfg.d_conv, conv_bias=cfg.conv_bias
-    )
-    dim, depth = cfg.dims[i], cfg.twister_depths[i]
-    if cfg.fusion == "twister":
-        return TwisterLayer(
-            dim,
-            depth,
-            cfg.text_dim,
-            cfg.local_hidden,
-            cfg.max_text_len,
-            interaction=cfg.interaction,
-            order=cfg.scan,
-            channel_scan_size=cfg.channel_scan_size,
-            **ssm,
-        )
-    return FusionLayer(cfg.fusion, dim, depth, cfg.text_dim, cfg.recap_every, **ssm)
+    return FUSIONS[cfg.fusion](cfg, i)

@@ -14,7 +14,7 @@ from torch import Tensor
 from remamber.inference.tokens import tokenize
 from remamber.modeling.backbones import build_blocks
 from remamber.modeling.config import ModelConfig
-from remamber.modeling.decoder import ConvDecoder
+from remamber.modeling.decoder import DECODERS
 from remamber.modeling.fusion import build_fusion
 from remamber.modeling.layers import trunc_normal_init
 from remamber.modeling.text import TextEncoder, hf_text_model_from_config
@@ -25,16 +25,18 @@ from remamber.utils.errors import ConfigError
 class Stage(nn.Module):
     """Backbone blocks, then the layer that fuses text, then (except last) a downsample.
 
-    The fusion layer is the module ``twister`` for the Twister (the official name, so that
-    official weights map one to one) and ``fusion`` for the other variants.
+    The fusion layer is the module named by its class's ``module_name``: ``twister`` for the
+    Twister (the official name, so that official weights map one to one) and ``fusion`` for the
+    other variants.
     """
 
     def __init__(self, cfg: ModelConfig, i: int, drop_paths: list[float]) -> None:
         super().__init__()
         dim = cfg.dims[i]
         self.blocks = build_blocks(cfg, i, drop_paths)
-        self.fusion_name = "twister" if cfg.fusion == "twister" else "fusion"
-        self.add_module(self.fusion_name, build_fusion(cfg, i))
+        fusion = build_fusion(cfg, i)
+        self.fusion_name = fusion.module_name
+        self.add_module(self.fusion_name, fusion)
         self.downsample = Downsample(dim, cfg.dims[i + 1]) if i + 1 < len(cfg.dims) else None
         trunc_normal_init(self.blocks)
         if self.downsample is not None:
@@ -88,7 +90,7 @@ class ReMamber(nn.Module, ModelHubMixin, library_name="remamber"):
             text_model or hf_text_model_from_config(config.text_config), config.text_pooling
         )
         self.encoder = ReMamberEncoder(config)
-        self.decoder = ConvDecoder(config.dims, config.decoder_dim)
+        self.decoder = DECODERS[config.decoder](config.dims, config.decoder_dim)
         self.tokenizer = tokenizer
 
     def forward(self, images: Tensor, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
@@ -98,6 +100,35 @@ class ReMamber(nn.Module, ModelHubMixin, library_name="remamber"):
         if logits.shape[-2:] != images.shape[-2:]:
             logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=True)
         return logits
+
+    def fuse(self) -> ReMamber:
+        """Swap in the inference-only modules (in place; eval mode first): see
+        :func:`remamber.inference.fuse.fuse`. A fused model cannot train or be saved until
+        :meth:`unfuse`."""
+        from remamber.inference.fuse import fuse
+
+        return fuse(self)
+
+    def unfuse(self) -> ReMamber:
+        """Give back the modules :meth:`fuse` replaced (same parameters): the model can train and be saved."""
+        from remamber.inference.fuse import unfuse
+
+        return unfuse(self)
+
+    @property
+    def is_fused(self) -> bool:
+        """Whether :meth:`fuse` swapped inference-only modules in."""
+        from remamber.inference.fuse import is_fused
+
+        return is_fused(self)
+
+    def train(self, mode: bool = True) -> ReMamber:
+        """``nn.Module.train``, refused up front for a fused model (before any submodule changes mode)."""
+        if mode and self.is_fused:
+            from remamber.inference.fuse import FusedModelError
+
+            raise FusedModelError.cannot("train")
+        return super().train(mode)
 
     def tokenize(self, texts: list[str]) -> tuple[Tensor, Tensor, list[bool]]:
         """``input_ids``, ``attention_mask`` padded to ``max_text_len``, and which texts were truncated."""
@@ -123,10 +154,9 @@ class ReMamber(nn.Module, ModelHubMixin, library_name="remamber"):
             "fusion": count(*fusions),
             "decoder": count(self.decoder),
         }
-        if self.config.fusion == "twister":
-            out["twister"] = count(*[f.blocks for f in fusions])
-            out["global_text"] = count(*[getattr(f, "global_text", None) for f in fusions])
-            out["local_text"] = count(*[getattr(f, "local_text", None) for f in fusions])
+        for f in fusions:  # the fusion's own parts (the Twister's blocks and text maps)
+            for name, n in f.part_counts().items():
+                out[name] = out.get(name, 0) + n
         return out
 
     # Hugging Face Hub API (huggingface_hub.ModelHubMixin) over the model folders of remamber.hub.folders.

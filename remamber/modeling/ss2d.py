@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from remamber.modeling.layers import LayerNorm2d, Linear2d
-from remamber.ops import cross_merge, cross_scan, selective_scan, ss2d_cpu
+from remamber.ops import cross_merge, cross_scan, selective_scan
 
 K_DIRECTIONS = 4
 
@@ -84,7 +84,7 @@ class SS2D(nn.Module):
     def project(self, xs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Per-direction ``delta`` (before softplus), ``B`` and ``C`` of sequences ``xs (b, K, d, l)``.
 
-        Batched matmuls (2x faster than grouped 1x1 convs on CPU); shapes ``(b, K, d, l)``,
+        Batched matmuls (faster than grouped 1x1 convs on CPU); shapes ``(b, K, d, l)``,
         ``(b, K, N, l)``, ``(b, K, N, l)``.
         """
         x_dbl = torch.matmul(self.x_proj_weight, xs)  # (b, K, R + 2N, l)
@@ -92,15 +92,13 @@ class SS2D(nn.Module):
         return torch.matmul(self.dt_projs_weight, dts), Bs.contiguous(), Cs.contiguous()
 
     def scan(self, x: Tensor, text: Tensor | None = None, text_mask: Tensor | None = None) -> Tensor:
-        """The core: cross-scan ``x (b, d_inner, h, w)``, selective scan, cross-merge.
+        """The core: cross-scan ``x (b, d_inner, h, w)``, selective scan, cross-merge (for CPU
+        inference, :func:`remamber.inference.fuse.fuse` swaps in one kernel for the three).
 
         ``text (b, d_inner, t)``, when given, is read before each direction's sequence
         (in-context conditioning); its outputs are dropped.
         """
         A = -torch.exp(self.A_logs.float())
-        weights = (self.x_proj_weight, self.dt_projs_weight, self.dt_projs_bias)
-        if text is None and ss2d_cpu.usable(x, A, self.Ds, *weights):  # CPU inference: one fused kernel
-            return self.out_norm(ss2d_cpu.cross_selective_scan(x, *weights, A, self.Ds).to(x.dtype))
         b, d, h, w = x.shape
         K, L = K_DIRECTIONS, h * w
         xs = cross_scan(x)  # (b, K, d, L)

@@ -9,6 +9,9 @@ are added to the image feature.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -24,9 +27,9 @@ class GlobalTextGuidance(nn.Sequential):
     def __init__(self, text_dim: int, dim: int) -> None:
         super().__init__(nn.Linear(text_dim, dim), nn.ReLU())
 
-    def forward(self, pooled: Tensor, like: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(self, img: Tensor, words: Tensor, pooled: Tensor) -> Tensor:  # type: ignore[override]
         g = super().forward(pooled)
-        return g[:, :, None, None].expand(-1, -1, *like.shape[-2:])
+        return g[:, :, None, None].expand(-1, -1, *img.shape[-2:])
 
 
 class LocalTextInteraction(nn.Module):
@@ -44,7 +47,7 @@ class LocalTextInteraction(nn.Module):
         self.unsqueeze = nn.Sequential(nn.Conv2d(n_words, hidden, 3, padding=1), nn.GELU())
         self.out_proj = nn.Linear(hidden, dim)
 
-    def forward(self, x: Tensor, words: Tensor) -> Tensor:
+    def forward(self, x: Tensor, words: Tensor, pooled: Tensor | None = None) -> Tensor:
         vis = self.vis_proj(x.permute(0, 2, 3, 1))  # (b, h, w, hidden)
         txt = self.text_proj(words)  # (b, n_words, hidden)
         corr = torch.einsum("bhwc,blc->blhw", vis, txt)
@@ -52,8 +55,49 @@ class LocalTextInteraction(nn.Module):
         return self.out_proj(feat).permute(0, 3, 1, 2)
 
 
+def _channel_spatial(t: Twister, cube: Tensor) -> Tensor:
+    return t.ss2d(cube + t.channel_scan(cube))
+
+
+def _spatial_channel(t: Twister, cube: Tensor) -> Tensor:
+    y = t.ss2d(cube)
+    return y + t.channel_scan(y)
+
+
+def _parallel(t: Twister, cube: Tensor) -> Tensor:
+    return t.ss2d(cube) + t.reduce(t.channel_scan(cube))
+
+
+def _channel(t: Twister, cube: Tensor) -> Tensor:
+    return t.reduce(cube + t.channel_scan(cube))
+
+
+def _spatial(t: Twister, cube: Tensor) -> Tensor:
+    return t.ss2d(cube)
+
+
+@dataclass(frozen=True)
+class ScanOrder:
+    """One of the paper's Twister scan orders (Table 3): how it composes its scans, and which it has."""
+
+    forward: Callable[[Twister, Tensor], Tensor]
+    channel: bool  # has the channel scan (``ss1d``)
+    spatial: bool  # has the spatial scan (``ss2d``)
+    reduce: bool = False  # has ``reduce``, a linear map of the cube's channels to C
+
+
+#: ``config.scan`` -> the Twister's scan order; the keys are :data:`remamber.modeling.config.SCANS`.
+SCANS: dict[str, ScanOrder] = {
+    "channel-spatial": ScanOrder(_channel_spatial, channel=True, spatial=True),
+    "spatial-channel": ScanOrder(_spatial_channel, channel=True, spatial=True),
+    "parallel": ScanOrder(_parallel, channel=True, spatial=True, reduce=True),
+    "channel": ScanOrder(_channel, channel=True, spatial=False, reduce=True),
+    "spatial": ScanOrder(_spatial, channel=False, spatial=True),
+}
+
+
 class Twister(nn.Module):
-    """Channel scan and spatial scan over the hybrid cube, in one of the paper's orders (Table 3).
+    """Channel scan and spatial scan over the hybrid cube, in one of the paper's orders (:data:`SCANS`).
 
     ``channel-spatial`` (default): ``ss2d(cube + channel(cube))``; ``spatial-channel``:
     ``y + channel(y)`` with ``y = ss2d(cube)``; ``parallel``: ``ss2d(cube) + reduce(channel(cube))``;
@@ -75,12 +119,13 @@ class Twister(nn.Module):
     ) -> None:
         super().__init__()
         self.s, self.order = channel_scan_size, order
+        self.scan_order = SCANS[order]
         ssm = dict(d_state=d_state, ssm_ratio=ssm_ratio, dt_rank=dt_rank, d_conv=d_conv, conv_bias=conv_bias)
-        if order != "spatial":
+        if self.scan_order.channel:
             self.ss1d = SS2D(self.s**2, gate=True, **ssm)
-        if order != "channel":
+        if self.scan_order.spatial:
             self.ss2d = SS2D(dim, gate=False, d_in=n_maps * dim, **ssm)
-        if order in ("parallel", "channel"):
+        if self.scan_order.reduce:
             self.reduce = Linear2d(n_maps * dim, dim, bias=False)
 
     def channel_scan(self, cube: Tensor) -> Tensor:
@@ -90,7 +135,7 @@ class Twister(nn.Module):
         small = F.interpolate(cube, size=(s, s), mode="bilinear", align_corners=False)
         seq = small.reshape(b, c, s * s).transpose(1, 2).unsqueeze(2)  # (b, s*s, 1, c)
         # channels-last in and out: the scan's layout, and one where torch's CPU bilinear upsampling
-        # of the 3C channels is 4-20x faster (inference of base at 480 px: ~60 ms less in all)
+        # of the 3C channels is much faster (BENCHMARKS.md, "SS2D scan, CPU inference", last paragraph)
         out = (
             self.ss1d(seq.contiguous(memory_format=torch.channels_last)).squeeze(2).transpose(1, 2).reshape(b, c, s, s)
         )
@@ -98,16 +143,7 @@ class Twister(nn.Module):
         return F.interpolate(out, size=(h, w), mode="bilinear", align_corners=False)
 
     def forward(self, cube: Tensor) -> Tensor:
-        if self.order == "channel-spatial":
-            return self.ss2d(cube + self.channel_scan(cube))
-        if self.order == "spatial-channel":
-            y = self.ss2d(cube)
-            return y + self.channel_scan(y)
-        if self.order == "parallel":
-            return self.ss2d(cube) + self.reduce(self.channel_scan(cube))
-        if self.order == "channel":
-            return self.reduce(cube + self.channel_scan(cube))
-        return self.ss2d(cube)
+        return self.scan_order.forward(self, cube)
 
 
 class TwisterBlock(nn.Module):
@@ -125,12 +161,30 @@ class TwisterBlock(nn.Module):
         return (img + self.drop_path(out), *(t + n for t, n in zip(texts, normed[1:])))
 
 
+#: ``config.interaction`` -> the text maps stacked with the image in the cube (paper Table 4), by
+#: their official module names; the keys are :data:`remamber.modeling.config.INTERACTIONS`.
+INTERACTIONS: dict[str, tuple[str, ...]] = {
+    "both": ("global_text", "local_text"),
+    "global": ("global_text",),
+    "local": ("local_text",),
+}
+#: a text map's module name -> its builder, ``(dim, text_dim, local_hidden, n_words) -> module``;
+#: each is called as ``(img, words, pooled)``
+TEXT_MAPS: dict[str, Callable[[int, int, int, int], nn.Module]] = {
+    "global_text": lambda dim, text_dim, hidden, n_words: GlobalTextGuidance(text_dim, dim),
+    "local_text": lambda dim, text_dim, hidden, n_words: LocalTextInteraction(dim, text_dim, hidden, n_words),
+}
+
+
 class TwisterLayer(nn.Module):
     """A stack of Twister blocks fed by the stage's text guidance; returns the twisted image.
 
-    ``interaction`` picks the text maps of the cube (Table 4): ``both`` (global and local),
-    ``global`` or ``local``; ``order`` the scan order (Table 3).
+    ``interaction`` picks the text maps of the cube (:data:`INTERACTIONS`): ``both`` (global and
+    local), ``global`` or ``local``; ``order`` the scan order (:data:`SCANS`). In a stage the
+    layer is the module ``twister`` (the official name).
     """
+
+    module_name = "twister"
 
     def __init__(
         self,
@@ -144,19 +198,22 @@ class TwisterLayer(nn.Module):
         **ssm_kwargs,
     ) -> None:
         super().__init__()
-        if interaction in ("both", "global"):
-            self.global_text = GlobalTextGuidance(text_dim, dim)
-        if interaction in ("both", "local"):
-            self.local_text = LocalTextInteraction(dim, text_dim, local_hidden, n_words)
-        n_maps = 3 if interaction == "both" else 2  # the image plus one or both text maps
+        self.text_maps = INTERACTIONS[interaction]
+        for name in self.text_maps:
+            self.add_module(name, TEXT_MAPS[name](dim, text_dim, local_hidden, n_words))
+        n_maps = 1 + len(self.text_maps)  # the image plus one or both text maps
         self.blocks = nn.ModuleList(TwisterBlock(dim, n_maps=n_maps, order=order, **ssm_kwargs) for _ in range(depth))
 
     def forward(self, img: Tensor, words: Tensor, pooled: Tensor, mask: Tensor | None = None) -> Tensor:
-        texts = []
-        if hasattr(self, "global_text"):
-            texts.append(self.global_text(pooled, img))
-        if hasattr(self, "local_text"):
-            texts.append(self.local_text(img, words))
+        texts = [getattr(self, name)(img, words, pooled) for name in self.text_maps]
         for blk in self.blocks:
             img, *texts = blk(img, *texts)
         return img
+
+    def part_counts(self) -> dict[str, int]:
+        """Parameters of the parts the official model counts apart: the Twister blocks and each text map."""
+        count = lambda m: sum(p.numel() for p in m.parameters()) if m is not None else 0  # noqa: E731
+        return {
+            "twister": count(self.blocks),
+            **{name: count(getattr(self, name, None)) for name in TEXT_MAPS},
+        }

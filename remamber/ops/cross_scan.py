@@ -17,8 +17,8 @@ def channels_first(x: Tensor) -> Tensor:
 
     A channels-last map (what LayerNorm2d and the CPU's 1x1 convolutions hand on, i.e. every SS2D
     input) is copied image by image as a 2-D transpose, which torch runs in cache-sized blocks:
-    about 2-3x faster than ``x.contiguous()`` ((1, 256, 120, 120): 6 ms against 11; at 15 x 15 it is
-    slower, 0.4 ms against 0.2; ``benchmarks/cross_scan.py``). Under tracing
+    faster than ``x.contiguous()`` for large maps, slower for the smallest (BENCHMARKS.md, "Cross
+    scan"). Under tracing
     (an ONNX export) it is ``x.contiguous()``, which does not fix the batch size.
     """
     if x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last) or traced():
@@ -35,9 +35,8 @@ def cross_scan(x: Tensor) -> Tensor:
     """``(b, c, h, w) -> (b, 4, c, h*w)``.
 
     ``x`` is made contiguous first (:func:`channels_first`) and the four orders are concatenated
-    once: 2.7-3.2x faster at ``base``'s three largest SS2D shapes (about even at 15 x 15) than
-    stacking and concatenating views read through a channels-last ``x``'s strides
-    (``benchmarks/cross_scan.py``, ``results/cross_scan.json``).
+    once: faster at ``base``'s large SS2D shapes (about even at the smallest) than stacking and
+    concatenating views read through a channels-last ``x``'s strides (BENCHMARKS.md, "Cross scan").
     """
     b, c, h, w = x.shape
     x = channels_first(x)
@@ -48,7 +47,7 @@ def cross_scan(x: Tensor) -> Tensor:
 
 def cross_merge(ys: Tensor, h: int, w: int) -> Tensor:
     """``(b, 4, c, h*w) -> (b, c, h*w)``: undo each order and sum the four."""
-    b, _, c, l = ys.shape
+    b, _, c, length = ys.shape
     fwd = ys[:, 0:2] + ys[:, 2:4].flip(-1)
-    cols = fwd[:, 1].reshape(b, c, w, h).transpose(2, 3).reshape(b, c, l)
+    cols = fwd[:, 1].reshape(b, c, w, h).transpose(2, 3).reshape(b, c, length)
     return fwd[:, 0] + cols

@@ -24,212 +24,56 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from remamber.ops.numba_utils import AVAILABLE, numba
+
 CHUNK = 64
 
-try:
-    import numba
-    from numba import njit, prange
-except ImportError:  # pragma: no cover - numba is a dependency; keep the package importable anyway
-    numba = None
-
-AVAILABLE = numba is not None
-
-
-def _jit(**options):
-    """``njit`` with an on-disk cache when one can be written (read-only installs compile each run)."""
-
-    def wrap(fn):
-        try:
-            return njit(cache=True, error_model="numpy", **options)(fn)
-        except RuntimeError:  # numba found no writable cache location
-            return njit(cache=False, error_model="numpy", **options)(fn)
-
-    return wrap
-
-
-def _use_scalef() -> bool:
-    """Whether the kernels' exp2 applies 2**k with ``llvm.ldexp``: where numba's target (the host,
-    or NUMBA_CPU_FEATURES; ``NUMBA_CPU_NAME=generic`` has none, ``NUMBA_ENABLE_AVX=0`` drops AVX)
-    has AVX-512F and AVX-512VL and its LLVM lowers that intrinsic to ``vscalefps`` (LLVM 22 on;
-    earlier ones call libm's ``ldexpf`` per element, which stops the loops vectorising)."""
-    from llvmlite import binding
-    from numba.core import codegen, config
-
-    if binding.llvm_version_info < (22,):
-        return False
-    features = config.CPU_FEATURES if config.CPU_FEATURES is not None else codegen.get_host_cpu_features()
-    return {"+avx512f", "+avx512vl"} <= set(features.split(","))
-
-
 if AVAILABLE:
-    from llvmlite import ir
-    from numba.core import cgutils, types
-    from numba.extending import intrinsic
+    from numba import prange
 
-    @intrinsic
-    def _as_float32(typingctx, bits):  # pragma: no cover - compiled
-        """The float32 whose bit pattern is the low 32 bits of the integer ``bits`` (no memory)."""
-        if not isinstance(bits, types.Integer):
-            return None
-
-        def codegen(context, builder, signature, args):
-            value = args[0]
-            if bits.bitwidth > 32:
-                value = builder.trunc(value, ir.IntType(32))
-            return builder.bitcast(value, ir.FloatType())
-
-        return types.float32(bits), codegen
-
-    @intrinsic
-    def _prefer_512_bit_vectors(typingctx):  # pragma: no cover - compiled
-        """Let LLVM vectorise the function this is called in with 512-bit registers where the CPU
-        has them (a per-function ``prefer-vector-width``; LLVM's tuning for recent Intel CPUs
-        prefers 256 bits). The d_state 1 forward runs ~15% faster with it on the Intel VM
-        (BENCHMARKS.md); numba's process-wide switch would also slow the backward down."""
-
-        def codegen(context, builder, signature, args):
-            # llvmlite validates only its known attribute names; a key-value string attribute is
-            # written to the IR as it is, and LLVM ignores one it does not use
-            set.add(builder.function.attributes, '"prefer-vector-width"="512"')
-            return context.get_dummy_value()
-
-        return types.none(), codegen
-
-    def _call_llvm(builder, name: str, signature, args):
-        """Call the LLVM intrinsic ``name`` with the numba ``signature``'s float32/int32 types."""
-        lltype = {types.float32: ir.FloatType(), types.int32: ir.IntType(32)}
-        fnty = ir.FunctionType(lltype[signature.return_type], [lltype[t] for t in signature.args])
-        return builder.call(cgutils.get_or_insert_function(builder.module, fnty, name), args)
-
-    @intrinsic
-    def _rint(typingctx, x):  # pragma: no cover - compiled
-        """``x`` rounded to the nearest integer (``llvm.rint``: one vector instruction, no libm)."""
-        return types.float32(types.float32), lambda context, builder, sig, args: _call_llvm(
-            builder, "llvm.rint.f32", sig, args
-        )
-
-    @intrinsic
-    def _ldexp(typingctx, x, k):  # pragma: no cover - compiled
-        """``x * 2**k`` (``llvm.ldexp``; only where :func:`_use_scalef` says it is one instruction)."""
-        return types.float32(types.float32, types.int32), lambda context, builder, sig, args: _call_llvm(
-            builder, "llvm.ldexp.f32.i32", sig, args
-        )
-
-    # exp2(x) = p(f) * 2**k, x = k + f with |f| <= 1/2: p a degree-6 fit of 2**f (fit error 1.5e-8,
-    # ~1e-7 with the rounding of its float32 evaluation); no libm call, so every loop that uses it
-    # vectorises (SIMD). exp(x) = exp2(x log2(e)): the rounding of x log2(e) adds a relative error of
-    # up to ~|x| 4e-8 (3.8e-6 near x = -87, where exp(x) is 1.6e-38), as the reference's own rounding
-    # of delta * A does. A decay exp(delta a) is exp2(delta a2), a2 = a log2(e) hoisted out of the
-    # per-step loops.
-    _LOG2E = np.float32(1.4426950408889634)
-    _EXP2 = tuple(
-        np.float32(c)
-        for c in (
-            1.5345800784416497e-04,
-            1.3399932067841291e-03,
-            9.618489071726799e-03,
-            5.550328642129898e-02,
-            0.24022646248340607,
-            0.6931471824645996,
-        )
-    )
-    # log1p(w) = s q(s^2), s = w / (2 + w) in [0, 1/3]: q a degree-4 fit of 2 atanh(s) / s (fit error
-    # 5e-9; ~2e-7 with float32 rounding, as the 7-term series it replaces)
-    _LOG1P = tuple(
-        np.float32(2 * c)
-        for c in (
-            0.14089155197143555,
-            0.13980305194854736,
-            0.20012454688549042,
-            0.3333315849304199,
-            1.0,
-        )
+    from remamber.ops.numba_utils import (
+        LOG2E,
+        fast_exp,
+        fast_exp2,
+        fast_sigmoid,
+        fast_softplus,
+        jit,
+        prefer_512_bit_vectors,
     )
 
-    @_jit(inline="always", fastmath=True)
-    def _exp2_poly(f):  # pragma: no cover
-        """2**f for |f| <= 1/2."""
-        p = _EXP2[0]
-        for c in _EXP2[1:]:
-            p = p * f + c
-        return p * f + np.float32(1.0)
-
-    @_jit(inline="always", fastmath=True)
-    def _exp2_scalef(x):  # pragma: no cover
-        """exp2 with 2**k applied by ``ldexp`` (one ``vscalefps``): 0 below the float range, inf
-        above it; for AVX-512 targets. x is clamped to [-150, 128] so that k converts to int32 and
-        -inf gives 0, not NaN."""
-        x = min(max(x, np.float32(-150.0)), np.float32(128.0))
-        k = _rint(x)
-        return _ldexp(_exp2_poly(x - k), np.int32(k))
-
-    @_jit(inline="always", fastmath=True)
-    def _exp2_bits(x):  # pragma: no cover
-        """exp2 with 2**k built from float bits, x clamped to [-126, 127] (so ~1.2e-38 below the
-        float range and ~1.7e38 above it, where the scalef variant gives 0 and inf): for other
-        targets."""
-        x = min(max(x, np.float32(-126.0)), np.float32(127.0))
-        k = _rint(x)
-        return _exp2_poly(x - k) * _as_float32((np.int32(k) + np.int32(127)) << np.int32(23))
-
-    _exp2 = _exp2_scalef if _use_scalef() else _exp2_bits
-
-    @_jit(inline="always", fastmath=True)
-    def _exp(x):  # pragma: no cover
-        return _exp2(x * _LOG2E)
-
-    @_jit(inline="always", fastmath=True)
-    def _log1p_unit(w):  # pragma: no cover
-        """log(1 + w) for w in [0, 1]."""
-        s = w / (np.float32(2.0) + w)
-        s2 = s * s
-        q = _LOG1P[0]
-        for c in _LOG1P[1:]:
-            q = q * s2 + c
-        return s * q
-
-    @_jit(inline="always", fastmath=True)
-    def _sigmoid(v):  # pragma: no cover
-        return np.float32(1.0) / (np.float32(1.0) + _exp(-v))
-
-    @_jit(inline="always")
+    @jit(inline="always")
     def _buffer(size):  # pragma: no cover
         """A per-chunk work buffer. One allocation each: as rows of one 2-D buffer, the passes
-        that use them ran 5-10% slower."""
+        that use them ran slower (BENCHMARKS.md, "Selective scan")."""
         return np.zeros(size, np.float32)
 
-    @_jit(inline="always")
+    @jit(inline="always")
     def _row(r, d, per_group):  # pragma: no cover
         """Batch, channel and B/C group of row ``r`` of a forward kernel."""
         return r // d, r % d, r % d // per_group
 
-    @_jit(inline="always", fastmath=True)
-    def _softplus(v, e):  # pragma: no cover
-        """``softplus(v) = max(v, 0) + log1p(e)``, given ``e = exp(-|v|)``."""
-        return max(v, np.float32(0.0)) + _log1p_unit(e)
-
-    @_jit(inline="always", fastmath=True)
+    @jit(inline="always", fastmath=True)
     def _states(deltas, a, x, Bs, decay, hs):  # pragma: no cover
         """One state dimension over one chunk: the decays ``exp(delta * a) = exp2(delta * a log2 e)``
         (SIMD), then the recurrence from ``hs[0]``, ``hs[j + 1]`` being the state after step ``j``."""
         m = Bs.shape[0]
-        a2 = a * _LOG2E
+        a2 = a * LOG2E
         for j in range(m):
-            decay[j] = _exp2(deltas[j] * a2)
+            decay[j] = fast_exp2(deltas[j] * a2)
         h = hs[0]
         for j in range(m):
             h = decay[j] * h + x[j] * Bs[j]
             hs[j + 1] = h
 
-    @_jit(inline="always", fastmath=True)
+    @jit(inline="always", fastmath=True)
     def _four_states(deltas, A_row, k, x, Bg, Cg, t0, t1, decay4, h, y):  # pragma: no cover
         """State dimensions ``k .. k+3`` over one chunk, adding their output terms to ``y``: four
         independent recurrences in one loop, so each hides the others' multiply-add latency."""
         m = t1 - t0
         for q in range(4):
-            a2 = A_row[k + q] * _LOG2E
+            a2 = A_row[k + q] * LOG2E
             for j in range(m):
-                decay4[q, j] = _exp2(deltas[j] * a2)
+                decay4[q, j] = fast_exp2(deltas[j] * a2)
         d0, d1, d2, d3 = decay4[0], decay4[1], decay4[2], decay4[3]
         B0, B1, B2, B3 = Bg[k, t0:t1], Bg[k + 1, t0:t1], Bg[k + 2, t0:t1], Bg[k + 3, t0:t1]
         C0, C1, C2, C3 = Cg[k, t0:t1], Cg[k + 1, t0:t1], Cg[k + 2, t0:t1], Cg[k + 3, t0:t1]
@@ -245,9 +89,9 @@ if AVAILABLE:
 
     # The kernels below index one chunk through slices and hoist every per-row scalar: with
     # ``u[b, d, t0 + j]`` or ``D[d]`` inside a loop, numba's index wraparound and possible
-    # aliasing keep LLVM from vectorising it (about 6x slower).
+    # aliasing keep LLVM from vectorising it.
 
-    @_jit(parallel=True, fastmath=True)
+    @jit(parallel=True, fastmath=True)
     def _forward(u, dt, A, B, C, D, z, bias, softplus, chunk, out, y_pre, starts, last):  # pragma: no cover
         """The forward for ``d_state >= 4``: per row and chunk of ``chunk`` steps, the deltas once,
         then four state dimensions at a time (:func:`_four_states`), the rest one by one.
@@ -271,7 +115,7 @@ if AVAILABLE:
                 for j in range(m):
                     v = dts[j] + bias_d
                     if softplus:
-                        v = _softplus(v, _exp(-abs(v)))
+                        v = fast_softplus(v, fast_exp(-abs(v)))
                     deltas[j] = v
                     x[j] = v * us[j]
                     y[j] = Dd * us[j]
@@ -289,31 +133,31 @@ if AVAILABLE:
                     zs, pre = z[bi, di, t0:t1], y_pre[bi, di, t0:t1]
                     for j in range(m):
                         pre[j] = y[j]
-                        outs[j] = y[j] * zs[j] * _sigmoid(zs[j])
+                        outs[j] = y[j] * zs[j] * fast_sigmoid(zs[j])
                 else:
                     for j in range(m):
                         outs[j] = y[j]
             last[bi, di, :] = h
 
-    @_jit(inline="always", fastmath=True)
+    @jit(inline="always", fastmath=True)
     def _one_state(dts, us, Bs, bias, a, softplus, h, decay, drive, hs):  # pragma: no cover
         """One state dimension over one chunk from state ``h``: every step's delta, decay
         ``exp2(delta * a log2 e)`` and drive in one pass (SIMD), then the recurrence, ``hs[j]``
         being the state after step ``j``; returns the last state."""
         m = us.shape[0]
-        a2 = a * _LOG2E
+        a2 = a * LOG2E
         for j in range(m):
             v = dts[j] + bias
             if softplus:
-                v = _softplus(v, _exp(-abs(v)))
-            decay[j] = _exp2(v * a2)
+                v = fast_softplus(v, fast_exp(-abs(v)))
+            decay[j] = fast_exp2(v * a2)
             drive[j] = v * us[j] * Bs[j]
         for j in range(m):
             h = decay[j] * h + drive[j]
             hs[j] = h
         return h
 
-    @_jit(parallel=True, fastmath=True)
+    @jit(parallel=True, fastmath=True)
     def _forward_narrow(u, dt, A, B, C, D, z, bias, softplus, chunk, out, y_pre, starts, last):  # pragma: no cover
         """The forward for ``d_state < 4`` (ReMamber's is 1): per row and chunk, each state
         dimension in :func:`_one_state`, then one SIMD pass adds its output terms; softplus is
@@ -323,7 +167,7 @@ if AVAILABLE:
         n = A.shape[1]
         per_group = d // B.shape[1]
         for r in prange(b * d):
-            _prefer_512_bit_vectors()
+            prefer_512_bit_vectors()
             bi, di, gi = _row(r, d, per_group)
             ur, dtr, outr = u[bi, di], dt[bi, di], out[bi, di]
             Dd, bias_d = D[di], bias[di]
@@ -351,10 +195,10 @@ if AVAILABLE:
                 if z is not None:
                     zs, outs = z[bi, di, t0:t1], outr[t0:t1]
                     for j in range(m):
-                        outs[j] = ys[j] * zs[j] * _sigmoid(zs[j])
+                        outs[j] = ys[j] * zs[j] * fast_sigmoid(zs[j])
             last[bi, di, :] = h
 
-    @_jit(parallel=True, fastmath=True)
+    @jit(parallel=True, fastmath=True)
     def _backward(  # pragma: no cover
         u,
         dt,
@@ -413,7 +257,7 @@ if AVAILABLE:
                     else:  # the output gate
                         zs, pre, dzs = z[bi, di, t0:t1], y_pre[bi, di, t0:t1], dz[bi, di, t0:t1]
                         for j in range(m):
-                            sg = _sigmoid(zs[j])
+                            sg = fast_sigmoid(zs[j])
                             dzs[j] = gs[j] * pre[j] * sg * (np.float32(1.0) + zs[j] * (np.float32(1.0) - sg))
                             dy[j] = gs[j] * zs[j] * sg
                         dyc = dy
@@ -421,10 +265,10 @@ if AVAILABLE:
                     for j in range(m):  # the deltas, and the terms that skip the state
                         v = dts[j] + bias_d
                         if softplus:
-                            e = _exp(-abs(v))
+                            e = fast_exp(-abs(v))
                             s = np.float32(1.0) / (np.float32(1.0) + e)
                             sig[j] = s if v >= np.float32(0.0) else e * s
-                            v = _softplus(v, e)
+                            v = fast_softplus(v, e)
                         deltas[j] = v
                         x[j] = v * us[j]
                         dD_acc += dyc[j] * us[j]
@@ -475,9 +319,9 @@ def _empty_near(shape: tuple, stream: np.ndarray, lag: int = OUTPUT_LAG) -> np.n
     """An uninitialised float32 array whose data starts ``lag`` bytes past ``stream``'s, modulo a page.
 
     The forward writes its output row by row in step with reading ``u`` and ``delta``. Where the
-    output sat within a 4 KiB page relative to them changed its time at (8, 2048, 900, 1) on the
-    Intel VM from 17.6-20 ms (close behind ``delta``) to 25 ms (far from it; BENCHMARKS.md); the
-    inputs come as they are, the output can be placed.
+    output sits within a 4 KiB page relative to them changes its time: it is faster close behind
+    ``delta`` (BENCHMARKS.md, "Output placement"); the inputs come as they are, the output can be
+    placed.
     """
     size = int(np.prod(shape))
     raw = np.empty(size + PAGE // 4, np.float32)

@@ -337,8 +337,9 @@ def selective_scan(
 
 # Without gradients, scans smaller than this many state updates run the chunked PyTorch path
 # until the fused kernel is in the process: the kernel is several times faster, but its one-time
-# JIT compilation (seconds, cached on disk afterwards; ~0.4 s to load from there) is not worth it
-# for a small model's first CLI call. Once a large call or :func:`scan_cpu.preload` (what the
+# JIT compilation (seconds, cached on disk afterwards, and loading it from there still costs a
+# noticeable part of a small call: BENCHMARKS.md, "Selective scan") is not worth it for a small
+# model's first CLI call. Once a large call or :func:`scan_cpu.preload` (what the
 # commands that make many calls run first) has brought the kernel in, every call uses it.
 FUSED_MIN_INFERENCE = 1 << 22
 

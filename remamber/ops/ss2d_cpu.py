@@ -18,8 +18,10 @@ and nothing is re-ordered. The kernel reads
   one batched matrix product;
 
 and writes the four orders' outputs summed, channels-last ``(b, l, d)``: the layout the output
-LayerNorm reads. Inference only: calls that need gradients take the composed path, whose kernels
-have a backward. Same fp32 arithmetic as the row kernels (the same exp2 and softplus).
+LayerNorm reads. Inference only (no backward): :func:`remamber.inference.fuse.fuse` swaps it
+into a model for inference, :func:`takes` says which calls it runs; training keeps the composed
+path, whose kernels have a backward. Same fp32 arithmetic as the row kernels (the same exp2 and
+softplus).
 :func:`cross_selective_scan_ref` is the plain composition beside it.
 """
 
@@ -29,27 +31,28 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from remamber.ops import scan_cpu
+from remamber.ops import numba_utils
 from remamber.ops.cross_scan import cross_merge, cross_scan
 from remamber.ops.tracing import traced
 
 K_DIRECTIONS = 4
-# Channels per task, at most: 256 ran the base preset's stage 3-4 shapes fastest on the 2-core VM;
-# with fewer channels than that per thread, one block per thread (BENCHMARKS.md).
+# Channels per task, at most: larger blocks run the recurrences of more channels per vector pass,
+# and 256 was the fastest measured at base's stage 3-4 shapes; with fewer channels than that per
+# thread, one block per thread (BENCHMARKS.md, "SS2D scan, CPU inference").
 MAX_BLOCK = 256
-# Delta ranks up to this are projected inside the kernel: 1.5-1.6x faster at base's stage 1 (R = 8),
-# 1.1-1.3x at stage 2 and the channel scans (16); 1.1-1.3x slower at stages 3-4 (32, 64) than one
-# batched product (the 2-core VM, 2026-11-24).
+# Delta ranks up to this are projected inside the kernel: R multiply-adds per channel and step cost
+# less than reading a precomputed delta for small ranks, more than one batched product for large
+# ones (base's ranks 8 and 16 against 32 and 64: BENCHMARKS.md, "SS2D scan, CPU inference").
 MAX_RANK_INSIDE = 16
 
-if scan_cpu.AVAILABLE:
+if numba_utils.AVAILABLE:
     from numba import prange
 
-    from remamber.ops.scan_cpu import _LOG2E, _exp, _exp2, _jit, _prefer_512_bit_vectors, _softplus
+    from remamber.ops.numba_utils import LOG2E, fast_exp, fast_exp2, fast_softplus, jit, prefer_512_bit_vectors
 
     U = np.uint64  # unsigned indices: numba adds no negative-index wraparound, so the loops vectorise
 
-    @_jit(inline="always", fastmath=True)
+    @jit(inline="always", fastmath=True)
     def _step(xb, yb, Pb, delta, bi, Wt, pos, t, k, d0, cb, bias, D, A2, R, N, h, dt, first):  # pragma: no cover
         """Step ``t`` of order ``k`` (map position ``pos``) for channels ``d0 .. d0 + cb``: the
         deltas (read from ``delta[bi, k]``, or made from ``Pb``'s rank-R part and ``Wt`` when
@@ -78,7 +81,7 @@ if scan_cpu.AVAILABLE:
                 dt[c] = delta[bi, k, t, d0 + c] + bias[k, d0 + c]
         for c in range(cb):
             v = dt[c]
-            dt[c] = _softplus(v, _exp(-abs(v)))
+            dt[c] = fast_softplus(v, fast_exp(-abs(v)))
         if first:
             for c in range(cb):
                 yb[pos, d0 + c] = D[k, d0 + c] * xb[pos, d0 + c]
@@ -90,11 +93,11 @@ if scan_cpu.AVAILABLE:
             Cn = Pb[pos, k, R + N + n]
             for c in range(cb):
                 v = dt[c]
-                hv = _exp2(v * A2[k, n, d0 + c]) * h[n, c] + v * xb[pos, d0 + c] * Bn
+                hv = fast_exp2(v * A2[k, n, d0 + c]) * h[n, c] + v * xb[pos, d0 + c] * Bn
                 h[n, c] = hv
                 yb[pos, d0 + c] += Cn * hv
 
-    @_jit(parallel=True, fastmath=True)
+    @jit(parallel=True, fastmath=True)
     def _cross_forward(x, P, delta, Wt, bias, A, D, height, width, block, out):  # pragma: no cover
         """``out (b, l, d)`` = the four orders' scans of ``x (b, l, d)`` summed; ``A (K, N, d)``,
         ``bias`` and ``D`` ``(K, d)``; ``P`` and ``delta`` as in the module docstring, or ``delta``
@@ -103,9 +106,9 @@ if scan_cpu.AVAILABLE:
         N = U(A.shape[1])
         R = U(P.shape[3]) - U(2) * N
         blocks = (d + block - 1) // block
-        A2 = A * _LOG2E  # decays exp(delta a) = exp2(delta a log2 e)
+        A2 = A * LOG2E  # decays exp(delta a) = exp2(delta a log2 e)
         for task in prange(b * blocks):
-            _prefer_512_bit_vectors()
+            prefer_512_bit_vectors()
             bi = U(task // blocks)
             d0 = (task % blocks) * block
             cb = U(min(d0 + block, d) - d0)
@@ -154,9 +157,9 @@ if scan_cpu.AVAILABLE:
 
 
 def block_size(b: int, d: int) -> int:
-    """Channels per task: ``b * d`` split evenly over the threads, a multiple of 16 (one AVX-512
-    vector), at most :data:`MAX_BLOCK`."""
-    per_thread = -(-b * d // scan_cpu.numba.get_num_threads())
+    """Channels per task: ``b * d`` split evenly over the threads, a multiple of 16 (one 512-bit
+    vector of float32), at most :data:`MAX_BLOCK`."""
+    per_thread = -(-b * d // numba_utils.numba.get_num_threads())
     return max(16, min(MAX_BLOCK, -(-per_thread // 16) * 16))
 
 
@@ -172,7 +175,7 @@ def _in_step_order(low: Tensor, h: int, w: int) -> Tensor:
 def cross_selective_scan(
     x: Tensor, x_proj_weight: Tensor, dt_projs_weight: Tensor, dt_projs_bias: Tensor, A: Tensor, D: Tensor
 ) -> Tensor:
-    """The merged four-order scan of ``x (b, d, h, w)`` by the fused kernel (see :func:`usable`).
+    """The merged four-order scan of ``x (b, d, h, w)`` by the fused kernel (see :func:`takes`).
 
     ``x_proj_weight (K, R + 2N, d)``, ``dt_projs_weight (K, d, R)``, ``dt_projs_bias (K, d)``,
     ``A (K * d, N)`` (negative), ``D (K * d)``, as SS2D holds them (softplus on the deltas).
@@ -222,31 +225,29 @@ def cross_selective_scan_ref(
     return cross_merge(ys.view(b, K_DIRECTIONS, d, h * w), h, w).view(b, d, h, w)
 
 
-def usable(x: Tensor, A: Tensor, *params: Tensor) -> bool:
-    """Whether :func:`cross_selective_scan` takes this call: numba present; CPU tensors; no
-    gradient wanted; not traced (an ONNX export) and the scan backend left on ``auto``; and the
-    kernel worth its one-time compilation (as for the row kernels, see
+def takes(x: Tensor, d_state: int) -> bool:
+    """Whether a fused SS2D (:class:`remamber.inference.fuse.FusedSS2D`, made only where numba is
+    present) runs this call by :func:`cross_selective_scan`: a CPU map, not traced (an ONNX export),
+    and the kernel worth its one-time compilation (as for the row kernels, see
     :func:`remamber.ops.selective_scan._worth_compiling`: a large call, or the kernel already in
     the process)."""
-    from remamber.ops.selective_scan import FUSED_MIN_INFERENCE, current_backend
+    from remamber.ops.selective_scan import FUSED_MIN_INFERENCE
 
-    if not scan_cpu.AVAILABLE or traced() or current_backend() != "auto":
+    if x.dim() != 4 or x.device.type != "cpu" or traced():
         return False
-    if x.dim() != 4 or any(t.device.type != "cpu" for t in (x, A, *params)) or scan_cpu.needs_grad(x, A, *params):
-        return False
-    return x.numel() * K_DIRECTIONS * A.shape[1] >= FUSED_MIN_INFERENCE or compiled()
+    return x.numel() * K_DIRECTIONS * d_state >= FUSED_MIN_INFERENCE or compiled()
 
 
 def compiled() -> bool:
     """Whether this process already has the kernel (compiled, or loaded from the disk cache)."""
-    return scan_cpu.AVAILABLE and bool(_cross_forward.signatures)
+    return numba_utils.AVAILABLE and bool(_cross_forward.signatures)
 
 
 def preload() -> bool:
     """Bring both variants of the kernel (deltas made inside, and read) into this process with two
     tiny calls, so that every later inference call takes it (what the commands that make many calls
     run first; see :func:`remamber.ops.scan_cpu.preload`). Returns whether it is available."""
-    if not scan_cpu.AVAILABLE:
+    if not numba_utils.AVAILABLE:
         return False
     g = torch.Generator().manual_seed(0)
     x = torch.randn(1, 1, 2, 2, generator=g)

@@ -10,6 +10,6 @@ import torch
 
 def traced() -> bool:
     """True under ``torch.jit.trace``, an ONNX export or ``torch.compile``."""
-    onnx = sys.modules.get("torch.onnx")  # not imported yet: no export running (importing it takes ~25 ms)
+    onnx = sys.modules.get("torch.onnx")  # not imported yet: no export running (and importing it is slow)
     compiling = getattr(torch.compiler, "is_compiling", None)  # torch >= 2.3
     return torch.jit.is_tracing() or (onnx is not None and onnx.is_in_onnx_export()) or bool(compiling and compiling())

@@ -7,13 +7,14 @@ multiply-adds than the direct convolution (36 instead of 144 per 4x4 tile and ch
 tile transforms are two numba kernels, vectorised across the channels of the channels-last maps:
 one writes ``B^T d B`` of every tile straight from the padded input, the other applies ``A^T . A``,
 adds the bias and puts each output tile in place; the transformed filters ``G g G^T`` are made
-once per weight (:class:`remamber.modeling.decoder.Conv3x3` keeps them). The decoder's largest layer
-(512 -> 512 channels at 240x240, ``base`` at 480 px) takes 0.26 s instead of 0.71 s on two cores
-(``benchmarks/conv.py``, ``results/conv.json``). Rounding: max error about 1e-5 of the largest
-output, where the direct convolution's is a few 1e-7 (points 0, +-1, +-2 of the standard F(4, 3)).
+once per weight (the fused decoder, :class:`remamber.inference.fuse.ConvBNReLU`, makes them when
+it is fused). The decoder's large layers run several times faster than the direct convolution
+(BENCHMARKS.md, "3x3 convolutions"; ``benchmarks/conv.py``). Rounding: max error about 1e-5 of
+the largest output, where the direct convolution's is a few 1e-7 (points 0, +-1, +-2 of the
+standard F(4, 3)).
 
-:func:`use_winograd` picks the path (the decoder's ``Conv3x3`` asks it); :func:`conv3x3_ref` is the
-plain convolution beside it.
+:func:`use_winograd` says which calls take it (the fused decoder asks it per call: it depends on
+the map's size); :func:`conv3x3_ref` is the plain convolution beside it.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from remamber.ops import scan_cpu
+from remamber.ops import numba_utils
 from remamber.ops.tracing import traced
 
 # F(4, 3) on the points 0, 1, -1, 2, -2 and infinity (Lavin & Gray 2016): the kernels below spell
@@ -38,24 +39,25 @@ _G = [
 ]
 
 # Below this many multiply-adds per output pixel and image (in * out channels) or this many
-# output pixels the direct convolution was as fast with the earlier PyTorch tile transforms
-# (benchmarks/conv.py). With the kernels below, `tiny`'s two layers (under the threshold) would
-# gain ~1 ms per image; they keep the direct convolution's 20-50x smaller rounding instead.
+# output pixels the direct convolution was as fast with the earlier PyTorch tile transforms; the
+# small layers under it (`tiny`'s two) would gain little with the kernels below and keep the direct
+# convolution's much smaller rounding instead (BENCHMARKS.md, "3x3 convolutions").
 MIN_CHANNEL_PRODUCT = 128 * 128
 MIN_PIXELS = 48 * 48
 # Tile rows are transformed and multiplied a block at a time, each block's transformed input
 # at most this many floats (8 MiB) where one tile row of the batch fits, so that memory does not
-# grow 2.25x with the image; 1-16 Mi floats ran at the same speed.
+# grow 2.25x with the image; the block size did not change the speed (BENCHMARKS.md, "3x3
+# convolutions").
 BLOCK_FLOATS = 1 << 21
 
-if scan_cpu.AVAILABLE:
+if numba_utils.AVAILABLE:
     from numba import prange
 
-    from remamber.ops.scan_cpu import _jit, _prefer_512_bit_vectors
+    from remamber.ops.numba_utils import jit, prefer_512_bit_vectors
 
     _F = np.float32
 
-    @_jit(inline="always", fastmath=True)
+    @jit(inline="always", fastmath=True)
     def _bt(d0, d1, d2, d3, d4, d5, o0, o1, o2, o3, o4, o5):  # pragma: no cover
         """``o = B^T d``: six channel vectors in, six out."""
         for ch in range(d0.shape[0]):
@@ -67,14 +69,14 @@ if scan_cpu.AVAILABLE:
             o4[ch] = _F(2.0) * (a1 - a3) - a2 + a4
             o5[ch] = _F(4.0) * a1 - _F(5.0) * a3 + d5[ch]
 
-    @_jit(parallel=True, fastmath=True)
+    @jit(parallel=True, fastmath=True)
     def _input_tiles(padded, p0, p1, v):  # pragma: no cover
         """``v[6 i + j, tile] = (B^T d B)[i, j]`` for every tile of tile rows ``p0 .. p1`` of every
         image of ``padded (n, 4 th + 2, 4 tw + 2, c)``; tiles numbered image, row, column."""
         n, _, wp, c = padded.shape
         tw, rows = (wp - 2) // 4, p1 - p0
         for tile in prange(n * rows * tw):
-            _prefer_512_bit_vectors()
+            prefer_512_bit_vectors()
             ni, p, q = tile // (rows * tw), p0 + tile // tw % rows, tile % tw
             r, s = 4 * p, 4 * q
             t = np.empty((6, 6, c), np.float32)  # t[j, i] = (B^T d)[i, j]: the columns first
@@ -111,20 +113,20 @@ if scan_cpu.AVAILABLE:
                     v[k + 5, tile],
                 )
 
-    @_jit(inline="always", fastmath=True)
+    @jit(inline="always", fastmath=True)
     def _at(m0, m1, m2, m3, m4, m5, ch):  # pragma: no cover
         """``(A^T m)[0 .. 3]`` at channel ``ch``."""
         s12, d12 = m1[ch] + m2[ch], m1[ch] - m2[ch]
         s34, d34 = m3[ch] + m4[ch], m3[ch] - m4[ch]
         return m0[ch] + s12 + s34, d12 + _F(2.0) * d34, s12 + _F(4.0) * s34, d12 + _F(8.0) * d34 + m5[ch]
 
-    @_jit(inline="always", fastmath=True)
+    @jit(inline="always", fastmath=True)
     def _finish(y, scale, shift, relu):  # pragma: no cover
         """``y * scale + shift``, then ReLU when asked."""
         v = y * scale + shift
         return max(v, _F(0.0)) if relu else v
 
-    @_jit(parallel=True, fastmath=True)
+    @jit(parallel=True, fastmath=True)
     def _output_tiles(m, scale, shift, relu, p0, p1, tw, out):  # pragma: no cover
         """``out[image, 4 p + i, 4 q + j] = (A^T m A)[i, j] * scale + shift`` (then ReLU if ``relu``)
         for the tiles of tile rows ``p0 .. p1`` (numbered as by :func:`_input_tiles`), inside
@@ -132,7 +134,7 @@ if scan_cpu.AVAILABLE:
         n, h, w, o = out.shape
         rows = p1 - p0
         for tile in prange(n * rows * tw):
-            _prefer_512_bit_vectors()
+            prefer_512_bit_vectors()
             ni, p, q = tile // (rows * tw), p0 + tile // tw % rows, tile % tw
             t = np.empty((6, 4, o), np.float32)  # t[j, i] = (A^T m)[i, j]
             for j in range(6):
@@ -231,11 +233,11 @@ def _autocast_cpu() -> bool:
 
 
 def use_winograd(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> bool:
-    """Whether a 3x3 convolution (the decoder's ``Conv3x3``) takes the Winograd path: float32 CPU
+    """Whether a 3x3 convolution (the fused decoder's, per call) takes the Winograd path: float32 CPU
     inference (no gradient wanted, not traced for export, no autocast; numba present) of a 3x3
     convolution large enough to gain from it."""
     # first: the shape checks below would be recorded into a trace
-    if not scan_cpu.AVAILABLE or traced() or _autocast_cpu():
+    if not numba_utils.AVAILABLE or traced() or _autocast_cpu():
         return False
     tensors = [t for t in (x, weight, bias) if t is not None]
     if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors) or x.dim() != 4 or x.numel() == 0:
