@@ -125,6 +125,9 @@ class _StubPredictor:
         mask[:, : img.width // 2] = True
         return Prediction(mask=mask, probs=mask.astype(np.float32), truncated=False)
 
+    def predict_many(self, images, texts):
+        return [self.predict(img, text) for img, text in zip(images, texts)]
+
 
 def test_batch_names_never_collide_and_any_failure_is_one_item(rgb_image, tmp_path, capsys):
     from remamber.cli.segment import _run_batch
@@ -335,3 +338,31 @@ def test_slug_and_overlay():
     arr = np.asarray(overlay(img, mask))
     assert (arr[~mask] == 0).all() and (arr[mask][:, 0] > 0).all()
     assert tuple(arr[2, 3]) == (255, 48, 48) and tuple(arr[4, 5]) != (255, 48, 48)  # outline vs tinted inside
+
+
+def test_several_phrases_run_in_one_forward_pass(capsys, monkeypatch, tiny_model_dir, rgb_image, tmp_path):
+    """``segment IMAGE TEXT TEXT ...``: one batched forward pass, the same masks as one phrase at a
+    time, and a repeated phrase gets its own file name."""
+    from remamber.cli.main import main
+    from remamber.inference.predictor import Predictor
+
+    def run(*texts: str) -> list[dict]:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["segment", str(rgb_image), *texts, "-w", str(tiny_model_dir), "--json", "--out", str(tmp_path)])
+        out, err = capsys.readouterr()
+        assert exit_info.value.code in (None, 0), err
+        return [json.loads(line) for line in out.splitlines()]
+
+    singles = [run(text)[0] for text in ("red circle", "blue square")]
+    calls = []
+    original = Predictor.logits
+    monkeypatch.setattr(
+        Predictor, "logits", lambda self, images, texts: calls.append(len(texts)) or original(self, images, texts)
+    )
+    together = run("red circle", "blue square", "red circle")
+    assert calls == [3]
+    assert [r["text"] for r in together] == ["red circle", "blue square", "red circle"]
+    for single, batched in zip(singles + singles[:1], together):
+        assert batched["rle"] == single["rle"] and batched["area"] == single["area"]
+    assert Path(together[2]["mask"]).name == "photo.red-circle-2.mask.png"
+    assert len({r["mask"] for r in together}) == 3

@@ -15,13 +15,15 @@ import typer
 from remamber.cli.options import device_option, threshold_option, weights_option
 from remamber.utils.errors import EXIT_FAILURE, InputError, RemamberError, UsageError, first_line
 
-HELP = """Segment the object that TEXT names in IMAGE.
+HELP = """Segment the object that each TEXT names in IMAGE.
 
 Writes OUT/<image-stem>.<text-slug>.mask.png (0/255, original image size) and, unless --no-overlay, OUT/<image-stem>.<text-slug>.overlay.jpg (the image with the mask tinted and outlined). In a batch, a name another job of the batch already wrote gets -2, -3, ... added.
 
 Examples:
 
   remamber segment photo.jpg "man in red shirt"
+
+  remamber segment photo.jpg "the dog on the left" "the ball"     (several phrases: one batched forward pass)
 
   remamber segment photo.jpg "the dog on the left" --weights owner/name --json
 
@@ -119,8 +121,11 @@ def segment(
     image: Path | None = typer.Argument(
         None, metavar="IMAGE", help="Image file (JPEG, PNG, WebP, TIFF, ...).", show_default=False
     ),
-    text: str | None = typer.Argument(
-        None, metavar="TEXT", help='Phrase naming one object, e.g. "man in red shirt".', show_default=False
+    text: list[str] | None = typer.Argument(
+        None,
+        metavar="TEXT...",
+        help='Phrase naming one object, e.g. "man in red shirt"; several phrases run as one batched forward pass.',
+        show_default=False,
     ),
     weights: str | None = weights_option(),
     out: Path = typer.Option(
@@ -148,13 +153,13 @@ def segment(
         False, "--allow-large", help="Read images over Pillow's decompression-bomb limit (~89 Mpx)."
     ),
 ) -> None:
-    if batch is not None and (image is not None or text is not None):
+    if batch is not None and (image is not None or text):
         raise UsageError("give either IMAGE TEXT or --batch FILE, not both")
-    if batch is None and (image is None or text is None):
+    if batch is None and (image is None or not text):
         raise UsageError(f"missing {'IMAGE and TEXT' if image is None else 'TEXT'} (or --batch FILE)")
-    if batch is None:
-        _check_text(text)
-    elif batch != "-" and not Path(batch).is_file():
+    for phrase in text or []:
+        _check_text(phrase)
+    if batch is not None and batch != "-" and not Path(batch).is_file():
         raise InputError(f"--batch {batch}: no such file")
     with _output_dir(out) as out_dir:
         from remamber.inference.images import load_image
@@ -164,7 +169,9 @@ def segment(
 
         predictor = load_predictor(weights, device, threshold)
         if first is not None:
-            _emit(_run_one(predictor, str(image), text, out_dir, not no_overlay, allow_large, first), json_out)
+            taken: set[str] = set()  # one image, several phrases: names kept apart as in a batch
+            for result in _run_one(predictor, str(image), text, out_dir, not no_overlay, allow_large, first, taken):
+                _emit(result, json_out)
             return
         failures = _run_batch(predictor, batch, out_dir, not no_overlay, allow_large, json_out)
     if failures:
@@ -175,48 +182,57 @@ def segment(
 def _run_one(
     predictor,
     image_path: str,
-    text: str,
+    texts: list[str],
     out_dir: Path,
     write_overlay: bool,
     allow_large: bool,
     img=None,
     taken: set[str] | None = None,
-) -> dict:
-    """Segment one job and write its files; ``taken`` (a batch's output names so far) gets the new
-    name, made unique with -2, -3, ... when another job of the batch already wrote that name."""
+) -> list[dict]:
+    """Segment the phrases of one image in one forward pass and write their files; ``taken`` (the
+    output names so far) gets the new names, made unique with -2, -3, ... when another phrase or
+    job already wrote that name."""
     from remamber.inference.images import load_image, output_stem, save_mask, save_overlay
     from remamber.inference.results import prediction_fields
 
     start = time.perf_counter()
-    _check_text(text)
+    for text in texts:
+        _check_text(text)
     if img is None:
         img = load_image(image_path, allow_large=allow_large)
-    pred = predictor.predict(img, text)
-    if pred.truncated:
-        sys.stderr.write(f"warning: text longer than {predictor.config.max_text_len} tokens was truncated: {text!r}\n")
-    stem = output_stem(image_path, text)
-    if taken is not None:
-        base, k = stem, 1
-        while _fold(stem) in taken:
-            k += 1
-            stem = f"{base}-{k}"
-        taken.add(_fold(stem))
-    mask_path = out_dir / f"{stem}.mask.png"
-    save_mask(mask_path, pred.mask)
-    overlay_path = None
-    if write_overlay:
-        overlay_path = out_dir / f"{stem}.overlay.jpg"
-        save_overlay(overlay_path, img, pred.mask)
-    return {
-        "image": image_path,
-        "text": text,
-        "mask": str(mask_path),
-        "overlay": str(overlay_path) if overlay_path else None,
-        **prediction_fields(pred),
-        "width": img.size[0],
-        "height": img.size[1],
-        "seconds": round(time.perf_counter() - start, 4),
-    }
+    preds = predictor.predict_many([img] * len(texts), texts)
+    results = []
+    for text, pred in zip(texts, preds):
+        if pred.truncated:
+            sys.stderr.write(
+                f"warning: text longer than {predictor.config.max_text_len} tokens was truncated: {text!r}\n"
+            )
+        stem = output_stem(image_path, text)
+        if taken is not None:
+            base, k = stem, 1
+            while _fold(stem) in taken:
+                k += 1
+                stem = f"{base}-{k}"
+            taken.add(_fold(stem))
+        mask_path = out_dir / f"{stem}.mask.png"
+        save_mask(mask_path, pred.mask)
+        overlay_path = None
+        if write_overlay:
+            overlay_path = out_dir / f"{stem}.overlay.jpg"
+            save_overlay(overlay_path, img, pred.mask)
+        results.append(
+            {
+                "image": image_path,
+                "text": text,
+                "mask": str(mask_path),
+                "overlay": str(overlay_path) if overlay_path else None,
+                **prediction_fields(pred),
+                "width": img.size[0],
+                "height": img.size[1],
+                "seconds": round(time.perf_counter() - start, 4),
+            }
+        )
+    return results
 
 
 def _printable(text: str) -> str:
@@ -270,7 +286,7 @@ def _run_batch(predictor, batch: str, out_dir: Path, write_overlay: bool, allow_
             if job is not None:
                 result = None
                 try:
-                    result = _run_one(predictor, job[0], job[1], out_dir, write_overlay, allow_large, taken=taken)
+                    (result,) = _run_one(predictor, job[0], [job[1]], out_dir, write_overlay, allow_large, taken=taken)
                 except RemamberError as e:
                     problem = str(e)
                 except Exception as e:  # noqa: BLE001 - one bad item must not stop the batch

@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 from remamber.hub.folders import ONNX_NAME, WEIGHTS_NAME
-from remamber.inference.processing import Prediction, clean_texts, model_input, to_prediction
+from remamber.inference.processing import PairPredictor, clean_texts, model_input
 from remamber.inference.tokens import folder_tokenizer, tokenize
 from remamber.modeling.config import ModelConfig
 from remamber.utils.errors import WeightsError, check_threshold, first_line
@@ -27,7 +27,7 @@ def is_onnx_folder(folder: Path) -> bool:
     return (folder / ONNX_NAME).is_file() and not (folder / WEIGHTS_NAME).is_file()
 
 
-class OnnxPredictor:
+class OnnxPredictor(PairPredictor):
     """The :class:`remamber.inference.predictor.Predictor` interface over an onnxruntime session (CPU)."""
 
     def __init__(self, folder: Path, config: ModelConfig, threshold: float = 0.5) -> None:
@@ -54,22 +54,3 @@ class OnnxPredictor:
         feeds = dict(zip(INPUT_NAMES, (x, ids.astype(np.int64), mask.astype(np.int64))))
         (out,) = self.session.run([OUTPUT_NAME], feeds)
         return out[:, 0], truncated
-
-    def predict(self, image: Image.Image, text: str) -> Prediction:
-        """Segment the object ``text`` names in ``image``."""
-        logits, truncated = self.logits([image], [text])
-        return to_prediction(logits[0], image.size, self.threshold, truncated[0])
-
-    def predict_many(
-        self, images: list[Image.Image], texts: list[str], thresholds: list[float] | None = None
-    ) -> list[Prediction]:
-        """Segment image/phrase pairs in one session run (see ``Predictor.predict_many``)."""
-        if len(images) != len(texts) or (thresholds is not None and len(thresholds) != len(texts)):
-            raise ValueError("predict_many: images, texts and thresholds must have the same length")
-        if not images:
-            return []
-        logits, truncated = self.logits(images, texts)
-        cuts = thresholds if thresholds is not None else [self.threshold] * len(images)
-        return [
-            to_prediction(lg, im.size, check_threshold(t), tr) for lg, im, t, tr in zip(logits, images, cuts, truncated)
-        ]

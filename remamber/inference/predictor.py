@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from remamber.inference.fuse import fuse as fuse_model
-from remamber.inference.processing import Prediction, clean_texts, model_input, to_prediction
+from remamber.inference.processing import PairPredictor, Prediction, clean_texts, model_input
 from remamber.utils.errors import InputError, check_threshold
 
 __all__ = ["Prediction", "Predictor", "prefer_fused_scan", "resolve_device"]
@@ -38,7 +38,7 @@ def prefer_fused_scan(device: torch.device, d_state: int) -> None:
         ss2d_cpu.preload()
 
 
-class Predictor:
+class Predictor(PairPredictor):
     """Runs a :class:`ReMamber` on PIL images: resize + normalise per its config, upsample back
     (:mod:`remamber.inference.processing`).
 
@@ -69,24 +69,3 @@ class Predictor:
         x = torch.stack([self.preprocess(im) for im in images]).to(self.device)
         out = self.model(x, ids.to(self.device), mask.to(self.device))
         return out[:, 0].float().cpu(), truncated
-
-    def predict(self, image: Image.Image, text: str) -> Prediction:
-        """Segment the object ``text`` names in ``image``."""
-        logits, truncated = self.logits([image], [text])
-        return to_prediction(logits[0].numpy(), image.size, self.threshold, truncated[0])
-
-    def predict_many(
-        self, images: list[Image.Image], texts: list[str], thresholds: list[float] | None = None
-    ) -> list[Prediction]:
-        """Segment image/phrase pairs in one forward pass (an image may repeat); ``thresholds``
-        (one per pair, default this predictor's) only change how the probabilities are cut."""
-        if len(images) != len(texts) or (thresholds is not None and len(thresholds) != len(texts)):
-            raise ValueError("predict_many: images, texts and thresholds must have the same length")
-        if not images:
-            return []
-        logits, truncated = self.logits(images, texts)
-        cuts = thresholds if thresholds is not None else [self.threshold] * len(images)
-        return [
-            to_prediction(lg.numpy(), im.size, check_threshold(t), tr)
-            for lg, im, t, tr in zip(logits, images, cuts, truncated)
-        ]

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from remamber.utils.errors import InputError
+from remamber.utils.errors import InputError, check_threshold
 
 
 @dataclass
@@ -76,3 +77,36 @@ def clean_texts(texts: Sequence[str]) -> list[str]:
     if any(not t or not t.strip() for t in texts):
         raise InputError("the text is empty: say which object to segment")
     return [t.strip() for t in texts]
+
+
+class PairPredictor:
+    """What the PyTorch and the ONNX predictor share: image/phrase pairs -> :class:`Prediction`
+    through one :meth:`logits` call and :func:`to_prediction`. Subclasses set ``threshold`` and
+    implement :meth:`logits`."""
+
+    threshold: float
+
+    def logits(self, images: list[Image.Image], texts: list[str]) -> tuple[Any, list[bool]]:
+        """Mask logits ``(n, S, S)`` at the input size (anything ``np.asarray`` takes), and which
+        phrases were truncated."""
+        raise NotImplementedError
+
+    def predict(self, image: Image.Image, text: str) -> Prediction:
+        """Segment the object ``text`` names in ``image``."""
+        return self.predict_many([image], [text])[0]
+
+    def predict_many(
+        self, images: list[Image.Image], texts: list[str], thresholds: list[float] | None = None
+    ) -> list[Prediction]:
+        """Segment image/phrase pairs in one forward pass (an image may repeat); ``thresholds``
+        (one per pair, default this predictor's) only change how the probabilities are cut."""
+        if len(images) != len(texts) or (thresholds is not None and len(thresholds) != len(texts)):
+            raise ValueError("predict_many: images, texts and thresholds must have the same length")
+        if not images:
+            return []
+        logits, truncated = self.logits(images, texts)
+        cuts = thresholds if thresholds is not None else [self.threshold] * len(images)
+        return [
+            to_prediction(np.asarray(lg), im.size, check_threshold(t), tr)
+            for lg, im, t, tr in zip(logits, images, cuts, truncated)
+        ]
