@@ -7,6 +7,7 @@ import re
 import unicodedata
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -31,6 +32,39 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
+class ImageDecodeError(Exception):
+    """Bytes that do not decode to a usable image; ``kind`` is ``bomb`` (over Pillow's
+    decompression-bomb limit), ``unknown`` (not an image format) or ``corrupt``."""
+
+    def __init__(self, kind: str, detail: str = "") -> None:
+        super().__init__(detail or kind)
+        self.kind = kind
+        self.detail = detail
+
+
+def decode_rgb(source: BinaryIO, allow_large: bool = False) -> Image.Image:
+    """Decode an image file object as RGB, upright per its EXIF orientation: what ``segment`` reads
+    from a file and ``serve`` from a request, so both see the same pixels. Decoding problems raise
+    :class:`ImageDecodeError`; each caller words them for its user."""
+    limit = Image.MAX_IMAGE_PIXELS
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            if allow_large:
+                Image.MAX_IMAGE_PIXELS = None
+            with Image.open(source) as img:
+                img.load()
+                return _to_rgb(ImageOps.exif_transpose(img))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageDecodeError("bomb", str(limit)) from None
+    except UnidentifiedImageError:
+        raise ImageDecodeError("unknown") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise ImageDecodeError("corrupt", str(e) or type(e).__name__) from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+
+
 def load_image(path: str | os.PathLike, allow_large: bool = False) -> Image.Image:
     """Read an image file as RGB, upright per its EXIF orientation; bad files raise InputError."""
     path = Path(path)
@@ -38,29 +72,20 @@ def load_image(path: str | os.PathLike, allow_large: bool = False) -> Image.Imag
         raise InputError(f"{path}: no such file")
     if path.is_dir():
         raise InputError(f"{path}: is a folder, not an image")
-    limit = Image.MAX_IMAGE_PIXELS
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            if allow_large:
-                Image.MAX_IMAGE_PIXELS = None
-            with Image.open(path) as img:
-                img.load()
-                img = ImageOps.exif_transpose(img)
-                return _to_rgb(img)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise InputError(
-            f"{path}: the image is larger than Pillow's decompression-bomb limit ({limit} pixels); "
-            "pass --allow-large if you trust it"
-        ) from None
-    except UnidentifiedImageError:
-        raise InputError(f"{path}: not an image file (Pillow cannot identify it)") from None
+        with open(path, "rb") as f:
+            return decode_rgb(f, allow_large)
     except PermissionError:
         raise InputError(f"{path}: permission denied") from None
-    except (OSError, SyntaxError, ValueError) as e:
-        raise InputError(f"{path}: the image is truncated or corrupt ({e})") from None
-    finally:
-        Image.MAX_IMAGE_PIXELS = limit
+    except ImageDecodeError as e:
+        if e.kind == "bomb":
+            raise InputError(
+                f"{path}: the image is larger than Pillow's decompression-bomb limit ({e.detail} pixels); "
+                "pass --allow-large if you trust it"
+            ) from None
+        if e.kind == "unknown":
+            raise InputError(f"{path}: not an image file (Pillow cannot identify it)") from None
+        raise InputError(f"{path}: the image is truncated or corrupt ({e.detail})") from None
 
 
 def _unaccented(c: str) -> str:

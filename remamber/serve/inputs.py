@@ -12,10 +12,11 @@ import binascii
 import io
 import json
 import math
-import warnings
 from dataclasses import dataclass, field
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
+
+from remamber.inference.images import ImageDecodeError, decode_rgb
 
 MAX_TEXTS = 32  # phrases in one request
 MAX_TEXT_CHARS = 1000
@@ -232,28 +233,13 @@ def parse_multipart(body: bytes, content_type: str, max_texts: int = MAX_TEXTS) 
     return _finish(image, texts, fields, max_texts)
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
-    # The same conversion as `remamber segment` (remamber.inference.images.load_image), so that
-    # the server and the command see the same pixels.
-    from remamber.inference.images import _to_rgb as to_rgb
-
-    return to_rgb(img)
-
-
 def decode_image(data: bytes) -> Image.Image:
     """Image bytes -> upright RGB image, as ``remamber segment`` reads a file; 400 for anything else."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as img:
-                img.load()
-                img = ImageOps.exif_transpose(img)
-                return _to_rgb(img)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ApiError(
-            400, f"the image is larger than the decompression-bomb limit ({Image.MAX_IMAGE_PIXELS} pixels)"
-        ) from None
-    except UnidentifiedImageError:
-        raise ApiError(400, "not an image (Pillow cannot identify it)") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
-        raise ApiError(400, f"the image is truncated or corrupt ({type(e).__name__})") from None
+        return decode_rgb(io.BytesIO(data))
+    except ImageDecodeError as e:
+        if e.kind == "bomb":
+            raise ApiError(400, f"the image is larger than the decompression-bomb limit ({e.detail} pixels)") from None
+        if e.kind == "unknown":
+            raise ApiError(400, "not an image (Pillow cannot identify it)") from None
+        raise ApiError(400, "the image is truncated or corrupt") from None
