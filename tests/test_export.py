@@ -134,8 +134,8 @@ def test_push_uploads_the_planned_files(checkpoint_like, monkeypatch):
         (["--format", "gif", "--out", "x"], "--format 'gif'"),
         (["--format", "hub"], "Missing option '--out'"),
         (["--out", "x", "--dry-run"], "--push-to-hub"),
-        (["--format", "onnx", "--out", "x", "--opset", "3", "--json"], "--opset 3: choose 14 to 20"),
-        (["--format", "onnx", "--out", "x", "--opset", "99"], "--opset 99: choose 14 to 20"),
+        (["--format", "onnx", "--out", "x", "--opset", "3", "--json"], "opset 3: choose 14 to 20"),
+        (["--format", "onnx", "--out", "x", "--opset", "99"], "opset 99: choose 14 to 20"),
     ],
 )
 def test_bad_export_options_are_one_line_errors(tiny_model_dir, args, fragment):

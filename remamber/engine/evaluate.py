@@ -74,7 +74,7 @@ def mask_file_name(index: int, sent_id: Any = None) -> str:
 
 def check_eval_size(eval_size: str) -> str:
     if eval_size not in EVAL_SIZES:
-        raise InputError(f"--eval-size {eval_size!r}: choose from: {', '.join(EVAL_SIZES)}")
+        raise InputError(f"eval_size {eval_size!r}: choose from: {', '.join(EVAL_SIZES)}")
     return eval_size
 
 
@@ -304,7 +304,7 @@ def report_paths(path: str | os.PathLike) -> tuple[Path, Path]:
     """The CSV path and the histogram PNG beside it (same stem, ``.png``)."""
     csv_path = Path(path)
     if csv_path.suffix.lower() == ".png":
-        raise InputError(f"--report {path}: give the CSV file name; the histogram is written beside it as .png")
+        raise InputError(f"report {path}: give the CSV file name; the histogram is written beside it as .png")
     return csv_path, csv_path.with_suffix(".png")
 
 

@@ -159,9 +159,9 @@ class TrainConfig:
         try:
             return cls(**json.loads(path.read_text(encoding="utf-8")))
         except FileNotFoundError:
-            raise InputError(f"--resume: {path.parent} has no {path.name}; is it a training run folder?") from None
+            raise InputError(f"cannot resume: {path.parent} has no {path.name}; is it a training run folder?") from None
         except (TypeError, json.JSONDecodeError) as e:
-            raise InputError(f"--resume: {path} is not a valid training config ({e})") from None
+            raise InputError(f"cannot resume: {path} is not a valid training config ({e})") from None
 
 
 def clear_run(run_dir: Path, keep_config: bool = False) -> None:

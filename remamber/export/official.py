@@ -140,7 +140,7 @@ def load_official_state(path: str | os.PathLike) -> dict:
 
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"--from-official {path}: no such file")
+        raise InputError(f"official checkpoint {path}: no such file")
     try:
         with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
@@ -384,7 +384,7 @@ def resolve_tokenizer(tokenizer: Any = None) -> Any:
     except Exception as e:  # OSError (not cached, offline), ValueError, connection errors
         first = first_line(e)
         if local.is_dir():
-            raise WeightsError(f"--tokenizer {name}: no usable tokenizer files in this folder ({first})") from None
+            raise WeightsError(f"tokenizer {name}: no usable tokenizer files in this folder ({first})") from None
         raise WeightsError(
             f"cannot load the tokenizer {name}: it is not in the Hugging Face cache and could not be downloaded "
             f"({first}); fetch it on a connected machine (`hf download {name}`) or pass --tokenizer with a folder "
@@ -402,7 +402,7 @@ def _check_variant(variant: str) -> None:
             "(only the conv decoder of ReMamber_Conv); use the ReMamber_Conv checkpoint"
         )
     if variant not in VARIANTS:
-        raise InputError(f"--variant {variant!r}: choose conv or mamba")
+        raise InputError(f"variant {variant!r}: choose conv or mamba")
 
 
 def build_from_official(
@@ -469,7 +469,7 @@ def convert_official(
 
     _check_variant(variant)
     if out is None:
-        raise InputError("--out is required: the folder to write the converted model to")
+        raise InputError("out is required: the folder to write the converted model to")
     model = build_from_official(ckpt_path, variant, tokenizer=tokenizer, image_size=image_size)
     card = export_card(model.config, source_section(Path(ckpt_path), variant), metrics or [], notes)
     return save_pretrained(model, out, card=card)

@@ -37,13 +37,13 @@ MIN_OPSET, MAX_OPSET = 14, 20
 def check_opset(opset: int) -> int:
     """``opset``, or InputError when the export cannot use it."""
     if not MIN_OPSET <= opset <= MAX_OPSET:
-        raise InputError(f"--opset {opset}: choose {MIN_OPSET} to {MAX_OPSET} (the default is 17)")
+        raise InputError(f"opset {opset}: choose {MIN_OPSET} to {MAX_OPSET} (the default is 17)")
     return opset
 
 
 def _require_onnx():
     if importlib.util.find_spec("onnx") is None or importlib.util.find_spec("onnxruntime") is None:
-        raise WeightsError("--format onnx needs onnx and onnxruntime: pip install 'remamber[onnx]'")
+        raise WeightsError("ONNX export needs onnx and onnxruntime: pip install 'remamber[onnx]'")
     import onnx
 
     return onnx

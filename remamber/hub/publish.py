@@ -28,9 +28,9 @@ def read_metrics(paths: list[Path]) -> list[dict]:
         try:
             data = json.loads(Path(path).read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise InputError(f"--metrics {path}: not a readable JSON file ({e})") from None
+            raise InputError(f"metrics file {path}: not a readable JSON file ({e})") from None
         if not isinstance(data, dict) or not {"samples", "mIoU", "oIoU"} <= set(data):
-            raise InputError(f"--metrics {path}: not the output of `remamber eval --json`")
+            raise InputError(f"metrics file {path}: not the output of `remamber eval --json`")
         results.append(data)
     return results
 
@@ -42,7 +42,7 @@ def read_notes(path: Path | None) -> str:
     try:
         return Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"--notes {path}: cannot read it ({e})") from None
+        raise InputError(f"notes file {path}: cannot read it ({e})") from None
 
 
 def export_card(config, first: str, metrics: list[dict], notes: str = "") -> str:
