@@ -217,7 +217,11 @@ def evaluate(
     if report is not None:
         from remamber.engine.evaluate import report_paths
 
-        for p in report_paths(report):
+        try:
+            paths = report_paths(report)
+        except InputError as e:
+            raise typer.BadParameter(str(e), param_hint="'--report'") from None
+        for p in paths:
             _writable(p, "--report", want_dir=False)
     if save_masks is not None:
         _writable(save_masks, "--save-masks", want_dir=True)

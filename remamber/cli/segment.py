@@ -295,7 +295,7 @@ def _run_batch(predictor, batch: str, out_dir: Path, write_overlay: bool, allow_
                     _emit(result, json_out)  # outside the try: a closed stdout is not an item's failure
             if problem is not None:
                 failures += 1
-                progress.console.print(f"error: line {n}: {problem}", markup=False, highlight=False)
+                progress.console.print(f"error: line {n}: {problem}", markup=False, highlight=False, soft_wrap=True)
                 if json_out:
                     failed = {"line": n, "error": problem}
                     if job is not None:

@@ -162,7 +162,10 @@ def train(
     # Before the launch, and in every rank: rank 0 writes its config only after the process group
     # has formed, so no rank can find the config of the run it belongs to.
     if resume:
-        cfg = TrainConfig.load(out / TRAIN_CONFIG_NAME)
+        try:
+            cfg = TrainConfig.load(out / TRAIN_CONFIG_NAME)
+        except InputError as e:
+            raise typer.BadParameter(str(e), param_hint="'--resume'") from None
         cfg.validate()
         if not (out / CHECKPOINTS_DIR / "last" / STATE_NAME).is_file():
             if not launching and os.environ.get("RANK", "0") == "0":
