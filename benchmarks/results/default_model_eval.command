@@ -6,3 +6,7 @@ remamber prepare shapes --out runs/default-model/test-seed1 --train 0 --val 0 --
 # checkpoint), evaluated per expression type:
 remamber eval --weights remamber/pretrained/remamber-tiny-shapes --data runs/default-model/test-seed1 --split test --json \
   > benchmarks/results/default_model_eval.json
+# Re-run after fuse() and the one post-processing path (Pillow's bilinear upsampling in eval too),
+# with the shipped model by name, on the same test images:
+remamber eval --weights remamber-tiny-shapes --data runs/default-model/test-seed1 --split test --json \
+  > benchmarks/results/default_model_eval_rerun.json
