@@ -7,7 +7,16 @@ import pytest
 import torch
 import torch.nn as nn
 
-from remamber.inference.fuse import ConvBNReLU, FusedModelError, FusedSS2D, fuse, fused, is_fused, unfuse
+from remamber.inference.fuse import (
+    ConvBNReLU,
+    FusedModelError,
+    FusedSS2D,
+    fuse,
+    fused,
+    is_fused,
+    parameter_count,
+    unfuse,
+)
 from remamber.modeling.presets import build_model, preset_config
 from remamber.modeling.ss2d import SS2D
 from remamber.ops import numba_utils, ss2d_cpu
@@ -95,6 +104,9 @@ def test_a_fused_model_refuses_training_and_saving(tmp_path):
         model(*_inputs(model))  # outside no_grad / inference_mode: a training call
     with pytest.raises(FusedModelError, match="cannot be saved"):
         save_pretrained(model, tmp_path / "m")
+    assert parameter_count(model) == sum(p.numel() for p in build_model("tiny").parameters())
+    with pytest.raises(FusedModelError, match="cannot load weights"):
+        model.load_state_dict({}, strict=False)  # would leave the folded filters stale
     model.unfuse().train()
     assert model.training
     save_pretrained(model.eval(), tmp_path / "m")

@@ -182,6 +182,14 @@ def test_threshold_and_several_phrases(client, served):
         ({"json": {"text": "x"}}, 422, "no image"),
         ({"json": {"image": base64.b64encode(SHAPES3.read_bytes()).decode(), "text": ""}}, 422, "empty"),
         ({"json": {"image": base64.b64encode(SHAPES3.read_bytes()).decode(), "text": ["x"] * 33}}, 422, "too many"),
+        (  # a lone surrogate escape: refused before it is queued, as segment refuses it
+            {
+                "content": b'{"image": "' + base64.b64encode(SHAPES3.read_bytes()) + b'", "text": "a \\udcff"}',
+                "headers": {"content-type": "application/json"},
+            },
+            422,
+            "not valid UTF-8",
+        ),
     ],
 )
 def test_bad_requests(client, kwargs, status, fragment):

@@ -15,7 +15,14 @@ import typer
 from remamber import __version__
 from remamber.cli import evaluate, export, prepare, segment, serve, train
 from remamber.cli.options import Command, Group
-from remamber.utils.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, RemamberError, UsageError
+from remamber.utils.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_BROKEN_PIPE,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    RemamberError,
+    UsageError,
+)
 
 
 def _click_errors() -> tuple[type, ...]:
@@ -40,7 +47,7 @@ app = typer.Typer(
         "segment an image; prepare RefCOCO or a synthetic dataset; train on a CPU, a GPU or many; evaluate any split (mIoU, oIoU, P@X); export for the Hub or ONNX; serve a web page and an HTTP API.\n\n"
         f"Exit codes: 0 success; 1 the work ran but some of it failed (batch items, a diverged training); "
         f"2 bad input or usage (one error: line on stderr); {EXIT_INTERNAL} an internal error (a bug; "
-        f"--debug shows the traceback); {EXIT_INTERRUPTED} interrupted."
+        f"--debug shows the traceback); {EXIT_INTERRUPTED} interrupted; {EXIT_BROKEN_PIPE} stdout closed by its reader."
     ),
     add_completion=False,
     no_args_is_help=True,
@@ -139,6 +146,9 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         sys.exit(EXIT_INTERRUPTED)
+    except BrokenPipeError:  # `remamber ... --json | head -1`: the reader left; not a bug
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        sys.exit(EXIT_BROKEN_PIPE)
     except Exception as e:  # an unexpected failure (a bug): its own exit code, one line unless --debug
         if debug:
             traceback.print_exc()

@@ -71,14 +71,10 @@ def _jobs_from(batch: str) -> Iterator[tuple[int, tuple[str, str] | None, str | 
 
 
 def _check_text(text: str) -> None:
-    """Refuse a text that is empty or not valid Unicode (on Linux, argv bytes that are not UTF-8
-    arrive as lone surrogates; so can a JSON escape like "\\udcff")."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InputError("the text is not valid UTF-8: check the terminal's or the file's encoding") from None
-    if not text.strip():
-        raise InputError("the text is empty: say which object to segment")
+    """Refuse an empty text or one that is not valid Unicode, before any model is loaded."""
+    from remamber.inference.processing import check_text
+
+    check_text(text)
 
 
 @contextlib.contextmanager
@@ -123,7 +119,7 @@ def segment(
     ),
     text: list[str] | None = typer.Argument(
         None,
-        metavar="TEXT...",
+        metavar="TEXT",
         help='Phrase naming one object, e.g. "man in red shirt"; several phrases run as one batched forward pass.',
         show_default=False,
     ),

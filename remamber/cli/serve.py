@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 import socket
 import sys
 from pathlib import Path
@@ -37,6 +38,11 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _host_literal(host: str) -> str:
+    """``host`` as a Host header names it (IPv6 addresses in brackets)."""
+    return f"[{host}]" if ":" in host else host
+
+
 def exposure_warning(host: str, api_key: str | None) -> str | None:
     """The warning for a server that other machines may reach with no key; None when there is none."""
     if _is_loopback(host) or api_key is not None:
@@ -66,6 +72,7 @@ def load_served_model(weights: str | None, device: str):
     ``remamber segment`` loads it."""
     from remamber.cli.weights import load_predictor, weights_or_default
     from remamber.hub.folders import CARD_NAME, parse_hub_spec, resolve_weights
+    from remamber.inference.fuse import parameter_count
     from remamber.serve.app import ModelInfo
 
     spec = weights_or_default(weights)
@@ -89,7 +96,7 @@ def load_served_model(weights: str | None, device: str):
         format="pytorch" if model is not None else "onnx",
         image_size=int(config.image_size),
         max_text_len=int(config.max_text_len),
-        parameters=sum(p.numel() for p in model.parameters()) if model is not None else None,
+        parameters=parameter_count(model) if model is not None else None,
         card=card,
         config=config.to_dict() if hasattr(config, "to_dict") else {},
     )
@@ -130,7 +137,7 @@ def serve(
         raise InputError(f"--max-batch {max_batch}: expected 1 or more")
     if max_queue < 1:
         raise InputError(f"--max-queue {max_queue}: expected 1 or more")
-    if not max_upload_mb > 0:
+    if not (max_upload_mb > 0 and math.isfinite(max_upload_mb)):
         raise InputError(f"--max-upload-mb {max_upload_mb}: expected more than 0")
     if api_key is not None and not api_key.strip():
         raise InputError("--api-key is empty")
@@ -151,7 +158,7 @@ def serve(
         max_batch=max_batch,
         max_queue=max_queue,
         api_key=api_key,
-        allowed_hosts=LOOPBACK_HOSTS if _is_loopback(host) else None,
+        allowed_hosts=[*LOOPBACK_HOSTS, _host_literal(host)] if _is_loopback(host) else None,
     )
     app = create_app(predictor, info, settings)
     bound_host, bound_port = sock.getsockname()[:2]

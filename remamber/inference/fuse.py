@@ -60,6 +60,11 @@ class _InferenceOnly:
     def _save_to_state_dict(self, destination, prefix, keep_vars):  # state_dict(), so every save
         raise FusedModelError.cannot("be saved")
 
+    # load_state_dict() would update the unfused tensors but not what fuse() derived from them
+    # (folded filters, A), and strict=False would hide it: refused too.
+    def _load_from_state_dict(self, *args, **kwargs):
+        raise FusedModelError.cannot("load weights")
+
 
 class ConvBNReLU(_InferenceOnly, nn.Module):
     """``relu(bn(conv(x)))`` of a 3x3 convolution (stride 1, zero padding 1) and an eval-mode
@@ -182,6 +187,13 @@ def is_fused(model: nn.Module) -> bool:
     return any(isinstance(m, _InferenceOnly) for m in model.modules())
 
 
+def parameter_count(model: nn.Module) -> int:
+    """Parameters of ``model`` as saved, fused or not (a fused conv holds its unfused modules
+    outside ``parameters()``)."""
+    held = (p for m in model.modules() for u in getattr(m, "_unfused", ()) for p in u.parameters())
+    return sum(p.numel() for p in model.parameters()) + sum(p.numel() for p in held)
+
+
 @contextlib.contextmanager
 def fused(model: nn.Module) -> Iterator[nn.Module]:
     """``model`` fused inside the block, and given back unfused after it when it came unfused
@@ -189,8 +201,8 @@ def fused(model: nn.Module) -> Iterator[nn.Module]:
     if is_fused(model):
         yield model
         return
-    fuse(model)
     try:
+        fuse(model)  # inside the try: a fuse that fails part-way is undone too
         yield model
     finally:
         unfuse(model)

@@ -45,24 +45,35 @@ class ImageDecodeError(Exception):
 def decode_rgb(source: BinaryIO, allow_large: bool = False) -> Image.Image:
     """Decode an image file object as RGB, upright per its EXIF orientation: what ``segment`` reads
     from a file and ``serve`` from a request, so both see the same pixels. Decoding problems raise
-    :class:`ImageDecodeError`; each caller words them for its user."""
+    :class:`ImageDecodeError`; each caller words them for its user.
+
+    The size is checked against Pillow's decompression-bomb limit from the header, before any pixel
+    is decoded, rather than by turning Pillow's warning into an error: warning filters are
+    process-wide and not thread-safe, and the server decodes in several threads. ``allow_large``
+    lifts Pillow's own (2x) limit for this call by changing its global setting, so it is meant for
+    single-threaded callers (the ``segment`` command)."""
     limit = Image.MAX_IMAGE_PIXELS
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Pillow warns past the limit while opening; the check below decides, the warning only
+            # would be printed.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             if allow_large:
                 Image.MAX_IMAGE_PIXELS = None
             with Image.open(source) as img:
+                if not allow_large and limit is not None and img.size[0] * img.size[1] > limit:
+                    raise ImageDecodeError("bomb", str(limit))
                 img.load()
                 return _to_rgb(ImageOps.exif_transpose(img))
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+    except Image.DecompressionBombError:
         raise ImageDecodeError("bomb", str(limit)) from None
     except UnidentifiedImageError:
         raise ImageDecodeError("unknown") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise ImageDecodeError("corrupt", str(e) or type(e).__name__) from None
     finally:
-        Image.MAX_IMAGE_PIXELS = limit
+        if allow_large:
+            Image.MAX_IMAGE_PIXELS = limit
 
 
 def load_image(path: str | os.PathLike, allow_large: bool = False) -> Image.Image:

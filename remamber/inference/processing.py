@@ -72,11 +72,21 @@ def to_prediction(logits: np.ndarray, size: tuple[int, int], threshold: float, t
     return Prediction(mask=probs > threshold, probs=probs, truncated=truncated)
 
 
-def clean_texts(texts: Sequence[str]) -> list[str]:
-    """Phrases stripped of outer spaces; an empty one is an input error."""
-    if any(not t or not t.strip() for t in texts):
+def check_text(text: str) -> str:
+    """``text`` stripped; an InputError when it is empty or not valid Unicode (on Linux, argv bytes
+    that are not UTF-8 arrive as lone surrogates; so can a JSON escape like "\\udcff")."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError("the text is not valid UTF-8: check the terminal's or the file's encoding") from None
+    if not text.strip():
         raise InputError("the text is empty: say which object to segment")
-    return [t.strip() for t in texts]
+    return text.strip()
+
+
+def clean_texts(texts: Sequence[str]) -> list[str]:
+    """Phrases stripped of outer spaces (:func:`check_text` on each)."""
+    return [check_text(t) for t in texts]
 
 
 class PairPredictor:
@@ -108,5 +118,5 @@ class PairPredictor:
         cuts = thresholds if thresholds is not None else [self.threshold] * len(images)
         return [
             to_prediction(np.asarray(lg), im.size, check_threshold(t), tr)
-            for lg, im, t, tr in zip(logits, images, cuts, truncated)
+            for lg, im, t, tr in zip(logits, images, cuts, truncated, strict=True)
         ]

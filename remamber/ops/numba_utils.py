@@ -118,7 +118,7 @@ if AVAILABLE:
         )
     )
     # log1p(w) = s q(s^2), s = w / (2 + w) in [0, 1/3]: q a degree-4 fit of 2 atanh(s) / s (fit error
-    # 5e-9; ~2e-7 with float32 rounding, as the 7-term series it replaces)
+    # 5e-9; ~2e-7 with float32 rounding, the float32 limit of the series too)
     LOG1P_COEFFS = tuple(
         np.float32(2 * c)
         for c in (

@@ -37,8 +37,8 @@ from remamber.ops.tracing import traced
 
 K_DIRECTIONS = 4
 # Channels per task, at most: larger blocks run the recurrences of more channels per vector pass,
-# and 256 was the fastest measured at base's stage 3-4 shapes; with fewer channels than that per
-# thread, one block per thread (BENCHMARKS.md, "SS2D scan, CPU inference").
+# up to the size that measured fastest at base's stage 3-4 shapes; with fewer channels than that
+# per thread, one block per thread (BENCHMARKS.md, "SS2D scan, CPU inference").
 MAX_BLOCK = 256
 # Delta ranks up to this are projected inside the kernel: R multiply-adds per channel and step cost
 # less than reading a precomputed delta for small ranks, more than one batched product for large

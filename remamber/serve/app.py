@@ -17,6 +17,7 @@ import base64
 import hmac
 import io
 import logging
+import threading
 import time
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
@@ -128,6 +129,7 @@ def _provided_key(request: Request) -> str | None:
     return request.headers.get("x-api-key")
 
 
+DECODE_SLOTS = 2  # images decoded at once
 LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "[::1]"]
 
 
@@ -184,6 +186,13 @@ def create_app(predictor, info: ModelInfo, settings: ServeSettings | None = None
     """The FastAPI app serving ``predictor`` (anything with ``predict_many``)."""
     settings = settings or ServeSettings()
     state: dict = {}
+    # A few decodes at a time (threads of the pool wait here): it bounds the memory that decoded
+    # images of simultaneous requests can take.
+    decode_slots = threading.BoundedSemaphore(DECODE_SLOTS)
+
+    def decode_bounded(data: bytes):
+        with decode_slots:
+            return decode_image(data)
 
     def batcher() -> Batcher:
         if "batcher" not in state:  # made lazily too, for a TestClient used without its context manager
@@ -312,7 +321,8 @@ def create_app(predictor, info: ModelInfo, settings: ServeSettings | None = None
         else:
             raise ApiError(415, "send multipart/form-data (image file + text fields) or application/json")
         del body
-        image = await run_in_threadpool(decode_image, req.image)
+        image = await run_in_threadpool(decode_bounded, req.image)
+        req.image = b""  # the bytes are not needed while the request waits for the model
         check_pixel_budget(image.size, len(req.texts))
         try:
             futures = batcher().submit([(image, text, req.threshold) for text in req.texts])

@@ -100,7 +100,7 @@ class Batcher:
             [item.image for item in batch], [item.text for item in batch], [item.threshold for item in batch]
         )
         self.forward_calls += 1
-        for item, pred in zip(batch, preds):
+        for item, pred in zip(batch, preds, strict=True):
             item.future.set_result(pred)
 
     def _work(self) -> None:
@@ -111,6 +111,8 @@ class Batcher:
                     self._run(batch)
             except Exception:  # noqa: BLE001 - one bad item must not fail the others: run each alone
                 for item in batch:
+                    if item.future.done():  # answered before the batch failed
+                        continue
                     try:
                         self._run([item])
                     except Exception as e:  # noqa: BLE001 - reported to that item's request

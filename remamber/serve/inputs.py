@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from PIL import Image
 
 from remamber.inference.images import ImageDecodeError, decode_rgb
+from remamber.inference.processing import check_text
+from remamber.utils.errors import InputError
 
 MAX_TEXTS = 32  # phrases in one request
 MAX_TEXT_CHARS = 1000
@@ -123,13 +125,15 @@ def _texts(values: list, max_texts: int) -> list[str]:
         raise ApiError(422, 'no text: give one or more "text" fields naming the object to segment')
     if any(not isinstance(t, str) for t in values):
         raise ApiError(422, "each text must be a string")
-    if any(not t.strip() for t in values):
-        raise ApiError(422, "a text is empty: say which object to segment")
+    try:
+        values = [check_text(t) for t in values]
+    except InputError as e:
+        raise ApiError(422, str(e)) from None
     if len(values) > max_texts:
         raise ApiError(422, f"too many texts: at most {max_texts} per request (got {len(values)})")
     if any(len(t) > MAX_TEXT_CHARS for t in values):
         raise ApiError(422, f"a text is longer than {MAX_TEXT_CHARS} characters")
-    return [t.strip() for t in values]
+    return values
 
 
 def _finish(image: bytes | None, texts: list, fields: dict, max_texts: int) -> SegmentRequest:

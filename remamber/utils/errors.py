@@ -7,6 +7,7 @@ EXIT_FAILURE = 1  # the work ran but something failed (a batch with bad items, a
 EXIT_BAD_INPUT = 2  # the user's input, configuration or command line is wrong
 EXIT_INTERNAL = 70  # an unexpected error, a bug: EX_SOFTWARE of sysexits.h, so scripts can tell it from 1
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a pipe's reader going away
 
 
 class RemamberError(Exception):
