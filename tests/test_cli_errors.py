@@ -284,3 +284,18 @@ def test_train_options_come_from_the_train_config():
             assert options[f.name].default == f.default, f.name
     assert cli_train.STATE_NAME == STATE_NAME
     assert (REPO / "remamber" / "engine" / "train_config.py").read_text().count("import torch") == 0
+
+
+def test_library_settings_are_shown_as_the_commands_flags():
+    """Library messages name settings in backticks; the CLI shows the running command's flag."""
+    from remamber.cli.main import _as_flags
+
+    message = "too large; pass `allow_large` if you trust it, or `resume`"
+    assert _as_flags(message, ["segment", "a.png", "x"]) == "too large; pass --allow-large if you trust it, or resume"
+    assert _as_flags("continue with `resume`; try a lower `lr`", ["train", "--out", "r"]) == (
+        "continue with --resume; try a lower --lr"
+    )
+    assert _as_flags("fix `images_root` or pass `skip_missing`", ["prepare", "refcoco"]) == (
+        "fix --coco-images or pass --skip-missing"
+    )
+    assert _as_flags("see `remamber eval --json`", ["eval"]) == "see `remamber eval --json`"  # not a setting name

@@ -106,6 +106,21 @@ def _command_context(args: list[str]):
     return ctx
 
 
+def _as_flags(message: str, args: list[str]) -> str:
+    """A library message with its settings named as flags: library code names a setting in
+    backticks (`allow_large`); the command whose parameter it is shows its flag (--allow-large),
+    any other command the name alone. Only the CLI speaks of flags."""
+    if "`" not in message:
+        return message
+    import re
+
+    try:
+        params = {p.name: p.opts[0] for p in _command_context(args).command.params if p.opts}
+    except Exception:  # noqa: BLE001 - the message matters more than its wording
+        params = {}
+    return re.sub(r"`([a-z][a-z0-9_]*)`", lambda m: params.get(m.group(1), m.group(1)), message)
+
+
 def _usage_error(message: str, ctx) -> None:
     """Print a usage error: the command's usage line, one ``error:`` line; exit 2."""
     sys.stderr.write(f"{ctx.get_usage()}\n")
@@ -141,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     except RemamberError as e:
         if debug:
             traceback.print_exc()
-        sys.stderr.write(f"error: {_one_line(str(e))}\n")
+        sys.stderr.write(f"error: {_one_line(_as_flags(str(e), args))}\n")
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")

@@ -142,7 +142,7 @@ _FORCE_HELP = "Rebuild even when the output is up to date."
 def _run_refer(
     dataset: str,
     refer_root: Path | None,
-    coco_images: Path | None,
+    images_root: Path | None,
     out: Path | None,
     split_by: str | None,
     limit: int | None,
@@ -157,7 +157,7 @@ def _run_refer(
         result = prepare_refer(
             refer_root or paths.refer_root(),
             dataset,
-            coco_images or paths.coco_images(),
+            images_root or paths.coco_images(),
             out or default_out(dataset, split_by),
             split_by,
             limit=limit,
@@ -180,7 +180,7 @@ def _refer_command(dataset: str) -> Callable[..., None]:
             help=f"Folder holding {dataset}/instances.json and {dataset}/refs(<split-by>).p.",
             show_default=f"{paths.refer_root()}",
         ),
-        coco_images: Path | None = typer.Option(
+        images_root: Path | None = typer.Option(
             None,
             "--coco-images",
             metavar="FOLDER",
@@ -217,7 +217,7 @@ def _refer_command(dataset: str) -> Callable[..., None]:
         force: bool = typer.Option(False, "--force", help=_FORCE_HELP),
         json_out: bool = typer.Option(False, "--json", help=_JSON_HELP),
     ) -> None:
-        _run_refer(dataset, refer_root, coco_images, out, split_by, limit, skip_missing, force, json_out)
+        _run_refer(dataset, refer_root, images_root, out, split_by, limit, skip_missing, force, json_out)
 
     command.__doc__ = (
         f"Prepare {dataset} from REFER annotations and COCO train2014 images.\n\n"

@@ -69,7 +69,7 @@ class ReferringDataset(torch.utils.data.Dataset):
             with Image.open(path) as image:
                 image = image.convert("RGB")
         except FileNotFoundError:
-            raise InputError(f"image {path} not found; pass images_root (--coco-images) where the images are") from None
+            raise InputError(f"image {path} not found; pass `images_root` where the images are") from None
         except OSError as e:
             raise InputError(f"cannot read image {path}: {e}") from None
         record = self.records[i]

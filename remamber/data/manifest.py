@@ -186,7 +186,6 @@ class PreparedDataset:
         root = Path(override) if override is not None else self.folder / self.info["images_root"]
         if not root.is_dir():
             raise InputError(
-                f"images folder {root} does not exist; pass the images root "
-                "(--coco-images / images_root=) where the images are now"
+                f"images folder {root} does not exist; pass the images root (`images_root`) where the images are now"
             )
         return root

@@ -169,8 +169,8 @@ def _missing_images_message(data: ReferData, groups: dict[str, list[dict]], miss
     example = data.instances.images[min(missing)]["file_name"]
     return (
         f"{len(missing)} of {len(_image_ids(groups))} images referenced are missing under "
-        f"{root} (e.g. {example}); fix the images folder (--coco-images) or pass "
-        "--skip-missing to leave their samples out"
+        f"{root} (e.g. {example}); fix the images folder (`images_root`) or pass "
+        "`skip_missing` to leave their samples out"
     )
 
 

@@ -71,7 +71,7 @@ def load_trainer_state(folder: Path) -> dict[str, Any]:
     """Read a checkpoint's trainer state safely (weights_only=True)."""
     path = Path(folder) / STATE_NAME
     if not path.is_file():
-        raise InputError(f"no checkpoint to resume at {folder} ({STATE_NAME} is missing); start without --resume")
+        raise InputError(f"no checkpoint to resume at {folder} ({STATE_NAME} is missing); start without `resume`")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt or foreign file: refuse, never unpickle freely

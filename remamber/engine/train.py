@@ -82,9 +82,9 @@ def build_training_model(cfg: TrainConfig, train_records: list[dict]):
         model = load_pretrained(cfg.init)
         clash = sorted(k for k, v in variant.items() if getattr(model.config, k) != v)
         if clash:
-            flags = ", ".join(f"--{k.replace('_', '-')}" for k in clash)
+            settings = ", ".join(f"`{k}`" for k in clash)
             raise InputError(
-                f"{flags} would change the architecture of the --init weights; drop the flag or start from a preset"
+                f"{settings} would change the architecture of the `init` weights; drop the setting or start from a preset"
             )
         if cfg.image_size:
             model.config = model.config.replace(image_size=cfg.image_size)
@@ -106,7 +106,7 @@ def build_training_model(cfg: TrainConfig, train_records: list[dict]):
     except OSError as e:
         raise WeightsError(
             f"cannot load the text encoder {mcfg.text_encoder!r} ({first_line(e)}); it must be in the "
-            "Hugging Face cache or a local folder (or use --text-encoder scratch)"
+            "Hugging Face cache or a local folder (or use `text_encoder` scratch)"
         ) from None
 
 
@@ -298,7 +298,7 @@ class Trainer:
         if D.all_reduce_sum(bad).item() > 0:
             raise TrainingDiverged(
                 f"the loss became {loss.item()} at step {self.step} (epoch {self.epoch}); stopped. The last good "
-                f"checkpoint is {self.run_dir / 'checkpoints' / 'last'}: try a lower --lr or --clip-grad 1.0"
+                f"checkpoint is {self.run_dir / 'checkpoints' / 'last'}: try a lower `lr` or `clip_grad` 1.0"
             )
 
     def fit(self, on_step: Callable[[dict], None] | None = None) -> TrainResult:
@@ -361,7 +361,7 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             folder = self.save("last")
             raise TrainingInterrupted(
-                f"interrupted at step {self.step}; saved {folder}; continue with --resume"
+                f"interrupted at step {self.step}; saved {folder}; continue with `resume`"
             ) from None
         finally:
             D.barrier()

@@ -387,7 +387,7 @@ def resolve_tokenizer(tokenizer: Any = None) -> Any:
             raise WeightsError(f"tokenizer {name}: no usable tokenizer files in this folder ({first})") from None
         raise WeightsError(
             f"cannot load the tokenizer {name}: it is not in the Hugging Face cache and could not be downloaded "
-            f"({first}); fetch it on a connected machine (`hf download {name}`) or pass --tokenizer with a folder "
+            f"({first}); fetch it on a connected machine (`hf download {name}`) or pass `tokenizer` with a folder "
             f"that holds its tokenizer files"
         ) from None
 
@@ -398,7 +398,7 @@ def resolve_tokenizer(tokenizer: Any = None) -> Any:
 def _check_variant(variant: str) -> None:
     if variant == "mamba":
         raise InputError(
-            "--variant mamba: ReMamber_Mamba checkpoints cannot be converted yet: remamber has no Mamba decoder "
+            "`variant` mamba: ReMamber_Mamba checkpoints cannot be converted yet: remamber has no Mamba decoder "
             "(only the conv decoder of ReMamber_Conv); use the ReMamber_Conv checkpoint"
         )
     if variant not in VARIANTS:
@@ -428,7 +428,7 @@ def build_from_official(
     if len(tok) > vocab:
         raise WeightsError(
             f"the tokenizer has {len(tok)} tokens but the checkpoint's text encoder knows only {vocab}: "
-            "pass the tokenizer the model was trained with (--tokenizer)"
+            "pass the tokenizer the model was trained with (`tokenizer`)"
         )
     model = ReMamber(config, tokenizer=tok)
     mapped = map_state(state, model.state_dict(), source=str(ckpt_path), legacy=legacy)

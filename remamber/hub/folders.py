@@ -249,11 +249,11 @@ def check_replaceable(folder: str | os.PathLike, model_file: str | None = None) 
     if not folder.exists():
         return folder
     if not folder.is_dir():
-        raise InputError(f"{folder} is a file; refusing to replace it: choose a new or empty --out")
+        raise InputError(f"{folder} is a file; refusing to replace it: choose a new or empty `out`")
     entries = sorted(p.name for p in folder.iterdir())
     if not entries:
         return folder
-    refuse = f"refusing to replace {folder}: choose a new or empty --out"
+    refuse = f"refusing to replace {folder}: choose a new or empty `out`"
     if not _is_model_folder(folder):
         raise InputError(
             f"{folder} is not a remamber model folder ({len(entries)} entr{'y' if len(entries) == 1 else 'ies'}); {refuse}"

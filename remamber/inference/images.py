@@ -92,7 +92,7 @@ def load_image(path: str | os.PathLike, allow_large: bool = False) -> Image.Imag
         if e.kind == "bomb":
             raise InputError(
                 f"{path}: the image is larger than Pillow's decompression-bomb limit ({e.detail} pixels); "
-                "pass --allow-large if you trust it"
+                "pass `allow_large` if you trust it"
             ) from None
         if e.kind == "unknown":
             raise InputError(f"{path}: not an image file (Pillow cannot identify it)") from None

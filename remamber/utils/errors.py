@@ -11,7 +11,10 @@ EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a pipe's reader goin
 
 
 class RemamberError(Exception):
-    """An error the user can fix; its message is one line, shown without a traceback."""
+    """An error the user can fix; its message is one line, shown without a traceback.
+
+    A message names a setting in backticks (`allow_large`, `resume`): the command line shows it as
+    the flag of the command that ran (--allow-large), so library code never names flags."""
 
     exit_code = EXIT_BAD_INPUT
 
