@@ -28,6 +28,7 @@ from remamber.engine.checkpoint import load_trainer_state, rng_state, save_check
 from remamber.engine.losses import segmentation_loss
 from remamber.engine.sampling import BatchSource, epoch_batches
 from remamber.engine.train_config import LOG_NAME, TRAIN_CONFIG_NAME, TrainConfig
+from remamber.inference.fuse import unfuse
 from remamber.modeling.layers import no_weight_decay
 from remamber.utils.errors import EXIT_FAILURE, InputError, RemamberError, WeightsError, first_line
 
@@ -359,6 +360,10 @@ class Trainer:
                         break
         except KeyboardInterrupt:
             self.optimizer.zero_grad(set_to_none=True)
+            # A Ctrl-C can land while validation has the model fused (or while it unfuses it):
+            # the checkpoint needs the plain modules back.
+            for model in {id(m): m for m in (self.model, self._export_model())}.values():
+                unfuse(model)
             folder = self.save("last")
             raise TrainingInterrupted(
                 f"interrupted at step {self.step}; saved {folder}; continue with `resume`"
