@@ -48,7 +48,6 @@ class Batcher:
         self.max_batch = max_batch
         self.max_queue = max_queue
         self.forward_calls = 0  # batches run, for /health and the tests
-        self.items_done = 0
         self._waiting: deque[_Item] = deque()
         self._running = 0
         self._cond = threading.Condition()
@@ -118,6 +117,5 @@ class Batcher:
                     except Exception as e:  # noqa: BLE001 - reported to that item's request
                         item.future.set_exception(e)
             finally:
-                self.items_done += len(batch)
                 with self._cond:
                     self._running = 0

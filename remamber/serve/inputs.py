@@ -12,7 +12,7 @@ import binascii
 import io
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from PIL import Image
 
@@ -47,7 +47,6 @@ class SegmentRequest:
     threshold: float = 0.5
     mask_png: bool = False
     probs_png: int = 0  # longest side of the probability map to return; 0: none
-    extra: dict = field(default_factory=dict)
 
 
 def too_large(limit: int) -> ApiError:
