@@ -45,6 +45,23 @@ RECORD_FIELDS = (
     "mask",  # {"size": [h, w], "counts": str}: compressed COCO RLE of the referent
 )
 
+#: Extra fields of a generalized (GRES) record, where a sentence names zero, one or several objects:
+#: ``ann_ids`` (list of int, empty when nothing is named; ``ann_id`` is then -1, else the first),
+#: ``no_target`` (bool); ``mask`` is the union of the named objects' masks (all zeros for none).
+GENERALIZED_FIELDS = ("ann_ids", "no_target")
+
+#: Target kinds of a sentence, as GRES reports them.
+TARGET_KINDS = ("none", "single", "multi")
+
+
+def target_kind(record: dict) -> str:
+    """``none``, ``single`` or ``multi``: how many objects a record's sentence names (``single`` for
+    a classic REFER record, which has no ``ann_ids``)."""
+    if record.get("no_target"):
+        return "none"
+    ann_ids = record.get("ann_ids")
+    return "multi" if isinstance(ann_ids, list) and len(ann_ids) > 1 else "single"
+
 SPLIT_ORDER = ("train", "val", "test", "testA", "testB", "testC")
 
 
