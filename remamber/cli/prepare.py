@@ -31,6 +31,7 @@ from remamber.data.catalog import (
     SHAPES_DEFAULT_SEED,
     SHAPES_DEFAULT_SIZE,
     SHAPES_NAME,
+    check_split_by,
     default_out,
 )
 from remamber.utils import paths
@@ -144,6 +145,45 @@ _JSON_HELP = "Print the result as one JSON object on stdout (status, out, splits
 _FORCE_HELP = "Rebuild even when the output is up to date."
 
 
+def _download_option() -> Any:
+    return typer.Option(
+        False,
+        "--download",
+        help="First download the REFER zip of each dataset whose files are missing (the web archive's copy, "
+        "or --refer-url) and unpack it into --refer-root; a cut download resumes on the next run. "
+        "COCO images are not downloaded.",
+    )
+
+
+def _refer_url_option() -> Any:
+    return typer.Option(
+        None,
+        "--refer-url",
+        metavar="URL",
+        help="With --download: fetch <URL>/<name>.zip (a mirror) instead of the web archive's snapshot.",
+        show_default=False,
+    )
+
+
+def _fetch_missing(datasets: list[tuple[str, str]], refer_root: Path, download: bool, refer_url: str | None) -> None:
+    """With --download, fetch the REFER files of each (dataset, split_by) that lacks them."""
+    if refer_url is not None and not download:
+        raise InputError("--refer-url says where --download fetches from; add --download")
+    if not download:
+        return
+    from remamber.data.download import fetch_refer
+    from remamber.data.refer import ReferFiles
+
+    for dataset, split_by in datasets:
+        check_split_by(dataset, split_by)
+    with _progress() as track:
+        for dataset, split_by in datasets:
+            if ReferFiles(refer_root, dataset, split_by).missing():
+                written = fetch_refer(dataset, refer_root, refer_url, track)
+                names = ", ".join(path.name for path in written)
+                typer.echo(f"downloaded {dataset}: {names} in {refer_root / dataset}", err=True)
+
+
 def _run_refer(
     dataset: str,
     refer_root: Path | None,
@@ -221,7 +261,11 @@ def _refer_command(dataset: str) -> Callable[..., None]:
         ),
         force: bool = typer.Option(False, "--force", help=_FORCE_HELP),
         json_out: bool = typer.Option(False, "--json", help=_JSON_HELP),
+        download: bool = _download_option(),
+        refer_url: str | None = _refer_url_option(),
     ) -> None:
+        refer_root = refer_root or paths.refer_root()
+        _fetch_missing([(dataset, split_by or known.default_split_by)], refer_root, download, refer_url)
         _run_refer(dataset, refer_root, images_root, out, split_by, limit, skip_missing, force, json_out)
 
     command.__doc__ = (
@@ -330,12 +374,17 @@ def refcoco_mix(
         "--json",
         help="Print the result as one JSON object on stdout (status, out, per-source removed counts, splits).",
     ),
+    download: bool = _download_option(),
+    refer_url: str | None = _refer_url_option(),
 ) -> None:
-    from remamber.data.mix import prepare_mix
+    from remamber.data.mix import parse_sources, prepare_mix
 
+    refer_root = refer_root or paths.refer_root()
+    chosen = [(s.dataset, s.split_by) for s in parse_sources(sources)]
+    _fetch_missing(chosen, refer_root, download, refer_url)
     with _progress() as track:
         result = prepare_mix(
-            refer_root or paths.refer_root(),
+            refer_root,
             images_root or paths.coco_images(),
             out or default_out(MIX_NAME),
             sources,
