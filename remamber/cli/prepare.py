@@ -20,12 +20,18 @@ from remamber.data.catalog import (
     COCO_TRAIN2014_URL,
     KNOWN_DATASETS,
     LAVT_REFER_URL,
+    MIX_DEFAULT_SOURCES,
+    MIX_ID_STRIDE,
+    MIX_NAME,
+    MIX_SOURCE_CODES,
+    REFER_ARCHIVE_URL,
     REFER_DATA_URL,
     REFER_PROJECT_URL,
     SHAPES_DEFAULT_IMAGES,
     SHAPES_DEFAULT_SEED,
     SHAPES_DEFAULT_SIZE,
     SHAPES_NAME,
+    check_split_by,
     default_out,
 )
 from remamber.utils import paths
@@ -35,7 +41,7 @@ _HOME = f"${paths.DATA_HOME_ENV} (now {paths.data_home()})"
 
 SOURCES_HELP = f"""Where RefCOCO files come from:
 
-* REFER annotations -- the refer project ({REFER_PROJECT_URL}), as the LAVT instructions say ({LAVT_REFER_URL}): unzip {REFER_DATA_URL}/refcoco.zip, refcoco+.zip and refcocog.zip; each holds instances.json and refs(unc).p / refs(google).p / refs(umd).p.
+* REFER annotations -- the refer project ({REFER_PROJECT_URL}), as the LAVT instructions say ({LAVT_REFER_URL}): unzip {", ".join(d.url for d in KNOWN_DATASETS.values())}; each holds instances.json and refs(unc).p / refs(google).p / refs(umd).p. These are the web archive's copies ({REFER_ARCHIVE_URL}) of the zips first published at {REFER_DATA_URL}/, a host that has been down since 2022.
 
 * COCO train2014 images -- from cocodataset.org: {COCO_TRAIN2014_URL}.
 """
@@ -57,7 +63,7 @@ With the files in place, `remamber prepare refcoco` needs no flag. A second run 
 
 PREPARE_HELP = f"""Make a prepared dataset for training and evaluation.
 
-refcoco, refcoco+ and refcocog convert REFER annotations + COCO train2014 images; shapes generates a synthetic dataset with referring expressions.
+refcoco, refcoco+ and refcocog convert REFER annotations + COCO train2014 images; refcoco-mix builds one leak-free training set from the three; shapes generates a synthetic dataset with referring expressions.
 
 {SOURCES_HELP}
 {LAYOUT_HELP}"""
@@ -139,6 +145,45 @@ _JSON_HELP = "Print the result as one JSON object on stdout (status, out, splits
 _FORCE_HELP = "Rebuild even when the output is up to date."
 
 
+def _download_option() -> Any:
+    return typer.Option(
+        False,
+        "--download",
+        help="First download the REFER zip of each dataset whose files are missing (the web archive's copy, "
+        "or --refer-url) and unpack it into --refer-root; a cut download resumes on the next run. "
+        "COCO images are not downloaded.",
+    )
+
+
+def _refer_url_option() -> Any:
+    return typer.Option(
+        None,
+        "--refer-url",
+        metavar="URL",
+        help="With --download: fetch <URL>/<name>.zip (a mirror) instead of the web archive's snapshot.",
+        show_default=False,
+    )
+
+
+def _fetch_missing(datasets: list[tuple[str, str]], refer_root: Path, download: bool, refer_url: str | None) -> None:
+    """With --download, fetch the REFER files of each (dataset, split_by) that lacks them."""
+    if refer_url is not None and not download:
+        raise InputError("--refer-url says where --download fetches from; add --download")
+    if not download:
+        return
+    from remamber.data.download import fetch_refer
+    from remamber.data.refer import ReferFiles
+
+    for dataset, split_by in datasets:
+        check_split_by(dataset, split_by)
+    with _progress() as track:
+        for dataset, split_by in datasets:
+            if ReferFiles(refer_root, dataset, split_by).missing():
+                written = fetch_refer(dataset, refer_root, refer_url, track)
+                names = ", ".join(path.name for path in written)
+                typer.echo(f"downloaded {dataset}: {names} in {refer_root / dataset}", err=True)
+
+
 def _run_refer(
     dataset: str,
     refer_root: Path | None,
@@ -216,7 +261,11 @@ def _refer_command(dataset: str) -> Callable[..., None]:
         ),
         force: bool = typer.Option(False, "--force", help=_FORCE_HELP),
         json_out: bool = typer.Option(False, "--json", help=_JSON_HELP),
+        download: bool = _download_option(),
+        refer_url: str | None = _refer_url_option(),
     ) -> None:
+        refer_root = refer_root or paths.refer_root()
+        _fetch_missing([(dataset, split_by or known.default_split_by)], refer_root, download, refer_url)
         _run_refer(dataset, refer_root, images_root, out, split_by, limit, skip_missing, force, json_out)
 
     command.__doc__ = (
@@ -230,6 +279,121 @@ def _refer_command(dataset: str) -> Callable[..., None]:
 
 for _name in KNOWN_DATASETS:
     app.command(_name, cls=Command)(_refer_command(_name))
+
+
+# --------------------------------------------------------------------------- the mixed training set
+
+_MIX_DEFAULT = ", ".join(f"{name}:{split_by}" for name, split_by in MIX_DEFAULT_SOURCES)
+
+
+def _report_mix(result: Any, json_out: bool) -> None:
+    """Print what ``prepare refcoco-mix`` did: per source, what went into train and what was removed."""
+    if json_out or result.up_to_date:
+        _report(result, json_out)
+        return
+    typer.echo(f"{result.name} prepared in {result.out}")
+    typer.echo(
+        f"  {'':<16} {'train samples':>13} {'refs':>7} {'images':>7}   {'removed samples':>15} {'refs':>7} {'images':>7}"
+    )
+    train = result.splits["train"]
+    for name, source in result.sources.items():
+        kept, gone = train["by_source"][name], source["removed"]
+        label = f"{name} ({source['split_by']})"
+        typer.echo(
+            f"  {label:<16} {kept['samples']:>13} {kept['refs']:>7} {kept['images']:>7}"
+            f"   {gone['samples']:>15} {gone['refs']:>7} {gone['images']:>7}"
+        )
+    gone = result.removed
+    typer.echo(
+        f"  {'train (all)':<16} {train['samples']:>13} {train['refs']:>7} {train['images']:>7}"
+        f"   {gone['samples']:>15} {gone['refs']:>7} {gone['images']:>7}"
+    )
+    val = result.splits["val"]
+    typer.echo(f"  {'val (all)':<16} {val['samples']:>13} {val['refs']:>7} {val['images']:>7}")
+    if result.missing_images:
+        typer.echo(f"  left out {result.skipped_samples} samples of {result.missing_images} missing images")
+    names = ", ".join(result.sources)
+    typer.echo(
+        f"  removed: train images that appear in a val/test split of {names}; evaluate on each dataset's "
+        "own folder (remamber eval --dataset NAME --split SPLIT)"
+    )
+
+
+_MIX_HELP = f"""Build one training set from the train splits of RefCOCO, RefCOCO+ and G-Ref, leak-free.
+
+The authors' released checkpoints are trained on the three together. RefCOCO and RefCOCO+ share their images and G-Ref's overlap both, so every train image that appears in a val or test split of any of the sources is removed; the counts removed per source are printed (and in --json and dataset.json).
+
+The output is a training set: train (the cleaned union) and val (the sources' val splits together, to pick checkpoints while training: remamber train --dataset {MIX_NAME}). Evaluate on the standard splits of each dataset's own folder (remamber prepare refcoco, ...; remamber eval --dataset refcoco --split testA).
+
+Each record names its source; sent_id and ref_id, which collide between the datasets, become code * {MIX_ID_STRIDE} + id ({", ".join(f"{name} {code}" for name, code in MIX_SOURCE_CODES.items())}). The same inputs give the same bytes.
+
+{SOURCES_HELP}
+{LAYOUT_HELP}"""
+
+
+@app.command(MIX_NAME, cls=Command, help=_MIX_HELP)
+def refcoco_mix(
+    sources: list[str] | None = typer.Option(
+        None,
+        "--source",
+        metavar="NAME[:SPLIT-BY]",
+        help="A dataset of the mix, with its partition (repeat the option; giving any replaces the default "
+        f"list): {', '.join(MIX_SOURCE_CODES)}.",
+        show_default=_MIX_DEFAULT,
+    ),
+    refer_root: Path | None = typer.Option(
+        None,
+        "--refer-root",
+        metavar="FOLDER",
+        help="Folder holding <name>/instances.json and <name>/refs(<split-by>).p of every source.",
+        show_default=f"{paths.refer_root()}",
+    ),
+    images_root: Path | None = typer.Option(
+        None,
+        "--coco-images",
+        metavar="FOLDER",
+        help="Folder of the COCO train2014 images (COCO_train2014_*.jpg).",
+        show_default=f"{paths.coco_images()}",
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", metavar="FOLDER", help="Output folder.", show_default=f"{default_out(MIX_NAME)}"
+    ),
+    limit: int | None = typer.Option(
+        None,
+        "--limit",
+        metavar="N",
+        help="Keep only the first N refs of each source's train and val (the removal still sees every eval split).",
+        show_default="all",
+    ),
+    skip_missing: bool = typer.Option(
+        False, "--skip-missing", help="Leave out samples whose image is missing instead of failing."
+    ),
+    force: bool = typer.Option(False, "--force", help=_FORCE_HELP),
+    json_out: bool = typer.Option(
+        False,
+        "--json",
+        help="Print the result as one JSON object on stdout (status, out, per-source removed counts, splits).",
+    ),
+    download: bool = _download_option(),
+    refer_url: str | None = _refer_url_option(),
+) -> None:
+    from remamber.data.mix import parse_sources, prepare_mix
+
+    refer_root = refer_root or paths.refer_root()
+    chosen = [(s.dataset, s.split_by) for s in parse_sources(sources)]
+    _fetch_missing(chosen, refer_root, download, refer_url)
+    with _progress() as track:
+        result = prepare_mix(
+            refer_root,
+            images_root or paths.coco_images(),
+            out or default_out(MIX_NAME),
+            sources,
+            limit=limit,
+            skip_missing=skip_missing,
+            force=force,
+            track=track,
+        )
+    _report_mix(result, json_out)
 
 
 # --------------------------------------------------------------------------- shapes

@@ -13,7 +13,13 @@ from remamber.utils.paths import prepared_dataset
 
 REFER_PROJECT_URL = "https://github.com/lichengunc/refer"
 LAVT_REFER_URL = "https://github.com/yz93/LAVT-RIS/tree/main/refer"
+#: The original REFER host; down since 2022 (lichengunc/refer issue #14), kept for the record.
 REFER_DATA_URL = "https://bvisionweb1.cs.unc.edu/licheng/referit/data"
+#: Where the REFER zips are fetched today: the Internet Archive's snapshots of REFER_DATA_URL,
+#: taken on 2022-04-13 before the host went down. The refer project's issues #14 and #26, the
+#: CRIS.pytorch issue #10 and the READMEs of LISA (dvlab-research/LISA) and of the projects built
+#: on it point to these same snapshots; each zip has its own snapshot time (``archive_stamp``).
+REFER_ARCHIVE_URL = "https://web.archive.org/web"
 COCO_TRAIN2014_URL = "http://images.cocodataset.org/zips/train2014.zip"
 
 
@@ -24,17 +30,33 @@ class KnownDataset:
     name: str
     split_bys: tuple[str, ...]
     default_split_by: str
+    archive_stamp: str  # the time of the web archive's snapshot of the zip
+
+    @property
+    def original_url(self) -> str:
+        """The zip on the original REFER host (no longer served)."""
+        return f"{REFER_DATA_URL}/{self.name}.zip"
 
     @property
     def url(self) -> str:
-        return f"{REFER_DATA_URL}/{self.name}.zip"
+        """The zip as archived by the Internet Archive: a source that works today."""
+        return f"{REFER_ARCHIVE_URL}/{self.archive_stamp}/{self.original_url}"
 
 
 KNOWN_DATASETS: dict[str, KnownDataset] = {
-    "refcoco": KnownDataset("refcoco", ("unc", "google"), "unc"),
-    "refcoco+": KnownDataset("refcoco+", ("unc",), "unc"),
-    "refcocog": KnownDataset("refcocog", ("umd", "google"), "umd"),
+    "refcoco": KnownDataset("refcoco", ("unc", "google"), "unc", "20220413011718"),
+    "refcoco+": KnownDataset("refcoco+", ("unc",), "unc", "20220413011656"),
+    "refcocog": KnownDataset("refcocog", ("umd", "google"), "umd", "20220413012904"),
 }
+
+# The mixed training set (remamber.data.mix): the train splits of RefCOCO, RefCOCO+ and G-Ref
+# together, as the authors trained their released checkpoints.
+MIX_NAME = "refcoco-mix"
+MIX_DEFAULT_SOURCES = (("refcoco", "unc"), ("refcoco+", "unc"), ("refcocog", "umd"))
+#: Sentence and ref ids collide between the datasets; in the mix they become
+#: ``code * MIX_ID_STRIDE + id`` with a fixed code per dataset (refcoco 1, refcoco+ 2, refcocog 3).
+MIX_ID_STRIDE = 10_000_000
+MIX_SOURCE_CODES = {"refcoco": 1, "refcoco+": 2, "refcocog": 3}
 
 
 def default_split_by(dataset: str) -> str:
@@ -59,8 +81,8 @@ def annotations_hint(dataset: str, refer_root: Path) -> str:
     if known is None:
         return f"REFER annotations of {dataset!r}"
     return (
-        f"REFER annotations: unzip {known.url} into {refer_root} "
-        f"(see {REFER_PROJECT_URL} or the LAVT instructions {LAVT_REFER_URL})"
+        f"REFER annotations: unzip {known.url} (the web archive's copy; the original host is down) "
+        f"into {refer_root} (see {REFER_PROJECT_URL} or the LAVT instructions {LAVT_REFER_URL})"
     )
 
 
