@@ -197,7 +197,12 @@ def test_paper_recipe_with_a_frozen_text_encoder_trains_with_a_note_and_resume_k
     code, text, err = _main(capsys, "train", "--out", str(run), "--resume", "--dry-run", "--json")
     assert code == 0, err
     assert json.loads(text)["settings"] == saved
+    code, text, err = _main(
+        capsys, "train", "--data", str(small_shapes), "--out", str(run), *SMALL, "--overwrite", "--dry-run"
+    )
+    assert code == 0 and "recipe: default" in text, err
     assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "log.jsonl", "train_config.json"]
+    assert json.loads((run / "train_config.json").read_text()) == saved
 
 
 def test_dry_run_and_recipe_bad_input(capsys, small_shapes, tmp_path):
