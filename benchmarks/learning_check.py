@@ -114,7 +114,7 @@ def main() -> None:
         out=str(args.run),
         preset="tiny",
         image_size=args.image_size,
-        text_lr_scale=args.text_lr_scale,
+        text_lr=args.lr * args.text_lr_scale,
         epochs=1000,
         max_steps=args.max_steps,
         time_limit=args.minutes,

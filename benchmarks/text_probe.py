@@ -28,7 +28,7 @@ import torch.nn as nn
 from remamber.data.dataset import ReferringDataset, collate_fn
 from remamber.engine.losses import segmentation_loss
 from remamber.engine.metrics import MetricAccumulator, sample_iou
-from remamber.engine.train import TrainConfig, _param_groups, build_training_model, lr_factor
+from remamber.engine.train import TrainConfig, build_training_model, lr_factor, param_groups
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -93,7 +93,8 @@ def main() -> None:
         model.text_encoder = GRUText(len(model.tokenizer), model.config.text_dim, model.config.max_text_len)
     elif args.embed_std is not None:
         nn.init.normal_(model.text_encoder.model.get_input_embeddings().weight, 0.0, args.embed_std)
-    opt = torch.optim.AdamW(_param_groups(model, 0.01, args.lr, args.text_lr_scale), lr=args.lr)
+    rates = {"new": args.lr, "backbone": args.lr, "text": args.lr * args.text_lr_scale}
+    opt = torch.optim.AdamW(param_groups(model, rates, 0.01), lr=args.lr)
     base = [g["lr"] for g in opt.param_groups]
     loader = torch.utils.data.DataLoader(
         train, batch_size=args.batch_size, shuffle=True, collate_fn=collate_fn, drop_last=True

@@ -29,7 +29,7 @@ from common import machine
 
 from remamber.engine.allocator import keep_freed_memory
 from remamber.engine.losses import segmentation_loss
-from remamber.engine.train import _param_groups
+from remamber.engine.train import PARTS, param_groups
 from remamber.modeling.presets import build_model, preset_config
 from remamber.modeling.text import BASIC_VOCAB
 from remamber.ops import scan_cpu
@@ -66,7 +66,7 @@ def measure(size: int, batch: int, backend: str, keep_memory: bool, steps: int, 
     torch.manual_seed(0)
     model = build_model(preset_config("tiny").replace(image_size=size))
     model.train()
-    opt = torch.optim.AdamW(_param_groups(model, 0.01, lr=1e-4))
+    opt = torch.optim.AdamW(param_groups(model, dict.fromkeys(PARTS, 1e-4), 0.01))
     images, masks, texts = make_batch(size, batch, seed=1)
     ids, attn, _ = model.tokenize(texts)
 

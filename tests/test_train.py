@@ -17,8 +17,8 @@ from model_fixtures import assert_one_line_error, run_cli
 from safetensors.torch import load_file
 
 from remamber.engine.losses import dice_loss, segmentation_loss
-from remamber.engine.sampling import epoch_batches
-from remamber.engine.train import _param_groups, lr_factor
+from remamber.engine.sampling import epoch_batches, micro_batches_per_epoch
+from remamber.engine.train import lr_factor
 
 FAST = ["--preset", "tiny", "--image-size", "64", "--batch-size", "4", "--log-every", "1", "--val-split", ""]
 
@@ -185,9 +185,7 @@ def test_nan_loss_stops_with_one_line_and_keeps_the_last_checkpoint(small_shapes
 def test_bad_training_inputs(small_shapes, tmp_path):
     assert_one_line_error(run_cli(*_train_args(small_shapes, tmp_path / "r", "--preset", "huge")), "unknown preset")
     assert_one_line_error(run_cli(*_train_args(small_shapes, tmp_path / "r", "--epochs", "0")), "--epochs")
-    assert_one_line_error(
-        run_cli(*_train_args(small_shapes, tmp_path / "r", "--text-lr-scale", "0")), "--text-lr-scale"
-    )
+    assert_one_line_error(run_cli(*_train_args(small_shapes, tmp_path / "r", "--text-lr", "0")), "--text-lr")
     assert_one_line_error(run_cli("train", "--out", str(tmp_path / "none"), "--resume"), "--resume")
     assert_one_line_error(
         run_cli("train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r")), "missing"
@@ -201,34 +199,13 @@ def test_lr_schedule_warmup_then_cosine():
     assert lr_factor(10, 10, 2, 0.1) == pytest.approx(0.1)
 
 
-def test_no_weight_decay_on_a_log_d_norms_and_biases(tiny_model):
-    groups = _param_groups(tiny_model, 0.05)
-    decay = [p for g in groups if g["weight_decay"] == 0.05 for p in g["params"]]
-    no_decay = [p for g in groups if g["weight_decay"] == 0.0 for p in g["params"]]
-    assert len(decay) + len(no_decay) == len(list(tiny_model.parameters()))
-    names = {id(p): n for n, p in tiny_model.named_parameters()}
-    nd = {names[id(p)] for p in no_decay}
-    assert any(n.endswith("A_logs") for n in nd) and any(n.endswith(".Ds") for n in nd)
-    assert any(n.endswith("norm.weight") for n in nd) and any(n.endswith(".bias") for n in nd)
-    assert all(p.dim() > 1 and not names[id(p)].endswith(("A_logs", ".Ds")) for p in decay)
-
-
-def test_text_encoder_learning_rate_scale(tiny_model):
-    groups = _param_groups(tiny_model, 0.05, lr=1e-3, text_lr_scale=0.1)
-    text = {id(p) for p in tiny_model.text_encoder.parameters()}
-    for g in groups:
-        in_text = {id(p) in text for p in g["params"]}
-        assert len(in_text) == 1  # a group is all text encoder or none of it
-        assert g["lr"] == pytest.approx(1e-4 if in_text == {True} else 1e-3)
-    assert sum(len(g["params"]) for g in groups) == len(list(tiny_model.parameters()))
-
-
 def test_epoch_batches_cover_each_sample_once_and_shard():
     single = epoch_batches(10, 4, seed=1, epoch=0)
     assert sorted(i for b in single for i in b) == list(range(10))
     assert single == epoch_batches(10, 4, seed=1, epoch=0) and single != epoch_batches(10, 4, seed=1, epoch=1)
     shards = [epoch_batches(10, 2, seed=1, epoch=0, rank=r, world=3) for r in range(3)]
     assert len({len(s) for s in shards}) == 1  # same number of batches per rank
+    assert micro_batches_per_epoch(10, 2, world=3) == len(shards[0]) and micro_batches_per_epoch(10, 4) == len(single)
     assert set(i for s in shards for b in s for i in b) == set(range(10))
 
 
@@ -302,6 +279,7 @@ def test_train_command_keeps_freed_memory_on_a_cpu_only(monkeypatch, device, kee
     class FakeTrainer:
         def __init__(self, cfg, resume, console):
             self.device, self.main, self.total_steps, self.step, self.epoch = torch.device(device), True, 1, 0, 0
+            self.notes = []
 
         def fit(self, on_step):
             on_step({"step": 1, "epoch": 0, "loss": 0.5, "lr": 1e-3})

@@ -13,10 +13,12 @@ import typer
 
 from remamber.engine.train_config import (
     CHECKPOINTS_DIR,
+    RECIPE_FIELDS,
     TRAIN_CONFIG_NAME,
     SettingError,
     TrainConfig,
     clear_run,
+    recipe_help,
 )
 from remamber.utils.errors import InputError, UsageError
 
@@ -24,7 +26,7 @@ STATE_NAME = "trainer_state.pt"  # remamber.engine.checkpoint.STATE_NAME, withou
 
 HELP = """Train ReMamber on a prepared dataset (see `remamber prepare`).
 
-Defaults follow the paper: AdamW, lr 5e-5, cosine decay (after optional linear warmup), dice + BCE loss, no weight decay on A_log, D, norms and biases; AMP (bf16, or fp16 with loss scaling) on CUDA.
+Defaults of every recipe: AdamW (--optimizer), cosine decay of every rate to --min-lr 1e-6 after --warmup-steps 0, dice + BCE loss, 50 epochs of batch 8 per process, AMP on CUDA (bf16, or fp16 with loss scaling). A recipe fills the settings you leave unset; a flag you give always wins. --recipe default: one rate (--lr 5e-5) for every part, weight decay 0.01 except on A_log, D, norms and biases, no EMA, the preset's image size and drop path. --recipe paper (the official ReMamber training; the default with --backbone-weights): new parts (fusion layers, decoder) at --lr 5e-5, visual backbone (--backbone-lr) and text encoder (--text-lr) at 2.5e-5, weight decay 1e-4 on every parameter as the official optimizer does, EMA 0.9999, drop path 0.1, 480 px. --dry-run prints the resolved settings, parameter groups, data and step counts, and exits.
 
 RUNDIR gets train_config.json, log.jsonl (one JSON line per logged step and per validation) and checkpoints/last and checkpoints/best (best validation oIoU): model folders that `remamber segment` and `remamber eval` load directly, plus the optimizer, scheduler, RNG and data-order state. `--resume` continues a run exactly (same weights as an uninterrupted run); Ctrl-C saves and exits; a NaN loss stops the run and keeps the last good checkpoint.
 
@@ -80,7 +82,8 @@ def _option(name: str, *aliases: str, **overrides: Any) -> Any:
     the dataclass (``overrides`` for the few flags whose CLI default differs)."""
     f = _FIELDS[name]
     flag = "--" + name.replace("_", "-")
-    kwargs: dict[str, Any] = {"help": f.metadata["help"], "metavar": f.metadata["metavar"]}
+    help = f.metadata["help"] + (" " + recipe_help(name) if name in RECIPE_FIELDS else "")
+    kwargs: dict[str, Any] = {"help": help, "metavar": f.metadata["metavar"]}
     if f.type == "bool | None":  # a tri-state flag: --amp, --no-amp, or (unset) the device's default
         flag = f"{flag}/--no-{name.replace('_', '-')}"
     if f.default is None:
@@ -104,6 +107,9 @@ def train(
     preset: str = _option("preset"),
     image_size: int | None = _option("image_size"),
     init: str | None = _option("init"),
+    recipe: str | None = _option("recipe"),
+    backbone_weights: str | None = _option("backbone_weights"),
+    backbone_key: str = _option("backbone_key"),
     text_encoder: str | None = _option("text_encoder"),
     fusion: str | None = _option("fusion"),
     scan: str | None = _option("scan"),
@@ -111,7 +117,8 @@ def train(
     backbone: str | None = _option("backbone"),
     recap_every: int | None = _option("recap_every"),
     freeze_text: bool = _option("freeze_text"),
-    text_lr_scale: float = _option("text_lr_scale"),
+    text_lr: float | None = _option("text_lr"),
+    text_lr_scale: float | None = _option("text_lr_scale"),
     epochs: int = _option("epochs"),
     max_steps: int = _option("max_steps"),
     time_limit: float = _option("time_limit"),
@@ -119,11 +126,14 @@ def train(
     grad_accum: int = _option("grad_accum"),
     optimizer: str = _option("optimizer"),
     lr: float = _option("lr"),
+    backbone_lr: float | None = _option("backbone_lr"),
     min_lr: float = _option("min_lr"),
     warmup_steps: int = _option("warmup_steps"),
-    weight_decay: float = _option("weight_decay"),
+    weight_decay: float | None = _option("weight_decay"),
+    decay_all: bool | None = _option("decay_all"),
+    drop_path_rate: float | None = _option("drop_path_rate"),
     clip_grad: float = _option("clip_grad"),
-    ema: float = _option("ema"),
+    ema: float | None = _option("ema"),
     amp: bool | None = _option("amp"),
     device: str = _option("device"),
     workers: int = _option("workers"),
@@ -150,15 +160,25 @@ def train(
         min=1,
         help="Start N processes with torch.distributed (one per GPU, or CPU processes).",
     ),
+    dry_run: bool = typer.Option(
+        False,
+        "--dry-run",
+        help="Print the resolved settings, parameter groups (tensors, parameters, lr, weight decay), data and "
+        "step counts, and exit: nothing is trained or written, no pretrained weights are read.",
+    ),
+    json_out: bool = typer.Option(False, "--json", help="With --dry-run: print it as one JSON object."),
 ) -> None:
     settings = {name: value for name, value in locals().items() if name in _FIELDS}
     from remamber.engine import distributed as D
 
     if resume and overwrite:
         raise UsageError("--resume continues the run in --out and --overwrite replaces it: give one of them")
+    if json_out and not dry_run:
+        raise UsageError("--json prints the plan of --dry-run: add --dry-run")
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} is a file; training writes a run folder there")
     launching = nproc > 1 and not D.launched_by_torchrun()
+    speaks = not launching and os.environ.get("RANK", "0") == "0"  # the one process that prints notes
     # Before the launch, and in every rank: rank 0 writes its config only after the process group
     # has formed, so no rank can find the config of the run it belongs to.
     if resume:
@@ -166,15 +186,6 @@ def train(
             cfg = TrainConfig.load(out / TRAIN_CONFIG_NAME)
         except InputError as e:
             raise typer.BadParameter(str(e), param_hint="'--resume'") from None
-        cfg.validate()
-        if not (out / CHECKPOINTS_DIR / "last" / STATE_NAME).is_file():
-            if not launching and os.environ.get("RANK", "0") == "0":
-                sys.stderr.write(
-                    f"note: {out} has no checkpoint yet (it stopped before its first one): "
-                    f"starting the run afresh from its {TRAIN_CONFIG_NAME}\n"
-                )
-            clear_run(out, keep_config=True)
-            resume = False
     else:
         if (out / TRAIN_CONFIG_NAME).exists() and not overwrite:
             raise InputError(
@@ -190,15 +201,50 @@ def train(
                     f"no prepared dataset at {data}; run `remamber prepare {dataset}` or pass --data FOLDER"
                 )
         cfg = TrainConfig(**{**settings, "data": str(data), "out": str(out), "val_split": val_split or None})
-        try:
-            cfg.validate()
-        except SettingError as e:
-            raise UsageError(f"--{e.name.replace('_', '-')} must be {e.requirement} (got {e.value!r})") from None
-        if overwrite:
-            clear_run(out)
+        if text_lr_scale is not None and speaks:
+            sys.stderr.write("note: --text-lr-scale is deprecated: use --text-lr (an absolute rate)\n")
+    try:
+        cfg = cfg.resolved()
+    except SettingError as e:
+        raise UsageError(f"--{e.name.replace('_', '-')} must be {e.requirement} (got {e.value!r})") from None
+    if dry_run:
+        if os.environ.get("RANK", "0") == "0":
+            _print_plan(cfg, int(os.environ.get("WORLD_SIZE", nproc)), json_out)
+        return
+    if resume and not (out / CHECKPOINTS_DIR / "last" / STATE_NAME).is_file():
+        if speaks:
+            sys.stderr.write(
+                f"note: {out} has no checkpoint yet (it stopped before its first one): "
+                f"starting the run afresh from its {TRAIN_CONFIG_NAME}\n"
+            )
+        clear_run(out, keep_config=True)
+        resume = False
+    elif overwrite:
+        clear_run(out)
     if launching:
         _launch(nproc)
     _run(cfg, resume)
+
+
+def _flags(message: str) -> str:
+    """A library message with its settings shown as this command's flags."""
+    from remamber.cli.main import _as_flags
+
+    return _as_flags(message, ["train"])
+
+
+def _print_plan(cfg: TrainConfig, world: int, as_json: bool) -> None:
+    """``--dry-run``: what the run would do, on stdout."""
+    import json
+
+    from remamber.engine.train import plan_training
+
+    plan = plan_training(cfg, world)
+    plan.notes = [_flags(n) for n in plan.notes]
+    if as_json:
+        sys.stdout.write(json.dumps(plan.to_dict()) + "\n")
+    else:
+        sys.stdout.write("\n".join(plan.lines()) + "\n")
 
 
 def _run(cfg, resume: bool) -> None:
@@ -222,6 +268,9 @@ def _run(cfg, resume: bool) -> None:
         if trainer.device.type == "cpu":  # the process's memory is ours: keep what each step frees
             keep_freed_memory()
         main = trainer.main
+        if main:
+            for note in trainer.notes:
+                sys.stderr.write(f"note: {_flags(note)}\n")
         progress = Progress(
             TextColumn("epoch {task.fields[epoch]}"),
             BarColumn(),

@@ -7,6 +7,7 @@ would have seen, with any number of DataLoader workers.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -22,6 +23,11 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0,
     order = order + order[:pad]
     shard = order[rank::world]
     return [shard[i : i + batch_size] for i in range(0, len(shard), batch_size)]
+
+
+def micro_batches_per_epoch(n: int, batch_size: int, world: int = 1) -> int:
+    """How many batches :func:`epoch_batches` gives each rank per epoch."""
+    return math.ceil(math.ceil(n / world) / batch_size)
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:

@@ -1,5 +1,10 @@
 """The trainer: AdamW + warmup/cosine, dice+BCE, AMP, accumulation, EMA, DDP, exact resume.
 
+The optimizer trains three parts at their own rates (:func:`model_parts`): the new parts
+(fusion layers, decoder) at ``lr``, the visual backbone at ``backbone_lr`` and the text encoder
+at ``text_lr``; the recipe (see :mod:`remamber.engine.train_config`) fills the rates left unset.
+:func:`plan_training` says what a run would do without training (``remamber train --dry-run``).
+
 Checkpoints (``RUNDIR/checkpoints/last`` and ``best``) are model folders plus the trainer
 state, written atomically every ``ckpt_every`` optimizer steps and at each epoch end; a run
 resumed from ``last`` replays the same data order, augmentation and RNG draws as an
@@ -15,7 +20,7 @@ import json
 import math
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,11 +31,11 @@ import torch.nn as nn
 from remamber.engine import distributed as D
 from remamber.engine.checkpoint import load_trainer_state, rng_state, save_checkpoint, set_rng_state
 from remamber.engine.losses import segmentation_loss
-from remamber.engine.sampling import BatchSource, epoch_batches
-from remamber.engine.train_config import LOG_NAME, TRAIN_CONFIG_NAME, TrainConfig
+from remamber.engine.sampling import BatchSource, epoch_batches, micro_batches_per_epoch
+from remamber.engine.train_config import LOG_NAME, RECIPES, SAME_AS_LR, TRAIN_CONFIG_NAME, TrainConfig
 from remamber.inference.fuse import unfuse
 from remamber.modeling.layers import no_weight_decay
-from remamber.utils.errors import EXIT_FAILURE, InputError, RemamberError, WeightsError, first_line
+from remamber.utils.errors import EXIT_FAILURE, ConfigError, InputError, RemamberError, WeightsError, first_line
 
 # Architecture variant settings a training run may set on a fresh preset (see ModelConfig).
 VARIANT_FIELDS = ("fusion", "scan", "interaction", "backbone", "recap_every")
@@ -72,8 +77,33 @@ def _vocab_from(records: list[dict]) -> list[str]:
     return sorted(words)
 
 
-def build_training_model(cfg: TrainConfig, train_records: list[dict]):
-    """The model to train: from ``--init`` weights, or a fresh preset (pretrained text encoder)."""
+def build_training_model(cfg: TrainConfig, train_records: list[dict], weights: bool = True):
+    """The model to train, with the drop path and text freezing of ``cfg``: the ``init`` model,
+    or a fresh preset with its pretrained text encoder and (``backbone_weights``) visual backbone.
+    ``weights=False`` builds the same architecture without reading pretrained weights (the
+    ``init`` model is still read): names and sizes, for a dry run."""
+    model = _init_or_preset(cfg, train_records, weights)
+    if weights and cfg.backbone_weights is not None:
+        _start_backbone(model, cfg)
+    if cfg.drop_path_rate is not None:
+        model.set_drop_path_rate(cfg.drop_path_rate)
+    if cfg.freeze_text:
+        model.text_encoder.requires_grad_(False)
+    return model
+
+
+def _start_backbone(model, cfg: TrainConfig) -> None:
+    """Load ``backbone_weights`` (a VMamba ImageNet checkpoint, ``backbone_key`` picks model or
+    model_ema) into the visual backbone of ``model``: the one place training reads them."""
+    raise ConfigError(
+        "training from `backbone_weights` is not available in this version yet: start from a preset "
+        "(`recipe` paper sets the official rates without it) or from `init` weights"
+    )
+
+
+def _init_or_preset(cfg: TrainConfig, train_records: list[dict], weights: bool):
+    """The ``init`` model (its image size set by ``image_size``), or a fresh preset with the
+    variant settings of ``cfg``; the text encoder pretrained when ``weights``."""
     from remamber.hub.folders import load_pretrained
     from remamber.modeling.presets import build_model, preset_config
     from remamber.modeling.text import BASIC_VOCAB, SCRATCH
@@ -102,6 +132,8 @@ def build_training_model(cfg: TrainConfig, train_records: list[dict]):
     mcfg = mcfg.replace(**changes) if changes else mcfg
     if mcfg.text_encoder == SCRATCH:
         return build_model(mcfg, vocab=sorted(set(BASIC_VOCAB) | set(_vocab_from(train_records))))
+    if not weights and mcfg.text_config is not None:
+        return build_model(mcfg)
     try:
         return build_model(mcfg, pretrained_text=True)
     except OSError as e:
@@ -111,18 +143,187 @@ def build_training_model(cfg: TrainConfig, train_records: list[dict]):
         ) from None
 
 
-def _param_groups(model: nn.Module, weight_decay: float, lr: float = 1.0, text_lr_scale: float = 1.0) -> list[dict]:
-    """Optimizer groups: weight decay or not (none on A_log, D, norms, biases), and the text
-    encoder at ``text_lr_scale`` times the rate of the rest; empty groups are left out."""
-    groups: dict[tuple[bool, bool], list] = {(d, t): [] for t in (False, True) for d in (True, False)}
+#: The parts of the model that train at their own learning rate, in optimizer-group order.
+PARTS = ("new", "backbone", "text")
+
+
+def model_parts(model: nn.Module) -> dict[str, list[tuple[str, nn.Parameter]]]:
+    """The named parameters of each part: ``backbone`` (patch embedding, stage blocks,
+    downsampling: what a VMamba checkpoint fills, the official ``lr_vssm`` group), ``text`` (the
+    text encoder, the official ``lr_backbone`` group) and ``new`` (the rest: fusion layers with
+    their text maps, decoder: the official ``lr`` and ``lr_decoder`` groups)."""
+    part_of = {id(p): "backbone" for m in model.encoder.backbone_modules() for p in m.parameters()}
+    part_of.update({id(p): "text" for p in model.text_encoder.parameters()})
+    parts: dict[str, list[tuple[str, nn.Parameter]]] = {part: [] for part in PARTS}
     for name, p in model.named_parameters():
-        if p.requires_grad:
-            groups[(not no_weight_decay(name, p), name.startswith("text_encoder."))].append(p)
-    return [
-        {"params": ps, "weight_decay": weight_decay if decay else 0.0, "lr": lr * (text_lr_scale if text else 1.0)}
-        for (decay, text), ps in groups.items()
-        if ps
+        parts[part_of.get(id(p), "new")].append((name, p))
+    return parts
+
+
+def part_rates(cfg: TrainConfig) -> dict[str, float]:
+    """The learning rate of each part of a resolved config (no ``text`` while ``freeze_text``)."""
+    rates = {"new": cfg.lr, "backbone": cfg.backbone_lr, "text": cfg.text_lr}
+    return {part: rate for part, rate in rates.items() if rate is not None}
+
+
+def param_groups(
+    model: nn.Module, rates: Mapping[str, float], weight_decay: float, decay_all: bool = False
+) -> list[dict]:
+    """Optimizer groups of the trainable parameters: each part at ``rates[part]``, split (unless
+    ``decay_all``) into those with ``weight_decay`` and those without (A_log, D, norms, biases);
+    ``name`` says which (``backbone``, ``backbone no-decay``, ...); empty groups are left out."""
+    groups = []
+    for part, named in model_parts(model).items():
+        split: dict[str, list[nn.Parameter]] = {part: [], f"{part} no-decay": []}
+        for name, p in named:
+            if p.requires_grad:
+                split[part if decay_all or not no_weight_decay(name, p) else f"{part} no-decay"].append(p)
+        for key, ps in split.items():
+            if ps:
+                decay = weight_decay if key == part else 0.0
+                groups.append({"name": key, "params": ps, "lr": rates[part], "weight_decay": decay})
+    return groups
+
+
+def amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of a run (None: no AMP; ``amp`` unset: on for CUDA only): bf16, or
+    fp16 (with loss scaling) on a GPU without bf16."""
+    if not (cfg.amp if cfg.amp is not None else device.type == "cuda"):
+        return None
+    return torch.bfloat16 if (device.type == "cpu" or torch.cuda.is_bf16_supported()) else torch.float16
+
+
+def step_counts(cfg: TrainConfig, n_train: int, world: int) -> tuple[int, int, int]:
+    """Micro-batches per epoch (per process), optimizer steps per epoch, and steps in all."""
+    micro = micro_batches_per_epoch(n_train, cfg.batch_size, world)
+    per_epoch = math.ceil(micro / cfg.grad_accum)
+    return micro, per_epoch, cfg.max_steps or cfg.epochs * per_epoch
+
+
+def run_notes(cfg: TrainConfig, total_steps: int) -> list[str]:
+    """What a user may not expect of these resolved settings (settings in backticks)."""
+    notes = []
+    recipe_text_lr = RECIPES[cfg.recipe].values["text_lr"]
+    if cfg.freeze_text and recipe_text_lr is not SAME_AS_LR:
+        notes.append(
+            f"the {cfg.recipe} recipe trains the text encoder at {recipe_text_lr:g}; `freeze_text` keeps it fixed"
+        )
+    if cfg.ema and total_steps < 1 / (1 - cfg.ema):
+        notes.append(
+            f"`ema` {cfg.ema:g} averages over about {round(1 / (1 - cfg.ema))} steps but the run has {total_steps}: "
+            "its checkpoints (the EMA weights) stay close to the starting weights; `ema` 0 turns it off"
+        )
+    return notes
+
+
+def _train_count(cfg: TrainConfig, n_records: int) -> int:
+    """Training samples used: the split's, or the first ``limit``; InputError when none."""
+    n = min(n_records, cfg.limit) if cfg.limit else n_records
+    if n == 0:
+        raise InputError(f"split {cfg.train_split!r} of {cfg.data} has no samples")
+    return n
+
+
+@dataclass
+class TrainPlan:
+    """What a run would do (``remamber train --dry-run``): its resolved settings, optimizer
+    groups (``name``, ``tensors``, ``parameters``, ``lr``, ``weight_decay``), frozen parameters,
+    data and step counts, device and AMP, and notes."""
+
+    config: TrainConfig
+    groups: list[dict[str, Any]]
+    frozen: dict[str, int]
+    data: dict[str, Any]
+    steps: dict[str, int]
+    device: str
+    amp: str
+    notes: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "settings": dataclasses.asdict(self.config),
+            "param_groups": self.groups,
+            "frozen": self.frozen,
+            "data": self.data,
+            "steps": self.steps,
+            "device": self.device,
+            "amp": self.amp,
+            "notes": self.notes,
+        }
+
+    def lines(self) -> list[str]:
+        """The plan as text, one line per setting and group."""
+        cfg, d, st = self.config, self.data, self.steps
+        out = [f"recipe: {cfg.recipe} ({RECIPES[cfg.recipe].summary})", "settings:"]
+        out += [f"  {k}: {json.dumps(v)}" for k, v in dataclasses.asdict(cfg).items()]
+        out.append(f"parameter groups ({cfg.optimizer}; cosine decay from each lr to min_lr {cfg.min_lr:g}):")
+        out.append(f"  {'group':<20} {'tensors':>7} {'parameters':>12} {'lr':>9} {'weight decay':>12}")
+        for g in self.groups:
+            out.append(
+                f"  {g['name']:<20} {g['tensors']:>7} {g['parameters']:>12,} {g['lr']:>9.3g} {g['weight_decay']:>12.3g}"
+            )
+        out.append(f"  {'frozen':<20} {self.frozen['tensors']:>7} {self.frozen['parameters']:>12,}")
+        val = f", {d['val_samples']} validation samples (split {d['val_split']})" if d["val_split"] else ""
+        out.append(f"data: {d['dataset']}: {d['train_samples']} training samples (split {d['train_split']}){val}")
+        out.append(
+            f"steps: {st['per_epoch']} per epoch, {st['total']} in all, {st['warmup']} of warmup; "
+            f"{st['samples_per_step']} samples per step (batch {cfg.batch_size} x {st['processes']} "
+            f"process{'es' if st['processes'] > 1 else ''} x {cfg.grad_accum} accumulated)"
+        )
+        out.append(f"device: {self.device}, AMP {self.amp}")
+        out += [f"note: {n}" for n in self.notes]
+        return out
+
+
+def plan_training(cfg: TrainConfig, world: int = 1) -> TrainPlan:
+    """What training ``cfg`` on ``world`` processes would do, without training or writing:
+    the model is built (no pretrained weights read) for its parameter groups."""
+    from remamber.data.manifest import PreparedDataset
+    from remamber.inference.predictor import resolve_device
+
+    cfg = cfg.resolved()
+    prepared = PreparedDataset.open(cfg.data)
+    records = prepared.records(cfg.train_split)
+    n_train = _train_count(cfg, len(records))
+    n_val = len(prepared.records(cfg.val_split)) if cfg.val_split else 0
+    model = build_training_model(cfg, records, weights=False)
+    groups = [
+        {
+            "name": g["name"],
+            "tensors": len(g["params"]),
+            "parameters": sum(p.numel() for p in g["params"]),
+            "lr": g["lr"],
+            "weight_decay": g["weight_decay"],
+        }
+        for g in param_groups(model, part_rates(cfg), cfg.weight_decay, cfg.decay_all)
     ]
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    _, per_epoch, total = step_counts(cfg, n_train, world)
+    device = resolve_device(cfg.device)
+    dtype = amp_dtype(cfg, device)
+    return TrainPlan(
+        config=cfg,
+        groups=groups,
+        frozen={"tensors": len(frozen), "parameters": sum(p.numel() for p in frozen)},
+        data={
+            "dataset": prepared.name,
+            "train_split": cfg.train_split,
+            "train_samples": n_train,
+            "val_split": cfg.val_split,
+            "val_samples": min(n_val, cfg.val_limit) if cfg.val_limit else n_val,
+        },
+        steps={
+            "processes": world,
+            "samples_per_step": cfg.batch_size * world * cfg.grad_accum,
+            "per_epoch": per_epoch,
+            "epochs": cfg.epochs,
+            "total": total,
+            "warmup": cfg.warmup_steps,
+        },
+        device=str(device),
+        amp="off" if dtype is None else str(dtype).removeprefix("torch."),
+        notes=run_notes(cfg, total),
+    )
 
 
 class Trainer:
@@ -133,7 +334,7 @@ class Trainer:
         from remamber.data.manifest import PreparedDataset
         from remamber.inference.predictor import resolve_device
 
-        cfg.validate()
+        cfg = cfg.resolved()
         self.cfg, self.resume, self.console = cfg, resume, console
         self.run_dir = Path(cfg.out)
         self.device = resolve_device(cfg.device)
@@ -141,37 +342,34 @@ class Trainer:
         if self.device.type == "cuda" and self.distributed:
             self.device = torch.device("cuda", D.local_rank())
         self.main = D.is_main()
-        self.amp = cfg.amp if cfg.amp is not None else self.device.type == "cuda"
-        self.amp_dtype = (
-            torch.bfloat16 if (self.device.type == "cpu" or torch.cuda.is_bf16_supported()) else torch.float16
-        )
+        dtype = amp_dtype(cfg, self.device)
+        self.amp, self.amp_dtype = dtype is not None, dtype or torch.bfloat16
 
         torch.manual_seed(cfg.seed)
         self.model = build_training_model(cfg, PreparedDataset.open(cfg.data).records(cfg.train_split)).to(self.device)
         mcfg = self.model.config
         kw = dict(image_size=mcfg.image_size, mean=mcfg.pixel_mean, std=mcfg.pixel_std)
         self.train_set = ReferringDataset(cfg.data, cfg.train_split, train=True, **kw)
-        self.n_train = min(len(self.train_set), cfg.limit) if cfg.limit else len(self.train_set)
-        if self.n_train == 0:
-            raise InputError(f"split {cfg.train_split!r} of {cfg.data} has no samples")
+        self.n_train = _train_count(cfg, len(self.train_set))
         self.val_set = ReferringDataset(cfg.data, cfg.val_split, **kw) if cfg.val_split else None
-        if cfg.freeze_text:
-            self.model.text_encoder.requires_grad_(False)
 
         self.net: nn.Module = self.model
         if self.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
-        groups = _param_groups(self.model, cfg.weight_decay, cfg.lr, cfg.text_lr_scale)
+        groups = param_groups(self.model, part_rates(cfg), cfg.weight_decay, cfg.decay_all)
         if cfg.optimizer == "sgd":
             self.optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9)
         else:
             self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
-        self.micro_per_epoch = len(epoch_batches(self.n_train, cfg.batch_size, cfg.seed, 0, D.rank(), D.world_size()))
-        self.steps_per_epoch = math.ceil(self.micro_per_epoch / cfg.grad_accum)
-        self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
-        factor = lambda s: lr_factor(s, self.total_steps, cfg.warmup_steps, cfg.min_lr / cfg.lr)  # noqa: E731
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
+        self.micro_per_epoch, self.steps_per_epoch, self.total_steps = step_counts(cfg, self.n_train, D.world_size())
+        self.notes = run_notes(cfg, self.total_steps)
+        # Every group decays from its own rate to min_lr (as timm's cosine schedule in the official code).
+        factors = [
+            lambda s, ratio=cfg.min_lr / g["lr"]: lr_factor(s, self.total_steps, cfg.warmup_steps, ratio)
+            for g in groups
+        ]
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factors)
         self.scaler = torch.amp.GradScaler(enabled=self.amp and self.amp_dtype == torch.float16)
         self.ema = None
         if cfg.ema:

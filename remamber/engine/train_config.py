@@ -1,6 +1,12 @@
 """The settings of a training run, declared once: each field's default, help and metavar are
 what ``remamber train`` shows for its flag (``--`` + the name with dashes).
 
+A recipe (:data:`RECIPES`) fills the settings left unset (``None``): a value given explicitly
+always wins, then the recipe's (``paper`` when ``backbone_weights`` is set, else ``default``),
+and a recipe value of ``None`` leaves the setting to the model (the preset's image size and drop
+path). :meth:`TrainConfig.resolved` applies it; ``train_config.json`` stores the result, so
+``--resume`` trains with the same settings whatever the recipes say later.
+
 Light on purpose (no torch): ``remamber train --help`` reads it.
 """
 
@@ -20,6 +26,74 @@ TRAIN_CONFIG_NAME = "train_config.json"
 LOG_NAME = "log.jsonl"
 CHECKPOINTS_DIR = "checkpoints"
 OPTIMIZERS = ("adamw", "sgd")
+BACKBONE_KEYS = ("auto", "model", "model_ema")
+
+
+class _SameAsLr:
+    """A recipe value that is the run's ``lr``."""
+
+    def __repr__(self) -> str:
+        return "--lr"
+
+
+SAME_AS_LR = _SameAsLr()
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Values for the settings a run leaves unset: a number or flag, :data:`SAME_AS_LR`, or
+    ``None`` (the model's own: the preset's, or the ``init`` model's)."""
+
+    summary: str
+    values: dict[str, Any]
+
+
+RECIPES: dict[str, Recipe] = {
+    "default": Recipe(
+        "one learning rate (--lr) for every part, AdamW weight decay 0.01 except on A_log, D, norms and biases, "
+        "no EMA, the preset's image size and drop path",
+        {
+            "backbone_lr": SAME_AS_LR,
+            "text_lr": SAME_AS_LR,
+            "weight_decay": 0.01,
+            "decay_all": False,
+            "ema": 0.0,
+            "image_size": None,
+            "drop_path_rate": None,
+        },
+    ),
+    # The official main.py defaults and model/utils.py create_optimizer: the new parameters (Twister,
+    # text maps, decoder) at --lr 5e-5, the VMamba parameters its checkpoint fills at --lr-vssm and
+    # CLIP at --lr-backbone (both 2.5e-5); AdamW's weight decay on every group, norms, biases,
+    # A_logs and Ds included; --model-ema 0.9999 as its README trains; drop path 0.1; 480 px.
+    "paper": Recipe(
+        "the official ReMamber training: new parts (fusion layers, decoder) at --lr 5e-5, visual backbone "
+        "and text encoder at 2.5e-5, weight decay 1e-4 on every parameter, EMA 0.9999, drop path 0.1, 480 px",
+        {
+            "backbone_lr": 2.5e-5,
+            "text_lr": 2.5e-5,
+            "weight_decay": 1e-4,
+            "decay_all": True,
+            "ema": 0.9999,
+            "image_size": 480,
+            "drop_path_rate": 0.1,
+        },
+    ),
+}
+RECIPE_FIELDS = tuple(RECIPES["default"].values)
+
+
+def recipe_help(name: str) -> str:
+    """What each recipe gives setting ``name`` when it is left unset (for its flag's help)."""
+
+    def show(value: Any) -> str:
+        if value is None:
+            return "the preset's"
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        return repr(value) if value is SAME_AS_LR else f"{value:g}"
+
+    return "Default: " + ", ".join(f"{show(r.values[name])} with --recipe {key}" for key, r in RECIPES.items()) + "."
 
 
 def setting(default: Any, help: str, metavar: str | None = None, cli: bool = True) -> Any:
@@ -47,8 +121,23 @@ class TrainConfig:
     data: str = setting(dataclasses.MISSING, "Prepared dataset folder.", "FOLDER")
     out: str = setting(dataclasses.MISSING, "Run folder (RUNDIR).", "FOLDER")
     preset: str = setting("tiny", "Model preset: tiny, small or base (official ReMamber_Conv).", "NAME")
-    image_size: int | None = setting(None, "Input size (multiple of 32). Default: the preset's.", "N")
+    image_size: int | None = setting(None, "Input size (multiple of 32).", "N")
     init: str | None = setting(None, "Start from these weights (folder or Hub id) instead of a fresh preset.", "MODEL")
+    recipe: str | None = setting(
+        None,
+        "Defaults of the settings left unset: default or paper (the official ReMamber training). "
+        "Default: paper with --backbone-weights, else default.",
+        "NAME",
+    )
+    backbone_weights: str | None = setting(
+        None,
+        "Start the visual backbone from this VMamba ImageNet checkpoint (a file, owner/repo/filename or "
+        "hf://owner/repo/filename); makes paper the default --recipe.",
+        "FILE",
+    )
+    backbone_key: str = setting(
+        "auto", "Which weights of --backbone-weights: model, model_ema, or auto (the loader picks).", "NAME"
+    )
     text_encoder: str | None = setting(
         None, "Hugging Face text model (Hub id or folder), or 'scratch'. Default: the preset's.", "MODEL"
     )
@@ -62,11 +151,9 @@ class TrainConfig:
     )
     recap_every: int | None = setting(None, "hmnet fusion: image tokens between text recaps (default 64).", "N")
     freeze_text: bool = setting(False, "Do not train the text encoder.")
-    text_lr_scale: float = setting(
-        1.0,
-        "Learning rate of the text encoder, as a multiple of --lr (e.g. 0.1 for a pretrained text encoder; "
-        "--freeze-text keeps it fixed).",
-        "X",
+    text_lr: float | None = setting(None, "Learning rate of the text encoder.", "X")
+    text_lr_scale: float | None = setting(
+        None, "Deprecated, use --text-lr: the text encoder's learning rate as a multiple of --lr.", "X"
     )
     train_split: str = setting("train", "Training split.", cli=False)
     val_split: str | None = setting("val", "Validation split ('' for none).", "NAME")
@@ -76,13 +163,26 @@ class TrainConfig:
     optimizer: str = setting("adamw", "adamw (the paper's) or sgd (momentum 0.9).", "NAME")
     batch_size: int = setting(8, "Samples per process per micro-batch.", "N")
     grad_accum: int = setting(1, "Micro-batches per optimizer step.", "N")
-    lr: float = setting(5e-5, "Peak learning rate.", "X")
-    min_lr: float = setting(1e-6, "Learning rate at the end of the cosine decay (at most --lr).", "X")
+    lr: float = setting(
+        5e-5, "Peak learning rate of the new parts (fusion layers, decoder); of every part with --recipe default.", "X"
+    )
+    backbone_lr: float | None = setting(
+        None, "Learning rate of the visual backbone (patch embedding, stage blocks, downsampling).", "X"
+    )
+    min_lr: float = setting(
+        1e-6, "Learning rate of every part at the end of the cosine decay (at most the smallest rate).", "X"
+    )
     warmup_steps: int = setting(0, "Linear warmup steps.", "N")
-    weight_decay: float = setting(0.01, "AdamW weight decay (not on A_log, D, norms, biases).", "X")
+    weight_decay: float | None = setting(None, "AdamW weight decay.", "X")
+    decay_all: bool | None = setting(
+        None, "Weight decay on every parameter, or (--no-decay-all) not on A_log, D, norms and biases."
+    )
+    drop_path_rate: float | None = setting(
+        None, "Stochastic depth of the last backbone block (rising linearly from 0 over the blocks).", "X"
+    )
     clip_grad: float = setting(0.0, "Clip the gradient norm to this (0: off).", "X")
-    ema: float = setting(
-        0.0, "EMA decay of the weights, e.g. 0.999 (0: off); checkpoints then hold the EMA weights.", "X"
+    ema: float | None = setting(
+        None, "EMA decay of the weights, e.g. 0.999 (0: off); checkpoints then hold the EMA weights.", "X"
     )
     amp: bool | None = setting(None, "Mixed precision. Default: on for CUDA, off on CPU.")
     device: str = setting("auto", "auto, cpu, cuda or cuda:N.", "NAME")
@@ -95,13 +195,22 @@ class TrainConfig:
     log_every: int = setting(10, "Log every N steps to log.jsonl.", "N")
 
     def validate(self) -> None:
-        """Raise SettingError (an InputError naming the field) on any setting that cannot train."""
+        """Raise SettingError (an InputError naming the field) on any setting that cannot train,
+        and InputError on settings that contradict each other."""
         for name in ("data", "out", "preset", "train_split", "device"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise SettingError(name, "a non-empty string", getattr(self, name))
         for name in ("init", "text_encoder", "fusion", "scan", "interaction", "backbone", "val_split"):
             if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
                 raise SettingError(name, "a string", getattr(self, name))
+        if self.recipe is not None and self.recipe not in RECIPES:
+            raise SettingError("recipe", "one of " + ", ".join(RECIPES), self.recipe)
+        if self.backbone_weights is not None and (
+            not isinstance(self.backbone_weights, str) or not self.backbone_weights
+        ):
+            raise SettingError("backbone_weights", "a non-empty string", self.backbone_weights)
+        if self.backbone_key not in BACKBONE_KEYS:
+            raise SettingError("backbone_key", "one of " + ", ".join(BACKBONE_KEYS), self.backbone_key)
         for name, minimum in (
             ("epochs", 1),
             ("batch_size", 1),
@@ -124,23 +233,72 @@ class TrainConfig:
             ):
                 raise SettingError(name, f"an integer >= {minimum}", value)
         self._check_number("lr", low=0.0, low_open=True)
-        self._check_number("min_lr", low=0.0, high=self.lr)
-        self._check_number("text_lr_scale", low=0.0, low_open=True)
+        for name in ("backbone_lr", "text_lr", "text_lr_scale"):
+            self._check_number(name, low=0.0, low_open=True, optional=True)
+        rates = [r for r in (self.lr, self.backbone_lr, self.text_lr) if r is not None]
+        self._check_number("min_lr", low=0.0, high=min(rates))
         self._check_number("time_limit", low=0.0)
-        self._check_number("weight_decay", low=0.0)
+        self._check_number("weight_decay", low=0.0, optional=True)
+        self._check_number("drop_path_rate", low=0.0, high=1.0, high_open=True, optional=True)
         self._check_number("clip_grad", low=0.0)
-        self._check_number("ema", low=0.0, high=1.0, high_open=True)
+        self._check_number("ema", low=0.0, high=1.0, high_open=True, optional=True)
         if self.optimizer not in OPTIMIZERS:
             raise SettingError("optimizer", " or ".join(OPTIMIZERS), self.optimizer)
-        for name in ("freeze_text", "amp"):
-            if not isinstance(getattr(self, name), bool) and not (name == "amp" and self.amp is None):
-                raise SettingError(name, "true or false", getattr(self, name))
+        for name in ("freeze_text", "amp", "decay_all"):
+            value = getattr(self, name)
+            if not isinstance(value, bool) and not (name != "freeze_text" and value is None):
+                raise SettingError(name, "true or false", value)
+        self._check_consistent()
+
+    def _check_consistent(self) -> None:
+        """InputError (one line naming both settings) for settings that contradict each other."""
+        if self.text_lr is not None and self.freeze_text:
+            raise InputError(
+                "`text_lr` sets the learning rate of the text encoder, which `freeze_text` keeps fixed: drop one of them"
+            )
+        if self.text_lr is not None and self.text_lr_scale is not None:
+            raise InputError(
+                "`text_lr` and `text_lr_scale` both set the text encoder's learning rate: give `text_lr` only"
+            )
+        if self.backbone_weights is not None and self.init is not None:
+            raise InputError(
+                "`backbone_weights` starts the visual backbone of a fresh preset and `init` loads a whole model: "
+                "give one of them"
+            )
+        if self.backbone_key != "auto" and self.backbone_weights is None:
+            raise InputError("`backbone_key` picks the weights of `backbone_weights`: give `backbone_weights` too")
+
+    def resolved(self) -> TrainConfig:
+        """A validated copy with the recipe applied: ``recipe`` named, and every setting of
+        :data:`RECIPE_FIELDS` left unset taken from it (``text_lr`` stays unset while
+        ``freeze_text``: the text encoder has no rate). The deprecated ``text_lr_scale`` becomes
+        ``text_lr``. Resolving a resolved config changes nothing."""
+        self.validate()
+        name = self.recipe or ("paper" if self.backbone_weights is not None else "default")
+        changes: dict[str, Any] = {"recipe": name}
+        if self.text_lr_scale is not None:
+            changes.update(text_lr_scale=None, text_lr=None if self.freeze_text else self.lr * self.text_lr_scale)
+        for key, value in RECIPES[name].values.items():
+            if key not in changes and getattr(self, key) is None and not (key == "text_lr" and self.freeze_text):
+                changes[key] = self.lr if value is SAME_AS_LR else value
+        out = dataclasses.replace(self, **changes)
+        out.validate()
+        return out
 
     def _check_number(
-        self, name: str, low: float, high: float | None = None, low_open: bool = False, high_open: bool = False
+        self,
+        name: str,
+        low: float,
+        high: float | None = None,
+        low_open: bool = False,
+        high_open: bool = False,
+        optional: bool = False,
     ) -> None:
-        """Field ``name`` is a finite number between ``low`` and ``high`` (inclusive unless open)."""
+        """Field ``name`` is a finite number between ``low`` and ``high`` (inclusive unless open),
+        or unset (None) when ``optional``."""
         value = getattr(self, name)
+        if optional and value is None:
+            return
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
         ok = ok and (value > low if low_open else value >= low)
         ok = ok and (high is None or (value < high if high_open else value <= high))

@@ -61,10 +61,13 @@ def training_section(training: dict) -> str:
     keys = (
         "preset",
         "init",
+        "recipe",
         "epochs",
         "max_steps",
         "batch_size",
         "lr",
+        "backbone_lr",
+        "text_lr",
         "min_lr",
         "warmup_steps",
         "weight_decay",

@@ -53,6 +53,11 @@ class Stage(nn.Module):
         return self.fusion_layer(x, words, pooled, mask)
 
 
+def drop_path_rates(cfg: ModelConfig) -> list[float]:
+    """The stochastic-depth rate of each backbone block, in order: linear from 0 to ``drop_path_rate``."""
+    return torch.linspace(0, cfg.drop_path_rate, max(sum(cfg.depths), 1)).tolist()
+
+
 class ReMamberEncoder(nn.Module):
     """Patch embedding and 4 stages; returns the twisted map of every stage (finest first)."""
 
@@ -60,9 +65,14 @@ class ReMamberEncoder(nn.Module):
         super().__init__()
         self.patch_embed = PatchEmbed(cfg.in_chans, cfg.dims[0])
         trunc_normal_init(self.patch_embed)
-        rates = torch.linspace(0, cfg.drop_path_rate, max(sum(cfg.depths), 1)).tolist()
+        rates = drop_path_rates(cfg)
         starts = [sum(cfg.depths[:i]) for i in range(4)]
         self.stages = nn.ModuleList(Stage(cfg, i, rates[starts[i] : starts[i] + cfg.depths[i]]) for i in range(4))
+
+    def backbone_modules(self) -> list[nn.Module]:
+        """The visual backbone: patch embedding, stage blocks and downsampling (what a VMamba
+        ImageNet checkpoint holds; the fusion layers are not part of it)."""
+        return [self.patch_embed, *(m for s in self.stages for m in (s.blocks, s.downsample) if m is not None)]
 
     def forward(self, images: Tensor, words: Tensor, pooled: Tensor, mask: Tensor) -> list[Tensor]:
         x = self.patch_embed(images)
@@ -136,6 +146,14 @@ class ReMamber(nn.Module, ModelHubMixin, library_name="remamber"):
             raise ConfigError("this model has no tokenizer attached")
         return tokenize(self.tokenizer, texts, self.config.max_text_len)
 
+    def set_drop_path_rate(self, rate: float) -> None:
+        """Set ``config.drop_path_rate`` and the stochastic depth of every backbone block to match
+        (a training setting: the weights do not change)."""
+        self.config = self.config.replace(drop_path_rate=rate)
+        blocks = [block for stage in self.encoder.stages for block in stage.blocks]
+        for block, p in zip(blocks, drop_path_rates(self.config), strict=True):
+            block.drop_path.p = p
+
     def parameter_counts(self) -> dict[str, int]:
         """Parameters per part, grouped as in the official model (visual = all but the text encoder).
 
@@ -150,7 +168,7 @@ class ReMamber(nn.Module, ModelHubMixin, library_name="remamber"):
             "total": total,
             "text": text,
             "visual": total - text,
-            "backbone": count(self.encoder.patch_embed, *[s.blocks for s in stages], *[s.downsample for s in stages]),
+            "backbone": count(*self.encoder.backbone_modules()),
             "fusion": count(*fusions),
             "decoder": count(self.decoder),
         }
