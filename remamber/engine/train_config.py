@@ -46,7 +46,7 @@ class TrainConfig:
 
     data: str = setting(dataclasses.MISSING, "Prepared dataset folder.", "FOLDER")
     out: str = setting(dataclasses.MISSING, "Run folder (RUNDIR).", "FOLDER")
-    preset: str = setting("tiny", "Model preset: tiny, small or base (official ReMamber_Conv).", "NAME")
+    preset: str = setting("tiny", "Model preset: tiny, small, medium or base (official ReMamber_Conv).", "NAME")
     image_size: int | None = setting(None, "Input size (multiple of 32). Default: the preset's.", "N")
     init: str | None = setting(None, "Start from these weights (folder or Hub id) instead of a fresh preset.", "MODEL")
     text_encoder: str | None = setting(
