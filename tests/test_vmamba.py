@@ -258,15 +258,33 @@ def test_a_pickle_that_asks_to_run_code_is_refused_and_runs_nothing(tmp_path, fu
     assert not marker.exists()
 
 
-def test_the_yacs_config_is_read_as_inert_data(tmp_path):
+class _Bag(list):
+    """A list subclass with constructor arguments and attributes, as a training script might save."""
+
+    def __new__(cls, size: int):
+        return super().__new__(cls)
+
+    def __init__(self, size: int) -> None:
+        super().__init__(range(size))
+        self.size = size
+
+    def __getnewargs__(self):
+        return (self.size,)
+
+
+def test_other_objects_are_read_as_inert_data(tmp_path):
     from remamber.utils.inert_pickle import InertObject, load_checkpoint
 
     path = tmp_path / "v.pth"
-    write_vmamba(path, vmamba_shapes(32, [1, 1, 2, 1], 2.0, mlp_ratio=2.0))
-    config = load_checkpoint(path)["config"]
+    write_vmamba(path, vmamba_shapes(32, [1, 1, 2, 1], 2.0, mlp_ratio=2.0), extra=_Bag(3))
+    ckpt = load_checkpoint(path)
+    config = ckpt["config"]
     assert isinstance(config, InertObject) and not isinstance(config, CfgNode)
     assert type(config).inert_name == "yacs.config.CfgNode"
     assert config["MODEL"]["VSSM"]["DEPTHS"] == [2, 2, 5, 2] and config.state["__immutable__"] is True
+    bag = ckpt["extra"]  # its class is this test module's, which the loader never imports
+    assert type(bag).inert_name == f"{__name__}._Bag" and not isinstance(bag, _Bag)
+    assert bag.args == (3,) and bag.list_items == [0, 1, 2] and bag.state == {"size": 3}
 
 
 # --------------------------------------------------------------------------- the command line
@@ -333,7 +351,10 @@ def test_cli_export_through_the_hub_cache_offline_with_json(tmp_path, capsys, mo
     assert not (tmp_path / "p").exists()
 
 
-def test_cli_bad_backbone_files_are_one_line_and_write_nothing(tmp_path, capsys):
+def test_cli_bad_backbone_files_are_one_line_and_write_nothing(tmp_path, capsys, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # nothing here may need the Hub
     out = tmp_path / "o"
     small = tmp_path / "small.pth"
     write_vmamba(small, vmamba_shapes(96, (2, 2, 5, 2), 2.0))
@@ -360,6 +381,11 @@ def test_cli_bad_backbone_files_are_one_line_and_write_nothing(tmp_path, capsys)
         res = cli(capsys, "export", "--backbone-weights", str(path), "--preset", "tiny", "--out", str(out))
         assert_one_line_error(res, str(path), *fragments)
         assert not out.exists() and not marker.exists()
+    # refused before small's CLIP text encoder is read from the cache, which has none here
+    tiny = tmp_path / "tiny.pth"
+    write_vmamba(tiny, TINY_SHAPES)
+    res = cli(capsys, "export", "--backbone-weights", str(tiny), "--preset", "small", "--out", str(out))
+    assert_one_line_error(res, "(--preset small)", "(16, 3, 3, 3) in the file", "it fits --preset tiny")
     usage = cli(capsys, "export", "--backbone-weights", str(small), "--format", "onnx", "--out", str(out))
     assert_one_line_error(usage, "--format hub")
     usage = cli(capsys, "export", "--preset", "base", "--out", str(out))

@@ -39,7 +39,6 @@ from remamber.utils.errors import InputError, WeightsError, first_line
 KEYS = ("auto", "model", "model_ema")
 RELEASE_PAGE = "https://github.com/MzeroMiko/VMamba/releases/tag/%23v2cls"
 _DOWNLOAD = "https://github.com/MzeroMiko/VMamba/releases/download/%23v2cls/"
-_SETTING = "backbone_weights"  # the setting that names the file, in messages
 # Our tensors that a VMamba file fills: the stem, the stage blocks and the downsampling.
 _BACKBONE = re.compile(r"^encoder\.(patch_embed|stages\.\d+\.(blocks|downsample))\.")
 _BLOCK = re.compile(r"^layers\.(\d+)\.blocks\.(\d+)\.")
@@ -261,7 +260,7 @@ def read_vmamba_checkpoint(spec: str | os.PathLike, key: str = "auto") -> VMamba
     if key not in KEYS:
         raise InputError(f"`backbone_key` {key!r}: choose auto, model or model_ema")
     source = str(spec)
-    path = resolve_file(spec, _SETTING)
+    path = resolve_file(spec, "backbone_weights")
     try:
         obj = load_checkpoint(path)
     except ForbiddenCallError as e:
@@ -434,8 +433,7 @@ def load_backbone_weights(model, weights: str | os.PathLike | VMambaCheckpoint, 
     if missing:
         vmamba_name = ours_to_official(missing[0]).removeprefix("backbone.")
         raise misfit(f"the file lacks {len(missing)} of its backbone tensors (e.g. {vmamba_name})")
-    result = model.load_state_dict(mapped, strict=False)
-    assert not result.unexpected_keys, result.unexpected_keys  # every mapped name was checked above
+    model.load_state_dict(mapped, strict=False)  # the rest of the model keeps its values
     return BackboneReport(
         source=ckpt.source,
         file=ckpt.path.name,
@@ -490,6 +488,8 @@ def export_from_vmamba(
             raise WeightsError(f"{ckpt.source}: the file is {_what(ckpt.arch)}; {_fit(ckpt.arch)}")
         preset = fits[0]
     cfg = preset_config(preset)
+    if BackboneArch.of_config(cfg) != ckpt.arch:  # refused before the text encoder is read from the cache
+        load_backbone_weights(build_model(cfg), ckpt)  # raises, naming the first tensor that does not fit
     scratch = cfg.text_encoder == SCRATCH
     try:
         model = build_model(cfg, pretrained_text=not scratch)
