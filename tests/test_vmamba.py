@@ -28,6 +28,7 @@ from remamber.hub.vmamba import (
 from remamber.utils.errors import InputError, WeightsError
 
 OFFICIAL_CKPT = Path(__file__).resolve().parent / "fixtures" / "official_small" / "official_conv_small.pth"
+README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def vmamba_shapes(dim: int, depths, ssm_ratio: float, mlp_ratio: float = 4.0, d_state: int = 1) -> dict:
@@ -180,13 +181,17 @@ def test_each_released_backbone_loads_into_its_preset(tmp_path, preset, release)
     assert json.loads(json.dumps(report.to_dict()))["new"] == report.new_parts()
 
 
-def test_the_released_files_fit_exactly_their_presets():
+def test_the_released_files_fit_exactly_their_presets_as_the_readme_says():
     expected = ["small", "medium", "base", None, None, None]
     for rel, preset in zip(RELEASES, expected):
         shapes = vmamba_shapes(rel.dim, rel.depths, rel.ssm_ratio)
         arch = BackboneArch.of_state(fake_state(shapes, 0.0))
         assert arch == rel.arch, rel.file
         assert fitting_presets(arch) == ([preset] if preset else []), rel.file
+        row = next(
+            line for line in README.read_text(encoding="utf-8").splitlines() if f"[`{rel.file}`]({rel.url})" in line
+        )
+        assert row.split("|")[-2].split()[0] == (f"`{preset}`" if preset else "none"), row
 
 
 def test_model_ema_on_request_and_when_model_is_missing(tmp_path):

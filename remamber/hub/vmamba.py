@@ -37,7 +37,6 @@ from typing import Any
 from remamber.utils.errors import InputError, WeightsError, first_line
 
 KEYS = ("auto", "model", "model_ema")
-RELEASE_PAGE = "https://github.com/MzeroMiko/VMamba/releases/tag/%23v2cls"
 _DOWNLOAD = "https://github.com/MzeroMiko/VMamba/releases/download/%23v2cls/"
 # Our tensors that a VMamba file fills: the stem, the stage blocks and the downsampling.
 _BACKBONE = re.compile(r"^encoder\.(patch_embed|stages\.\d+\.(blocks|downsample))\.")
@@ -454,14 +453,16 @@ def load_backbone_weights(model, weights: str | os.PathLike | VMambaCheckpoint, 
 
 def source_section(report: BackboneReport, text_encoder: str) -> str:
     """The model card's account of a model that starts from VMamba weights."""
-    parts = ", ".join(report.new_parts()) or "nothing else"
+    release = report.release
+    published = f", published by VMamba at {release.url}" if release else ""
+    parts = ", ".join(report.new_parts()) or "none"
     return (
         "## Source\n\n"
         "A starting point, not a trained model: fine-tune it (e.g. `remamber train --init <this folder>`) "
-        "before use. The visual backbone (patch embedding, VSS blocks, downsampling) comes from VMamba's "
+        "before use. The visual backbone (patch embedding, VSS blocks, downsampling) comes from the VMamba "
         f"ImageNet-1K classification checkpoint `{report.file}` ({_what(report.arch)}; sha256 `{report.sha256}`; "
-        f"its '{report.key}' weights), published at {RELEASE_PAGE}; its classifier was dropped. The {parts} "
-        f"are randomly initialised; the text encoder is {text_encoder}.\n"
+        f"its '{report.key}' weights{published}); its classifier was dropped. The new parts ({parts}) are "
+        f"randomly initialised; the text encoder is {text_encoder}.\n"
     )
 
 
