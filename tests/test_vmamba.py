@@ -292,6 +292,15 @@ def test_other_objects_are_read_as_inert_data(tmp_path):
     assert bag.args == (3,) and bag.list_items == [0, 1, 2] and bag.state == {"size": 3}
 
 
+def test_a_missing_file_or_a_folder_is_named(tmp_path):
+    with pytest.raises(InputError, match=r"`backbone_weights` nope\.pth: no such file"):
+        read_vmamba_checkpoint("nope.pth")
+    with pytest.raises(InputError, match="not a file"):
+        read_vmamba_checkpoint(tmp_path)
+    with pytest.raises(InputError, match="a Hub file is hf://owner/name/path/to/file"):
+        read_vmamba_checkpoint("hf://just-a-name")
+
+
 # --------------------------------------------------------------------------- the command line
 
 

@@ -161,6 +161,7 @@ class Release:
         return BackboneArch(dims, self.depths, self.ssm_ratio, 1, "auto", 3, False, 4.0)
 
     def describe(self) -> str:
+        """``VMamba-T [s2l5] (vssm_tiny_0230_ckpt_epoch_262.pth)``."""
         return f"{self.name} ({self.file})"
 
 
