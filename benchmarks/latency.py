@@ -5,7 +5,7 @@ Twister), and CLIPSeg (random weights, from transformers) at the same sizes as t
 would pick instead.
 Writes benchmarks/results/latency.json.
 
-    python benchmarks/latency.py            # presets tiny, small, base, base with the attention
+    python benchmarks/latency.py            # presets tiny, small, medium, base, base with the attention
                                             # fusion, and CLIPSeg at 256, 480, 640, 1024
     python benchmarks/latency.py --quick    # tiny and CLIPSeg at 256 and 480 only
     python benchmarks/latency.py --models tiny:attention,small:attention,base:attention \
@@ -33,7 +33,7 @@ from pathlib import Path
 from common import machine
 
 SIZES = (256, 480, 640, 1024)
-PRESETS = ("tiny", "small", "base")
+PRESETS = ("tiny", "small", "medium", "base")
 RESULTS = Path(__file__).resolve().parent / "results" / "latency.json"
 
 
@@ -119,7 +119,7 @@ def main() -> None:
     parser.add_argument(
         "--models",
         default=None,
-        help="comma-separated subset of tiny,small,base,clipseg; PRESET:FUSION for a fusion variant (base:attention)",
+        help="comma-separated subset of tiny,small,medium,base,clipseg; PRESET:FUSION for a fusion variant (base:attention)",
     )
     parser.add_argument(
         "--allocator",

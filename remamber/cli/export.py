@@ -10,11 +10,13 @@ import typer
 
 from remamber.utils.errors import InputError
 
-HELP = """Export a model folder for others: --format hub (clean folder + model card, optionally pushed to the Hugging Face Hub) or --format onnx (model.onnx for onnxruntime); or convert an official ReMamber checkpoint (--from-official).
+HELP = """Export a model folder for others: --format hub (clean folder + model card, optionally pushed to the Hugging Face Hub) or --format onnx (model.onnx for onnxruntime); or convert an official ReMamber checkpoint (--from-official); or start a model from VMamba's ImageNet weights (--backbone-weights).
 
 hub: OUT gets config.json, model.safetensors, the tokenizer files, training.json (when the source is a `remamber train` checkpoint) and a README.md model card with usage, training data and settings, and the evaluation tables of any --metrics files (`remamber eval --json > m.json`). --push-to-hub owner/name uploads OUT (HF_TOKEN or `hf auth login`); with --dry-run it only lists what would be uploaded.
 
 --from-official CKPT.pth: convert a checkpoint released by the ReMamber authors (ReMamber_Conv; --variant mamba is not supported yet) into a model folder at OUT (hub format; no WEIGHTS argument). It is read weights-only (no code in the file runs), the architecture is read off the tensor shapes, and every tensor must fit. The tokenizer defaults to openai/clip-vit-large-patch14 from the Hugging Face cache; --tokenizer names another (Hub id or folder).
+
+--backbone-weights FILE: a model folder at OUT (hub format; no WEIGHTS argument) whose visual backbone comes from a VMamba ImageNet-1K classification checkpoint (vssm_tiny_0230 -> --preset small, vssm_small_0229 -> medium, vssm_base_0229 -> base; default: the preset the file fits), with a random Twister and decoder and the preset's pretrained text encoder (from the Hugging Face cache): a starting point to inspect or fine-tune (`remamber train --init OUT`). FILE is a local path or a Hub file (owner/name/file.pth or hf://owner/name/file.pth). It is read without running code from it; --backbone-key picks its 'model' or 'model_ema' weights (auto: 'model', what VMamba and the official ReMamber training load; 'model_ema' when there is no 'model'). It prints what was loaded, dropped (the ImageNet classifier) and left new.
 
 onnx: OUT gets model.onnx (inputs image (n, 3, S, S) float32, input_ids and attention_mask (n, T) int64; output logits (n, 1, S, S); dynamic batch), config.json, the tokenizer files and a card. The selective scan is exported loop-free (chunked segment sums), so the graph stays small. --verify runs onnxruntime on sample inputs and reports the largest difference to PyTorch. `remamber segment --weights OUT` then runs it with onnxruntime.
 
@@ -27,6 +29,8 @@ Examples:
   remamber export --format onnx --out export/tiny-onnx --verify      (the shipped default model)
 
   remamber export --from-official ReMamber_Conv.pth --out export/remamber-conv-official
+
+  remamber export --backbone-weights vssm_base_0229_ckpt_epoch_237.pth --preset base --out models/base-imagenet
 """
 
 FORMATS = ("hub", "onnx")
@@ -96,6 +100,23 @@ def export(
         help="--from-official: tokenizer (Hub id or folder). Default: openai/clip-vit-large-patch14.",
         show_default=False,
     ),
+    backbone_weights: str | None = typer.Option(
+        None,
+        "--backbone-weights",
+        metavar="PATH_OR_HUB_FILE",
+        help="Start a model folder at --out from this VMamba ImageNet checkpoint (local path or owner/name/file).",
+        show_default=False,
+    ),
+    backbone_key: str = typer.Option(
+        "auto", "--backbone-key", metavar="KEY", help="--backbone-weights: auto, model or model_ema."
+    ),
+    preset: str | None = typer.Option(
+        None,
+        "--preset",
+        metavar="NAME",
+        help="--backbone-weights: the model preset. Default: the one whose backbone the file fits.",
+        show_default=False,
+    ),
 ) -> None:
     if fmt not in FORMATS:
         raise InputError(f"--format {fmt!r}: choose hub or onnx")
@@ -105,6 +126,14 @@ def export(
         raise InputError(f"--variant {variant!r}: choose conv or mamba")
     if from_official is None and (variant != "conv" or tokenizer is not None):
         raise InputError("--variant and --tokenizer go with --from-official CKPT.pth")
+    if backbone_weights is None and (backbone_key != "auto" or preset is not None):
+        raise InputError("--backbone-key and --preset go with --backbone-weights FILE")
+    if backbone_weights is not None and (weights is not None or from_official is not None):
+        raise InputError("give one of WEIGHTS, --from-official FILE or --backbone-weights FILE")
+    if backbone_weights is not None and fmt != "hub":
+        raise InputError(
+            "--backbone-weights writes a model folder (--format hub); export that folder with --format onnx afterwards"
+        )
     if fmt == "onnx" and from_official is None and (metrics or notes is not None):
         raise InputError("--metrics and --notes go with --format hub")
     from remamber.cli.weights import weights_or_default
@@ -119,7 +148,16 @@ def export(
         check_opset(opset)
 
     card_metrics, card_notes = read_metrics(list(metrics)), read_notes(notes)
-    if from_official is not None:
+    report_lines: list[str] = []
+    if backbone_weights is not None:
+        from remamber.hub.vmamba import export_from_vmamba
+
+        folder, report = export_from_vmamba(
+            backbone_weights, out, preset=preset, key=backbone_key, metrics=card_metrics, notes=card_notes
+        )
+        result: dict = {"format": fmt, "source": backbone_weights, "backbone": report.to_dict()}
+        report_lines = report.lines()
+    elif from_official is not None:
         if weights is not None:
             raise InputError("give either WEIGHTS (a model folder to export) or --from-official CKPT.pth, not both")
         if fmt != "hub":
@@ -153,6 +191,8 @@ def export(
         sys.stdout.write(json.dumps(result) + "\n")
         return
     _print(result)
+    for line in report_lines:
+        typer.echo(line)
 
 
 def _export(

@@ -120,7 +120,7 @@ class TrainConfig:
 
     data: str = setting(dataclasses.MISSING, "Prepared dataset folder.", "FOLDER")
     out: str = setting(dataclasses.MISSING, "Run folder (RUNDIR).", "FOLDER")
-    preset: str = setting("tiny", "Model preset: tiny, small or base (official ReMamber_Conv).", "NAME")
+    preset: str = setting("tiny", "Model preset: tiny, small, medium or base (official ReMamber_Conv).", "NAME")
     image_size: int | None = setting(None, "Input size (multiple of 32).", "N")
     init: str | None = setting(None, "Start from these weights (folder or Hub id) instead of a fresh preset.", "MODEL")
     recipe: str | None = setting(
@@ -136,7 +136,7 @@ class TrainConfig:
         "FILE",
     )
     backbone_key: str = setting(
-        "auto", "Which weights of --backbone-weights: model, model_ema, or auto (the loader picks).", "NAME"
+        "auto", "Which weights of --backbone-weights: model, model_ema, or auto (model, else model_ema when the file has no model).", "NAME"
     )
     text_encoder: str | None = setting(
         None, "Hugging Face text model (Hub id or folder), or 'scratch'. Default: the preset's.", "MODEL"

@@ -86,7 +86,20 @@ def resolve_weights(spec: str | os.PathLike, **download_options) -> Path:
 def _download(repo_id: str, id_revision: str | None, revision: str | None = None, **options) -> Path:
     """Download (or find in the Hub cache) the model files of ``repo_id``; a revision named in the
     id (``owner/name@rev``) wins over a ``revision`` option."""
-    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub import snapshot_download
+
+    revision = id_revision or revision
+    name = repo_id + (f"@{revision}" if revision else "")
+    with _hub_errors(f"model {name}", revision, f"hf download {repo_id}", "a local folder"):
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=HUB_PATTERNS, **options))
+
+
+@contextlib.contextmanager
+def _hub_errors(what: str, revision: str | None, fetch: str, instead: str) -> Iterator[None]:
+    """Turn huggingface_hub's errors inside the block into one WeightsError line about ``what``
+    (``model owner/name``): ``fetch`` is the command that downloads it on a connected machine,
+    ``instead`` what to pass in its place (``a local folder``)."""
+    from huggingface_hub import constants
     from huggingface_hub.errors import (
         EntryNotFoundError,
         HfHubHTTPError,
@@ -95,24 +108,52 @@ def _download(repo_id: str, id_revision: str | None, revision: str | None = None
         RevisionNotFoundError,
     )
 
-    revision = id_revision or revision
-    name = repo_id + (f"@{revision}" if revision else "")
     try:
-        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=HUB_PATTERNS, **options))
+        yield
     except RepositoryNotFoundError:
         raise WeightsError(
-            f"model {name}: no such repository on the Hugging Face Hub (or it is private: run `hf auth login`)"
+            f"{what}: no such repository on the Hugging Face Hub (or it is private: run `hf auth login`)"
         ) from None
     except RevisionNotFoundError:
-        raise WeightsError(f"model {name}: the repository has no revision {revision!r}") from None
-    except (LocalEntryNotFoundError, EntryNotFoundError):
+        raise WeightsError(f"{what}: the repository has no revision {revision!r}") from None
+    except LocalEntryNotFoundError:
         offline = " and HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else " and the Hub could not be reached"
         raise WeightsError(
-            f"model {name} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}){offline}; "
-            f"download it on a connected machine (`hf download {repo_id}`) or pass a local folder"
+            f"{what} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}){offline}; "
+            f"download it on a connected machine (`{fetch}`) or pass {instead}"
         ) from None
+    except EntryNotFoundError:
+        raise WeightsError(f"{what}: the repository has no such file") from None
     except (HfHubHTTPError, OSError) as e:
-        raise WeightsError(f"model {name}: download failed: {e}") from None
+        raise WeightsError(f"{what}: download failed: {e}") from None
+
+
+# ``owner/name[@revision]/path/in/repo`` (optionally after ``hf://``): one file of a Hub repository.
+_HUB_FILE = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<revision>[\w.-]+))?/(?P<filename>[^@]+)$")
+
+
+def resolve_file(spec: str | os.PathLike, setting: str) -> Path:
+    """A local file, or a file of a Hub repository (``owner/name[@revision]/path`` or
+    ``hf://owner/name[@revision]/path``, through huggingface_hub's cache); a local path wins.
+    ``setting`` names the setting that gave ``spec``, for the messages."""
+    text = str(spec)
+    local = Path(text).expanduser()
+    if not text.startswith("hf://") and local.exists():
+        if not local.is_file():
+            raise InputError(f"`{setting}` {text}: not a file")
+        return local
+    found = _HUB_FILE.match(text.removeprefix("hf://"))
+    if found is None:
+        where = "a Hub file is hf://owner/name/path/to/file" if text.startswith("hf://") else "no such file"
+        raise InputError(f"`{setting}` {text}: {where}")
+    from huggingface_hub import hf_hub_download
+
+    repo_id, revision, filename = found.group("repo", "revision", "filename")
+    what = f"`{setting}` {text}"
+    if not text.startswith("hf://"):  # it could have been meant as a local path
+        what += f" (no such local file; as a Hub file: {filename} of {repo_id})"
+    with _hub_errors(what, revision, f"hf download {repo_id} {filename}", "a local file"):
+        return Path(hf_hub_download(repo_id, filename, revision=revision))
 
 
 def read_config(folder: Path) -> ModelConfig:

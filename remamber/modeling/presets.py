@@ -57,6 +57,13 @@ def _small() -> ModelConfig:
     )
 
 
+def _medium() -> ModelConfig:
+    """``small`` with VMamba-S's backbone (15 blocks in stage 3): the visual backbones of ``small``,
+    ``medium`` and ``base`` have the tensors of VMamba-T, -S and -B's released ImageNet-1K
+    checkpoints (``remamber.hub.vmamba.RELEASES``), so each can start from one."""
+    return _small().replace(preset="medium", depths=[2, 2, 15, 2])
+
+
 def _tiny() -> ModelConfig:
     return ModelConfig(
         preset="tiny",
@@ -74,7 +81,7 @@ def _tiny() -> ModelConfig:
     )
 
 
-PRESETS: dict[str, Callable[[], ModelConfig]] = {"tiny": _tiny, "small": _small, "base": _base}
+PRESETS: dict[str, Callable[[], ModelConfig]] = {"tiny": _tiny, "small": _small, "medium": _medium, "base": _base}
 
 
 def preset_config(name: str) -> ModelConfig:
