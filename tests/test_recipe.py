@@ -215,7 +215,7 @@ def test_dry_run_and_recipe_bad_input(capsys, small_shapes, tmp_path):
     code, out, err = _main(capsys, *base, "--json")
     assert code == 2 and "--dry-run" in err.splitlines()[-1], err
     code, out, err = _main(capsys, *base, "--backbone-weights", str(tmp_path / "vssm.pth"), "--max-steps", "1")
-    assert code == 2 and err.startswith("error: ") and "--backbone-weights" in err, err
+    assert code == 2 and err.startswith("error: ") and "--backbone-weights" in err and "vssm.pth" in err, err
     assert not (tmp_path / "r").exists()
 
 

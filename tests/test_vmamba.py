@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from model_fixtures import CliResult, assert_one_line_error
+from model_fixtures import CliResult, assert_one_line_error, small_shapes  # noqa: F401 (a fixture)
 from yacs.config import CfgNode
 
 from remamber.hub.vmamba import (
@@ -404,3 +404,31 @@ def test_cli_bad_backbone_files_are_one_line_and_write_nothing(tmp_path, capsys,
     assert_one_line_error(usage, "--format hub")
     usage = cli(capsys, "export", "--preset", "base", "--out", str(out))
     assert_one_line_error(usage, "go with --backbone-weights")
+
+
+def test_train_starts_the_backbone_from_the_file_and_records_it(tmp_path, capsys, small_shapes):
+    """`remamber train --backbone-weights`: the report on stdout and in training.json, the paper
+    recipe by default, and the backbone holding the file's values (its rate so small that one
+    step leaves them as loaded); a file of another preset stops the run before it writes anything."""
+    from remamber.hub.folders import load_pretrained
+
+    path = tmp_path / "vssm_tiny.pth"
+    model_state, _ = write_vmamba(path, TINY_SHAPES, random=True)
+    run = tmp_path / "run"
+    args = ["train", "--data", str(small_shapes), "--preset", "tiny", "--image-size", "64", "--batch-size", "2"]
+    args += ["--val-split", "", "--max-steps", "1", "--backbone-lr", "1e-30", "--min-lr", "0", "--ema", "0"]
+    res = cli(capsys, *args, "--out", str(run), "--backbone-weights", str(path))
+    assert res.code == 0, res.stderr
+    assert f"loaded {TINY_BACKBONE} tensors" in res.stdout and "weights used: 'model'" in res.stdout
+    training = json.loads((run / "checkpoints" / "last" / "training.json").read_text())
+    assert training["settings"]["recipe"] == "paper"
+    report = training["backbone_weights"]
+    assert report["loaded"] == TINY_BACKBONE and report["key"] == "model" and len(report["dropped"]) == 4
+    assert report["new"]["twister"] > 0 and report["new"]["decoder"] > 0
+    assert_backbone_is(load_pretrained(run / "checkpoints" / "last"), model_state)
+
+    other = tmp_path / "vssm_small.pth"
+    write_vmamba(other, vmamba_shapes(96, [2, 2, 5, 2], 2.0))
+    res = cli(capsys, *args, "--out", str(tmp_path / "run2"), "--backbone-weights", str(other))
+    assert_one_line_error(res, "vssm_small.pth", "fits --preset small")
+    assert not (tmp_path / "run2").exists()

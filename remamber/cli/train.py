@@ -268,6 +268,9 @@ def _run(cfg, resume: bool) -> None:
         if trainer.device.type == "cpu":  # the process's memory is ours: keep what each step frees
             keep_freed_memory()
         main = trainer.main
+        if main and trainer.backbone_report is not None:
+            sys.stdout.write("\n".join(trainer.backbone_report.lines()) + "\n")
+            sys.stdout.flush()
         if main:
             for note in trainer.notes:
                 sys.stderr.write(f"note: {_flags(note)}\n")

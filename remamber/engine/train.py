@@ -32,10 +32,11 @@ from remamber.engine import distributed as D
 from remamber.engine.checkpoint import load_trainer_state, rng_state, save_checkpoint, set_rng_state
 from remamber.engine.losses import segmentation_loss
 from remamber.engine.sampling import BatchSource, epoch_batches, micro_batches_per_epoch
-from remamber.engine.train_config import LOG_NAME, RECIPES, SAME_AS_LR, TRAIN_CONFIG_NAME, TrainConfig
+from remamber.engine.train_config import CHECKPOINTS_DIR, LOG_NAME, RECIPES, SAME_AS_LR, TRAIN_CONFIG_NAME, TrainConfig
+from remamber.hub.folders import TRAINING_NAME
 from remamber.inference.fuse import unfuse
 from remamber.modeling.layers import no_weight_decay
-from remamber.utils.errors import EXIT_FAILURE, ConfigError, InputError, RemamberError, WeightsError, first_line
+from remamber.utils.errors import EXIT_FAILURE, InputError, RemamberError, WeightsError, first_line
 
 # Architecture variant settings a training run may set on a fresh preset (see ModelConfig).
 VARIANT_FIELDS = ("fusion", "scan", "interaction", "backbone", "recap_every")
@@ -79,12 +80,11 @@ def _vocab_from(records: list[dict]) -> list[str]:
 
 def build_training_model(cfg: TrainConfig, train_records: list[dict], weights: bool = True):
     """The model to train, with the drop path and text freezing of ``cfg``: the ``init`` model,
-    or a fresh preset with its pretrained text encoder and (``backbone_weights``) visual backbone.
-    ``weights=False`` builds the same architecture without reading pretrained weights (the
-    ``init`` model is still read): names and sizes, for a dry run."""
+    or a fresh preset with its pretrained text encoder. ``weights=False`` builds the same
+    architecture without reading pretrained weights (the ``init`` model is still read): names
+    and sizes, for a dry run. The visual backbone's ``backbone_weights`` are loaded apart, by
+    :func:`start_backbone`, so that the caller gets the loader's report."""
     model = _init_or_preset(cfg, train_records, weights)
-    if weights and cfg.backbone_weights is not None:
-        _start_backbone(model, cfg)
     if cfg.drop_path_rate is not None:
         model.set_drop_path_rate(cfg.drop_path_rate)
     if cfg.freeze_text:
@@ -92,13 +92,14 @@ def build_training_model(cfg: TrainConfig, train_records: list[dict], weights: b
     return model
 
 
-def _start_backbone(model, cfg: TrainConfig) -> None:
-    """Load ``backbone_weights`` (a VMamba ImageNet checkpoint, ``backbone_key`` picks model or
-    model_ema) into the visual backbone of ``model``: the one place training reads them."""
-    raise ConfigError(
-        "training from `backbone_weights` is not available in this version yet: start from a preset "
-        "(`recipe` paper sets the official rates without it) or from `init` weights"
-    )
+def start_backbone(model, cfg: TrainConfig):
+    """Load ``backbone_weights`` (a VMamba ImageNet checkpoint; ``backbone_key`` picks model or
+    model_ema) into the visual backbone of ``model``: the one place training reads them.
+    Returns the loader's :class:`~remamber.hub.vmamba.BackboneReport`; a file that does not fit
+    raises before anything of the run is written."""
+    from remamber.hub.vmamba import load_backbone_weights
+
+    return load_backbone_weights(model, cfg.backbone_weights, cfg.backbone_key)
 
 
 def _init_or_preset(cfg: TrainConfig, train_records: list[dict], weights: bool):
@@ -326,6 +327,16 @@ def plan_training(cfg: TrainConfig, world: int = 1) -> TrainPlan:
     )
 
 
+def _saved_backbone(run_dir: Path) -> dict[str, Any] | None:
+    """The backbone report that the last checkpoint of a run recorded (None if it has none)."""
+    try:
+        return json.loads((run_dir / CHECKPOINTS_DIR / "last" / TRAINING_NAME).read_text(encoding="utf-8")).get(
+            "backbone_weights"
+        )
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 class Trainer:
     """Owns the model, optimizer, data and run folder of one training run."""
 
@@ -346,7 +357,13 @@ class Trainer:
         self.amp, self.amp_dtype = dtype is not None, dtype or torch.bfloat16
 
         torch.manual_seed(cfg.seed)
-        self.model = build_training_model(cfg, PreparedDataset.open(cfg.data).records(cfg.train_split)).to(self.device)
+        self.model = build_training_model(cfg, PreparedDataset.open(cfg.data).records(cfg.train_split))
+        # A resumed run takes every weight from its checkpoint; it keeps the first start's report.
+        self.backbone_report = None if resume or cfg.backbone_weights is None else start_backbone(self.model, cfg)
+        self.backbone = self.backbone_report.to_dict() if self.backbone_report else None
+        if resume and cfg.backbone_weights is not None:
+            self.backbone = _saved_backbone(self.run_dir)
+        self.model.to(self.device)
         mcfg = self.model.config
         kw = dict(image_size=mcfg.image_size, mean=mcfg.pixel_mean, std=mcfg.pixel_std)
         self.train_set = ReferringDataset(cfg.data, cfg.train_split, train=True, **kw)
@@ -436,6 +453,7 @@ class Trainer:
             "step": self.step,
             "epoch": self.epoch,
             "settings": dataclasses.asdict(self.cfg),
+            "backbone_weights": self.backbone,
             "val": self.last_val,
         }
 

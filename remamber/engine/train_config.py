@@ -136,7 +136,9 @@ class TrainConfig:
         "FILE",
     )
     backbone_key: str = setting(
-        "auto", "Which weights of --backbone-weights: model, model_ema, or auto (model, else model_ema when the file has no model).", "NAME"
+        "auto",
+        "Which weights of --backbone-weights: model, model_ema, or auto (model, else model_ema when the file has no model).",
+        "NAME",
     )
     text_encoder: str | None = setting(
         None, "Hugging Face text model (Hub id or folder), or 'scratch'. Default: the preset's.", "MODEL"
