@@ -1,4 +1,4 @@
-"""``remamber prepare``: make a prepared dataset (RefCOCO family from REFER files, or shapes).
+"""``remamber prepare``: make a prepared dataset (RefCOCO family and gRefCOCO from REFER files, or shapes).
 
 Thin: options, help and printing; the work is in :mod:`remamber.data.prepare` and
 :mod:`remamber.data.shapes`, imported inside the commands so that ``--help`` stays fast.
@@ -18,6 +18,7 @@ import typer
 from remamber.cli.options import Command, Group
 from remamber.data.catalog import (
     COCO_TRAIN2014_URL,
+    GREFCOCO_URL,
     KNOWN_DATASETS,
     LAVT_REFER_URL,
     REFER_DATA_URL,
@@ -33,9 +34,11 @@ from remamber.utils.errors import InputError
 
 _HOME = f"${paths.DATA_HOME_ENV} (now {paths.data_home()})"
 
-SOURCES_HELP = f"""Where RefCOCO files come from:
+SOURCES_HELP = f"""Where RefCOCO and gRefCOCO files come from:
 
 * REFER annotations -- the refer project ({REFER_PROJECT_URL}), as the LAVT instructions say ({LAVT_REFER_URL}): unzip {REFER_DATA_URL}/refcoco.zip, refcoco+.zip and refcocog.zip; each holds instances.json and refs(unc).p / refs(google).p / refs(umd).p.
+
+* gRefCOCO annotations -- the release linked from {GREFCOCO_URL}: grefs(unc).json and instances.json.
 
 * COCO train2014 images -- from cocodataset.org: {COCO_TRAIN2014_URL}.
 """
@@ -48,6 +51,8 @@ LAYOUT_HELP = f"""Expected layout in the data home, {_HOME}; every path flag ove
 
 * refer/refcocog/  instances.json, refs(umd).p, refs(google).p
 
+* refer/grefcoco/  instances.json, grefs(unc).json
+
 * coco/train2014/  COCO_train2014_000000000009.jpg, ...
 
 * datasets/<name>/  the output: dataset.json (written last) and <split>.jsonl, one record per sentence
@@ -57,7 +62,7 @@ With the files in place, `remamber prepare refcoco` needs no flag. A second run 
 
 PREPARE_HELP = f"""Make a prepared dataset for training and evaluation.
 
-refcoco, refcoco+ and refcocog convert REFER annotations + COCO train2014 images; shapes generates a synthetic dataset with referring expressions.
+refcoco, refcoco+ and refcocog convert REFER annotations + COCO train2014 images; grefcoco converts gRefCOCO (generalized: a sentence names zero, one or several objects) + the same images; shapes generates a synthetic dataset with referring expressions.
 
 {SOURCES_HELP}
 {LAYOUT_HELP}"""
@@ -128,6 +133,9 @@ def _report(result: Any, json_out: bool) -> None:
     typer.echo(f"{title} prepared in {result.out}")
     for split, s in result.splits.items():
         counts = f"{s['samples']:>8} samples {s['refs']:>8} refs {s['images']:>7} images"
+        kinds = s.get("target_kinds")
+        if kinds:
+            counts += f" ({kinds['none']} name no object, {kinds['multi']} several)"
         typer.echo(f"  {split:<8} {counts}")
     if result.missing_images:
         typer.echo(f"  left out {result.skipped_samples} samples of {result.missing_images} missing images")
@@ -177,7 +185,7 @@ def _refer_command(dataset: str) -> Callable[..., None]:
             None,
             "--refer-root",
             metavar="FOLDER",
-            help=f"Folder holding {dataset}/instances.json and {dataset}/refs(<split-by>).p.",
+            help=f"Folder holding {dataset}/instances.json and {dataset}/{known.refs_file('<split-by>')}.",
             show_default=f"{paths.refer_root()}",
         ),
         images_root: Path | None = typer.Option(
@@ -219,13 +227,28 @@ def _refer_command(dataset: str) -> Callable[..., None]:
     ) -> None:
         _run_refer(dataset, refer_root, images_root, out, split_by, limit, skip_missing, force, json_out)
 
-    command.__doc__ = (
-        f"Prepare {dataset} from REFER annotations and COCO train2014 images.\n\n"
-        f"Reads <refer-root>/{dataset}/refs(<split-by>).p (a pickle of plain data; anything else "
-        f"is refused) and instances.json; masks come from polygons or RLE. Every missing input "
-        f"and every missing image is reported before any work.\n\n{SOURCES_HELP}\n{LAYOUT_HELP}"
-    )
+    command.__doc__ = _refer_help(dataset)
     return command
+
+
+def _refer_help(dataset: str) -> str:
+    known = KNOWN_DATASETS[dataset]
+    refs = f"<refer-root>/{dataset}/{known.refs_file('<split-by>')}"
+    if known.generalized:
+        what = "gRefCOCO annotations (generalized referring expressions)"
+        reads = (
+            f"Reads {refs} (JSON) and instances.json. A sentence names zero, one or several objects: "
+            "each record carries ann_ids (empty for none), no_target and the union of the named "
+            "objects' masks (all zeros for none; crowd regions left out, as GRES does)"
+        )
+    else:
+        what = "REFER annotations"
+        reads = f"Reads {refs} (a pickle of plain data; anything else is refused) and instances.json"
+    return (
+        f"Prepare {dataset} from {what} and COCO train2014 images.\n\n"
+        f"{reads}; masks come from polygons or RLE. Every missing input and every missing image "
+        f"is reported before any work.\n\n{SOURCES_HELP}\n{LAYOUT_HELP}"
+    )
 
 
 for _name in KNOWN_DATASETS:
