@@ -24,6 +24,8 @@ from remamber.data.catalog import (
     REFER_DATA_URL,
     REFER_PROJECT_URL,
     SHAPES_DEFAULT_IMAGES,
+    SHAPES_DEFAULT_MULTI_TARGET_SHARE,
+    SHAPES_DEFAULT_NO_TARGET_SHARE,
     SHAPES_DEFAULT_SEED,
     SHAPES_DEFAULT_SIZE,
     SHAPES_NAME,
@@ -278,6 +280,18 @@ def shapes(
         help="Random seed; the same seed gives the same bytes.",
     ),
     size: int = typer.Option(SHAPES_DEFAULT_SIZE, "--size", metavar="N", help="Image side in pixels (64 to 2048)."),
+    no_target_share: float = typer.Option(
+        SHAPES_DEFAULT_NO_TARGET_SHARE,
+        "--no-target-share",
+        metavar="X",
+        help="About this share of the sentences name no object (0 to 0.5; with --multi-target-share at most 0.5 together).",
+    ),
+    multi_target_share: float = typer.Option(
+        SHAPES_DEFAULT_MULTI_TARGET_SHARE,
+        "--multi-target-share",
+        metavar="X",
+        help="About this share of the sentences name several objects. --no-target-share 0 --multi-target-share 0 gives the single-target dataset of the shipped default model, byte for byte.",
+    ),
     workers: int = typer.Option(
         1,
         "--workers",
@@ -297,6 +311,13 @@ def shapes(
     star", "next to", "between") -- each checked by a resolver to name exactly one object,
     with distractors sharing its attributes. About 7 sentences per image.
 
+    Some sentences name no object or several (--no-target-share, --multi-target-share):
+    "all the red objects", "the two circles on the left", and objects that are not there but
+    close to one that is ("the green circle" beside a red circle and a green square, "the red
+    circle at the top" when it is at the bottom), each checked by the resolver to name exactly
+    that set. Their records carry ann_ids and no_target, as gRefCOCO's do. They are added to
+    the same images and single-target sentences (a random stream of their own).
+
     The output folder holds the REFER form (refer/shapes/refs(synthetic).p, instances.json,
     images/*.png) and the prepared form made from it by the RefCOCO code path
     (dataset.json, train/val/test.jsonl with an expr_type per record).
@@ -306,6 +327,14 @@ def shapes(
     counts = {"train": train, "val": val, "test": test}
     with _progress() as track:
         result = prepare_shapes(
-            out or default_out(SHAPES_NAME), counts, seed, size, force=force, track=track, workers=workers
+            out or default_out(SHAPES_NAME),
+            counts,
+            seed,
+            size,
+            no_target_share=no_target_share,
+            multi_target_share=multi_target_share,
+            force=force,
+            track=track,
+            workers=workers,
         )
     _report(result, json_out)

@@ -98,7 +98,7 @@ def train(
         "refcoco",
         "--dataset",
         metavar="NAME",
-        help="Dataset name in the data home when --data is not given (refcoco, refcoco+, refcocog, shapes).",
+        help="Dataset name in the data home when --data is not given (refcoco, refcoco+, refcocog, grefcoco, shapes).",
     ),
     out: Path = _option("out", "-o", default=Path("runs/remamber")),
     preset: str = _option("preset"),
