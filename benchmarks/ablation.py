@@ -78,6 +78,10 @@ def prepare_data(data: Path) -> list[str]:
         "128",
         "--seed",
         "0",
+        "--no-target-share",  # single-target sentences, as recorded
+        "0",
+        "--multi-target-share",
+        "0",
     ]
     if not (data / "dataset.json").exists():
         res = remamber(*cmd)

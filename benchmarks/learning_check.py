@@ -108,7 +108,9 @@ def main() -> None:
     from remamber.engine.train import TrainConfig, Trainer
     from remamber.hub.folders import load_pretrained
 
-    prepare_shapes(args.data, counts={"train": args.train_images, "val": 60, "test": 100}, seed=args.seed)
+    counts = {"train": args.train_images, "val": 60, "test": 100}
+    # single-target sentences, as recorded (the defaults add phrases naming no or several objects)
+    prepare_shapes(args.data, counts=counts, seed=args.seed, no_target_share=0, multi_target_share=0)
     cfg = TrainConfig(
         data=str(args.data),
         out=str(args.run),

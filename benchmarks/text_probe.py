@@ -12,7 +12,7 @@ Each line of its output is appended to benchmarks/results/text_probe.jsonl:
     python benchmarks/text_probe.py std1                              # N(0, 1) embeddings (the default now)
 
 Data: runs/ablation/shapes (`remamber prepare shapes --out runs/ablation/shapes --train 2000
---val 150 --test 150 --size 128 --seed 0`). About 7 minutes per 400-step run on 2 cores.
+--val 150 --test 150 --size 128 --seed 0 --no-target-share 0 --multi-target-share 0`). About 7 minutes per 400-step run on 2 cores.
 """
 
 from __future__ import annotations

@@ -234,7 +234,7 @@ def test_help_at_80_columns_shows_no_bool_types(command):
     assert max(len(line) for line in res.stdout.splitlines()) <= 80
     if command == ["eval"]:
         text = " ".join(res.stdout.replace("│", " ").split())
-        assert "refcoco, refcoco+, refcocog, shapes" in text  # choices whole, not cut mid-word
+        assert "refcoco, refcoco+, refcocog, grefcoco, shapes" in text  # choices whole, not cut mid-word
         assert "0: all" in text
     if command == ["train"]:
         assert "0: all" in res.stdout and "--overwrite" in res.stdout

@@ -384,7 +384,7 @@ def test_missing_and_unprepared_folders_name_the_prepare_command(tmp_path):
         (("--threshold", "0"), ("--threshold", "between 0 and 1")),
         (("--threshold", "1"), ("--threshold", "between 0 and 1")),
         (("--threshold", "-0.2"), ("--threshold",)),
-        (("--dataset", "coco"), ("--dataset", "refcoco, refcoco+, refcocog, shapes")),
+        (("--dataset", "coco"), ("--dataset", "refcoco, refcoco+, refcocog, grefcoco, shapes")),
         (("--eval-size", "native"), ("--eval-size", "original, input")),
         (("--limit", "-1"), ("--limit",)),
         (("--batch-size", "0"), ("--batch-size",)),

@@ -6,6 +6,9 @@
 # other summation order), the same weights. Run from the repository root: bash benchmarks/default_model/build.sh
 set -euo pipefail
 R=runs/default-model
+# Every sentence of this model's data names one object: `prepare shapes` without these flags adds
+# phrases that name no or several objects (to the same images and sentences).
+SINGLE="--no-target-share 0 --multi-target-share 0"
 
 # 1. Stage 1 is a learning check run: tiny from scratch at 96 px on 2,000 synthetic images (seed 0),
 #    1,600 steps of batch 16, lr 1e-3, text encoder at 0.1 x lr (27 minutes with the scan kernel of
@@ -13,7 +16,7 @@ R=runs/default-model
 python benchmarks/learning_check.py --max-steps 1600 --run $R/stage1 --out $R/stage1.json
 
 # 2. Training data of stage 2: 3,000 images with seed 0 (the first 2,000 are stage 1's images), 100 validation images.
-remamber prepare shapes --out $R/shapes --train 3000 --val 100 --test 0 --seed 0
+remamber prepare shapes --out $R/shapes --train 3000 --val 100 --test 0 --seed 0 $SINGLE
 
 # 3. Stage 2: continue from stage 1 at a lower rate with an EMA of the weights (about 55 minutes).
 remamber train --data $R/shapes --out $R/run3 --init $R/stage1/checkpoints/last --epochs 100 \
@@ -27,7 +30,7 @@ remamber train --data $R/shapes --out $R/run4 --init $R/run3/checkpoints/last --
   --ema 0.999 --val-every 500 --val-limit 300 --ckpt-every 250 --log-every 25 --seed 2
 
 # 5. Training data of stage 4: 8,000 new images with seed 2, 100 validation images.
-remamber prepare shapes --out $R/shapes-seed2 --train 8000 --val 100 --test 0 --seed 2
+remamber prepare shapes --out $R/shapes-seed2 --train 8000 --val 100 --test 0 --seed 2 $SINGLE
 
 # 6. Stage 4: continue from stage 3's last checkpoint on the new images (about 62 minutes).
 remamber train --data $R/shapes-seed2 --out $R/run5 --init $R/run4/checkpoints/last --epochs 100 \
@@ -35,7 +38,7 @@ remamber train --data $R/shapes-seed2 --out $R/run5 --init $R/run4/checkpoints/l
   --ema 0.999 --val-every 1000 --val-limit 300 --ckpt-every 250 --log-every 25 --seed 3
 
 # 7. Training data of stage 5: 8,000 new images with seed 3, 100 validation images.
-remamber prepare shapes --out $R/shapes-seed3 --train 8000 --val 100 --test 0 --seed 3
+remamber prepare shapes --out $R/shapes-seed3 --train 8000 --val 100 --test 0 --seed 3 $SINGLE
 
 # 8. Stage 5: continue from stage 4's last checkpoint on those images at a lower peak rate (about 36 minutes).
 remamber train --data $R/shapes-seed3 --out $R/run6 --init $R/run5/checkpoints/last --epochs 100 \
@@ -43,7 +46,7 @@ remamber train --data $R/shapes-seed3 --out $R/run6 --init $R/run5/checkpoints/l
   --ema 0.999 --val-every 950 --val-limit 300 --ckpt-every 250 --log-every 25 --seed 4
 
 # 9. Training data of stage 6: 16,000 new images with seed 4, 100 validation images (16 processes).
-remamber prepare shapes --out $R/shapes-seed4 --train 16000 --val 100 --test 0 --seed 4 --workers 16
+remamber prepare shapes --out $R/shapes-seed4 --train 16000 --val 100 --test 0 --seed 4 --workers 16 $SINGLE
 
 # 10. Stage 6, on one CUDA GPU (bf16 mixed precision; mamba-ssm's scan when installed): continue
 #     from stage 5's last checkpoint at batch 128, lr 4e-4, with an EMA. It ran on an H100 at about
@@ -55,7 +58,7 @@ remamber train --data $R/shapes-seed4 --out $R/run7 --init $R/run6/checkpoints/l
   --ema 0.999 --val-every 700 --val-limit 300 --ckpt-every 500 --log-every 25 --seed 5 --device cuda --workers 8
 
 # 11. Training data of stage 7: 8,000 new images with seed 5, 100 validation images.
-remamber prepare shapes --out $R/shapes-seed5 --train 8000 --val 100 --test 0 --seed 5 --workers 2
+remamber prepare shapes --out $R/shapes-seed5 --train 8000 --val 100 --test 0 --seed 5 --workers 2 $SINGLE
 
 # 12. Stage 7, back on 2 CPU cores: continue from stage 6's last checkpoint at batch 16, lr 2e-4,
 #     with an EMA. The 62-minute limit stopped it after 7,427 of its 8,000 steps (log:
@@ -65,7 +68,7 @@ remamber train --data $R/shapes-seed5 --out $R/run8 --init $R/run7/checkpoints/l
   --ema 0.999 --val-every 1000 --val-limit 300 --ckpt-every 250 --log-every 25 --seed 6
 
 # 13. Training data of stage 8: 16,000 new images with seed 6, 100 validation images.
-remamber prepare shapes --out $R/shapes-seed6 --train 16000 --val 100 --test 0 --seed 6 --workers 2
+remamber prepare shapes --out $R/shapes-seed6 --train 16000 --val 100 --test 0 --seed 6 --workers 2 $SINGLE
 
 # 14. Stage 8, on 2 CPU cores: continue from stage 7's last checkpoint (the weights shipped before
 #     this stage; it was run as `--init remamber/pretrained/remamber-tiny-shapes`, the same tensors) at batch
@@ -75,7 +78,7 @@ remamber train --data $R/shapes-seed6 --out $R/run9 --init $R/run8/checkpoints/l
   --ema 0.999 --val-every 2500 --val-limit 300 --ckpt-every 500 --log-every 25 --seed 7
 
 # 15. Test data from a seed not used in training (seed 1; its test split only).
-remamber prepare shapes --out $R/test-seed1 --train 0 --val 0 --test 300 --seed 1
+remamber prepare shapes --out $R/test-seed1 --train 0 --val 0 --test 300 --seed 1 $SINGLE
 
 # 16. Evaluate the last stage-8 checkpoint per expression type; keep the JSON.
 remamber eval --weights $R/run9/checkpoints/last --data $R/test-seed1 --split test --json \

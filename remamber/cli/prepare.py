@@ -1,4 +1,4 @@
-"""``remamber prepare``: make a prepared dataset (RefCOCO family from REFER files, or shapes).
+"""``remamber prepare``: make a prepared dataset (RefCOCO family and gRefCOCO from REFER files, or shapes).
 
 Thin: options, help and printing; the work is in :mod:`remamber.data.prepare` and
 :mod:`remamber.data.shapes`, imported inside the commands so that ``--help`` stays fast.
@@ -18,6 +18,7 @@ import typer
 from remamber.cli.options import Command, Group
 from remamber.data.catalog import (
     COCO_TRAIN2014_URL,
+    GREFCOCO_URL,
     KNOWN_DATASETS,
     LAVT_REFER_URL,
     MIX_DEFAULT_SOURCES,
@@ -28,6 +29,8 @@ from remamber.data.catalog import (
     REFER_DATA_URL,
     REFER_PROJECT_URL,
     SHAPES_DEFAULT_IMAGES,
+    SHAPES_DEFAULT_MULTI_TARGET_SHARE,
+    SHAPES_DEFAULT_NO_TARGET_SHARE,
     SHAPES_DEFAULT_SEED,
     SHAPES_DEFAULT_SIZE,
     SHAPES_NAME,
@@ -39,9 +42,11 @@ from remamber.utils.errors import InputError
 
 _HOME = f"${paths.DATA_HOME_ENV} (now {paths.data_home()})"
 
-SOURCES_HELP = f"""Where RefCOCO files come from:
+SOURCES_HELP = f"""Where RefCOCO and gRefCOCO files come from:
 
-* REFER annotations -- the refer project ({REFER_PROJECT_URL}), as the LAVT instructions say ({LAVT_REFER_URL}): unzip {", ".join(d.url for d in KNOWN_DATASETS.values())}; each holds instances.json and refs(unc).p / refs(google).p / refs(umd).p. These are the web archive's copies ({REFER_ARCHIVE_URL}) of the zips first published at {REFER_DATA_URL}/, a host that has been down since 2022.
+* REFER annotations -- the refer project ({REFER_PROJECT_URL}), as the LAVT instructions say ({LAVT_REFER_URL}): unzip {", ".join(d.url for d in KNOWN_DATASETS.values() if not d.generalized)}; each holds instances.json and refs(unc).p / refs(google).p / refs(umd).p. These are the web archive's copies ({REFER_ARCHIVE_URL}) of the zips first published at {REFER_DATA_URL}/, a host that has been down since 2022.
+
+* gRefCOCO annotations -- the release linked from {GREFCOCO_URL}: grefs(unc).json and instances.json.
 
 * COCO train2014 images -- from cocodataset.org: {COCO_TRAIN2014_URL}.
 """
@@ -54,6 +59,8 @@ LAYOUT_HELP = f"""Expected layout in the data home, {_HOME}; every path flag ove
 
 * refer/refcocog/  instances.json, refs(umd).p, refs(google).p
 
+* refer/grefcoco/  instances.json, grefs(unc).json
+
 * coco/train2014/  COCO_train2014_000000000009.jpg, ...
 
 * datasets/<name>/  the output: dataset.json (written last) and <split>.jsonl, one record per sentence
@@ -63,7 +70,7 @@ With the files in place, `remamber prepare refcoco` needs no flag. A second run 
 
 PREPARE_HELP = f"""Make a prepared dataset for training and evaluation.
 
-refcoco, refcoco+ and refcocog convert REFER annotations + COCO train2014 images; refcoco-mix builds one leak-free training set from the three; shapes generates a synthetic dataset with referring expressions.
+refcoco, refcoco+ and refcocog convert REFER annotations + COCO train2014 images; refcoco-mix builds one leak-free training set from the three; grefcoco converts gRefCOCO (generalized: a sentence names zero, one or several objects) + the same images; shapes generates a synthetic dataset with referring expressions.
 
 {SOURCES_HELP}
 {LAYOUT_HELP}"""
@@ -134,6 +141,9 @@ def _report(result: Any, json_out: bool) -> None:
     typer.echo(f"{title} prepared in {result.out}")
     for split, s in result.splits.items():
         counts = f"{s['samples']:>8} samples {s['refs']:>8} refs {s['images']:>7} images"
+        kinds = s.get("target_kinds")
+        if kinds:
+            counts += f" ({kinds['none']} name no object, {kinds['multi']} several)"
         typer.echo(f"  {split:<8} {counts}")
     if result.missing_images:
         typer.echo(f"  left out {result.skipped_samples} samples of {result.missing_images} missing images")
@@ -222,7 +232,7 @@ def _refer_command(dataset: str) -> Callable[..., None]:
             None,
             "--refer-root",
             metavar="FOLDER",
-            help=f"Folder holding {dataset}/instances.json and {dataset}/refs(<split-by>).p.",
+            help=f"Folder holding {dataset}/instances.json and {dataset}/{known.refs_file('<split-by>')}.",
             show_default=f"{paths.refer_root()}",
         ),
         images_root: Path | None = typer.Option(
@@ -268,13 +278,28 @@ def _refer_command(dataset: str) -> Callable[..., None]:
         _fetch_missing([(dataset, split_by or known.default_split_by)], refer_root, download, refer_url)
         _run_refer(dataset, refer_root, images_root, out, split_by, limit, skip_missing, force, json_out)
 
-    command.__doc__ = (
-        f"Prepare {dataset} from REFER annotations and COCO train2014 images.\n\n"
-        f"Reads <refer-root>/{dataset}/refs(<split-by>).p (a pickle of plain data; anything else "
-        f"is refused) and instances.json; masks come from polygons or RLE. Every missing input "
-        f"and every missing image is reported before any work.\n\n{SOURCES_HELP}\n{LAYOUT_HELP}"
-    )
+    command.__doc__ = _refer_help(dataset)
     return command
+
+
+def _refer_help(dataset: str) -> str:
+    known = KNOWN_DATASETS[dataset]
+    refs = f"<refer-root>/{dataset}/{known.refs_file('<split-by>')}"
+    if known.generalized:
+        what = "gRefCOCO annotations (generalized referring expressions)"
+        reads = (
+            f"Reads {refs} (JSON) and instances.json. A sentence names zero, one or several objects: "
+            "each record carries ann_ids (empty for none), no_target and the union of the named "
+            "objects' masks (all zeros for none; crowd regions left out, as GRES does)"
+        )
+    else:
+        what = "REFER annotations"
+        reads = f"Reads {refs} (a pickle of plain data; anything else is refused) and instances.json"
+    return (
+        f"Prepare {dataset} from {what} and COCO train2014 images.\n\n"
+        f"{reads}; masks come from polygons or RLE. Every missing input and every missing image "
+        f"is reported before any work.\n\n{SOURCES_HELP}\n{LAYOUT_HELP}"
+    )
 
 
 for _name in KNOWN_DATASETS:
@@ -419,6 +444,18 @@ def shapes(
         help="Random seed; the same seed gives the same bytes.",
     ),
     size: int = typer.Option(SHAPES_DEFAULT_SIZE, "--size", metavar="N", help="Image side in pixels (64 to 2048)."),
+    no_target_share: float = typer.Option(
+        SHAPES_DEFAULT_NO_TARGET_SHARE,
+        "--no-target-share",
+        metavar="X",
+        help="About this share of the sentences name no object (0 to 0.5; with --multi-target-share at most 0.5 together).",
+    ),
+    multi_target_share: float = typer.Option(
+        SHAPES_DEFAULT_MULTI_TARGET_SHARE,
+        "--multi-target-share",
+        metavar="X",
+        help="About this share of the sentences name several objects. --no-target-share 0 --multi-target-share 0 gives the single-target dataset of the shipped default model, byte for byte.",
+    ),
     workers: int = typer.Option(
         1,
         "--workers",
@@ -438,6 +475,13 @@ def shapes(
     star", "next to", "between") -- each checked by a resolver to name exactly one object,
     with distractors sharing its attributes. About 7 sentences per image.
 
+    Some sentences name no object or several (--no-target-share, --multi-target-share):
+    "all the red objects", "the two circles on the left", and objects that are not there but
+    close to one that is ("the green circle" beside a red circle and a green square, "the red
+    circle at the top" when it is at the bottom), each checked by the resolver to name exactly
+    that set. Their records carry ann_ids and no_target, as gRefCOCO's do. They are added to
+    the same images and single-target sentences (a random stream of their own).
+
     The output folder holds the REFER form (refer/shapes/refs(synthetic).p, instances.json,
     images/*.png) and the prepared form made from it by the RefCOCO code path
     (dataset.json, train/val/test.jsonl with an expr_type per record).
@@ -447,6 +491,14 @@ def shapes(
     counts = {"train": train, "val": val, "test": test}
     with _progress() as track:
         result = prepare_shapes(
-            out or default_out(SHAPES_NAME), counts, seed, size, force=force, track=track, workers=workers
+            out or default_out(SHAPES_NAME),
+            counts,
+            seed,
+            size,
+            no_target_share=no_target_share,
+            multi_target_share=multi_target_share,
+            force=force,
+            track=track,
+            workers=workers,
         )
     _report(result, json_out)

@@ -101,7 +101,7 @@ def train(
         "refcoco",
         "--dataset",
         metavar="NAME",
-        help="Dataset name in the data home when --data is not given (refcoco, refcoco+, refcocog, refcoco-mix, shapes).",
+        help="Dataset name in the data home when --data is not given (refcoco, refcoco+, refcocog, refcoco-mix, grefcoco, shapes).",
     ),
     out: Path = _option("out", "-o", default=Path("runs/remamber")),
     preset: str = _option("preset"),

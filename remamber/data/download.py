@@ -33,8 +33,9 @@ def refer_zip_url(dataset: str, base_url: str | None = None) -> str:
     """Where the zip of ``dataset`` is fetched: ``<base_url>/<dataset>.zip``, or by default the web
     archive's snapshot (:attr:`~remamber.data.catalog.KnownDataset.url`)."""
     known = KNOWN_DATASETS.get(dataset)
-    if known is None:
-        raise InputError(f"no REFER download for dataset {dataset!r}")
+    if known is None or known.generalized:
+        where = f": get its files from {known.url}" if known else ""
+        raise InputError(f"`download` does not fetch dataset {dataset!r}{where}")
     return f"{base_url.rstrip('/')}/{dataset}.zip" if base_url else known.url
 
 

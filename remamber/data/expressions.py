@@ -13,12 +13,18 @@ Types (``Expression.type``):
 * ``position`` -- "the red shape on the left": absolute place in the image (thirds);
 * ``ordinal`` -- "the second circle from the right", "the topmost square";
 * ``relation`` -- "the circle left of the blue star", "... next to ...", "... between ...".
+
+A phrase may also name several objects (``count`` set: "all the red objects", "the two
+circles on the left", "the squares next to the blue star") or none at all: an object that
+is not there but is close to one that is ("the green circle" beside a red circle and a green
+square; "the red circle at the top" when it is at the bottom). :func:`is_good_set` checks
+those against their target set (empty for none) as :func:`is_good` checks a single target.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import combinations
 from typing import Any
@@ -31,6 +37,8 @@ WHERES = ("left", "right", "top", "bottom", "middle")
 DIRECTIONS = ("left", "right", "top", "bottom")
 RANKS = (1, 2, 3)
 UNARY_RELATIONS = ("left_of", "right_of", "above", "below", "next_to")
+#: Expression types of generated phrases by target kind (``remamber.data.manifest.TARGET_KINDS``).
+GROUP_TYPES = {"none": ("attribute", "position"), "multi": ("attribute", "position", "relation")}
 
 #: Margin, as a fraction of the image side, by which generated spatial words must hold.
 CLEARANCE = 0.04
@@ -113,6 +121,7 @@ class Expression:
     rank: int | None = None  # ordinal
     relation: str | None = None  # relation
     anchors: tuple[Desc, ...] = field(default_factory=tuple)  # relation
+    count: int | None = None  # how many objects a plural phrase names; None: one (or none)
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"type": self.type, "target": self.target.to_dict()}
@@ -121,6 +130,8 @@ class Expression:
                 d[key] = getattr(self, key)
         if self.anchors:
             d["anchors"] = [a.to_dict() for a in self.anchors]
+        if self.count is not None:
+            d["count"] = self.count
         return d
 
     @classmethod
@@ -133,6 +144,7 @@ class Expression:
             rank=d.get("rank"),
             relation=d.get("relation"),
             anchors=tuple(Desc.from_dict(a) for a in d.get("anchors", ())),
+            count=d.get("count"),
         )
 
 
@@ -146,7 +158,10 @@ def matching(desc: Desc, scene: Scene, exclude: frozenset[int] = frozenset()) ->
 
 def _above_threshold(candidates: list[int], values: list[float], clearance: float) -> list[int]:
     """Objects whose value may be positive: none unless one is above ``clearance``, then
-    every one above ``-clearance`` (near misses make an expression ambiguous)."""
+    every one above ``-clearance`` (near misses make an expression ambiguous); with a
+    negative ``clearance`` (lenient), every one above it."""
+    if clearance < 0:
+        return [i for i, v in zip(candidates, values) if v > clearance]
     if not any(v > clearance for v in values):
         return []
     return [i for i, v in zip(candidates, values) if v > -clearance]
@@ -189,7 +204,7 @@ def _resolve_ordinal(expr: Expression, scene: Scene, clearance: float) -> list[i
         return []
     keys = {i: _ordinal_key(expr.direction, scene.objects[i], scene) for i in candidates}
     chosen = sorted(candidates, key=keys.__getitem__)[expr.rank - 1]
-    return [i for i in candidates if abs(keys[i] - keys[chosen]) <= clearance]
+    return [i for i in candidates if abs(keys[i] - keys[chosen]) <= abs(clearance)]
 
 
 def _relation_value(relation: str, obj: SceneObject, anchors: list[SceneObject], side: float) -> float:
@@ -247,7 +262,9 @@ def resolve(expr: Expression, scene: Scene, clearance: float = 0.0) -> list[int]
 
     With ``clearance > 0`` every spatial comparison must hold by that margin (a fraction
     of the image side) for an object to be named, and any other object within the margin
-    is returned too, making the expression ambiguous.
+    is returned too, making the expression ambiguous. With ``clearance < 0`` the reading is
+    lenient: an object that misses by less than the margin is named too, so a phrase that
+    names nothing under it clearly names nothing. ``count`` plays no part here.
     """
     return _RESOLVERS[expr.type](expr, scene, clearance)
 
@@ -255,23 +272,38 @@ def resolve(expr: Expression, scene: Scene, clearance: float = 0.0) -> list[int]
 # --------------------------------------------------------------------------- generation
 
 
-def _words_needed(expr: Expression, scene: Scene, target: int) -> bool:
-    """Whether no part of ``expr`` alone picks the target (no single word gives the answer)."""
+def _words_needed(expr: Expression, scene: Scene, targets: list[int]) -> bool:
+    """Whether no part of ``expr`` alone picks ``targets`` (no single word gives the answer;
+    for no target: each part alone names something, only the whole names nothing)."""
     if expr.type == "attribute":
         desc = expr.target
-        return desc.n_attributes >= 2 and all(len(matching(desc.without(k), scene)) >= 2 for k, _ in desc.items())
-    if len(matching(expr.target, scene)) < 2:
-        return False  # the attributes alone would already name it
-    return resolve(replace(expr, target=Desc()), scene) != [target]
+        least = 1 if len(targets) > 1 else 2  # "all the red objects" is a set; "the red object" too easy
+        return desc.n_attributes >= least and all(matching(desc.without(k), scene) != targets for k, _ in desc.items())
+    if matching(expr.target, scene) == targets:
+        return False  # the attributes alone already name it (or say that nothing is there)
+    return resolve(replace(expr, target=Desc()), scene) != targets
+
+
+def names_exactly(expr: Expression, scene: Scene, targets: Sequence[int]) -> bool:
+    """Whether ``expr`` names exactly ``targets`` (sorted indices; empty: nothing) and clearly:
+    under the strict reading as well (:data:`CLEARANCE`), or, for nothing, the lenient one."""
+    targets = list(targets)
+    if not targets:
+        return resolve(expr, scene, -CLEARANCE) == []
+    return resolve(expr, scene) == targets and resolve(expr, scene, CLEARANCE) == targets
+
+
+def is_good_set(expr: Expression, scene: Scene, targets: Sequence[int]) -> bool:
+    """The generator's test for a phrase naming ``targets`` (none, one or several objects): it
+    names exactly them, clearly, with every part needed, and states a plural's ``count`` right."""
+    targets = sorted(targets)
+    count = len(targets) if len(targets) > 1 else None
+    return expr.count == count and names_exactly(expr, scene, targets) and _words_needed(expr, scene, targets)
 
 
 def is_good(expr: Expression, scene: Scene, target: int) -> bool:
     """The generator's test: ``expr`` names exactly ``target``, clearly, with every part needed."""
-    return (
-        resolve(expr, scene) == [target]
-        and resolve(expr, scene, CLEARANCE) == [target]
-        and _words_needed(expr, scene, target)
-    )
+    return is_good_set(expr, scene, [target])
 
 
 def _descs(obj: SceneObject, min_attributes: int) -> list[Desc]:
@@ -325,6 +357,67 @@ def find_expression(scene: Scene, target: int, expr_type: str, rng: np.random.Ge
     return None
 
 
+# --------------------------------------------------------------------------- no target, several targets
+
+
+def _scene_descs(scene: Scene, min_attributes: int) -> list[Desc]:
+    """Every description of some object of the scene, once each, in scene order."""
+    return list(dict.fromkeys(d for obj in scene.objects for d in _descs(obj, min_attributes)))
+
+
+def _anchors(scene: Scene) -> list[Desc]:
+    return [d for d in (anchor_desc(scene, i) for i in range(len(scene.objects))) if d is not None]
+
+
+def multi_candidates(scene: Scene, expr_type: str) -> list[Expression]:
+    """Every plural phrase of ``expr_type`` that names two objects or more, with its ``count``
+    (not yet checked)."""
+    descs = _scene_descs(scene, 1)
+    if expr_type == "attribute":
+        exprs = [Expression("attribute", d) for d in descs]
+    elif expr_type == "position":
+        exprs = [Expression("position", d, where=w) for d in descs for w in WHERES]
+    else:
+        anchors = _anchors(scene)
+        exprs = [
+            Expression("relation", d, relation=rel, anchors=(a,))
+            for d in descs
+            for rel in UNARY_RELATIONS
+            for a in anchors
+        ]
+    counted = (replace(e, count=len(resolve(e, scene))) for e in exprs)
+    return [e for e in counted if e.count >= 2]
+
+
+def no_target_candidates(scene: Scene, expr_type: str) -> list[Expression]:
+    """Phrases of ``expr_type`` that may name nothing while close to an object that is there
+    (not yet checked): attribute -- an object's description with one attribute changed to
+    another value of the scene; position -- an object's description in some place."""
+    if expr_type == "position":
+        return [Expression("position", d, where=w) for d in _scene_descs(scene, 1) for w in WHERES]
+    values = {k: list(dict.fromkeys(obj.attribute(k) for obj in scene.objects)) for k in ATTRIBUTES}
+    swapped = (
+        replace(d, **{k: v}) for d in _scene_descs(scene, 2) for k, old in d.items() for v in values[k] if v != old
+    )
+    return [Expression("attribute", d) for d in dict.fromkeys(swapped)]
+
+
+def find_group_expression(
+    scene: Scene, kind: str, rng: np.random.Generator, exclude: Collection[Expression] = ()
+) -> tuple[Expression, list[int]] | None:
+    """A random good phrase of target kind ``kind`` (``none`` or ``multi``, of a random type of
+    :data:`GROUP_TYPES`) not in ``exclude``, with the objects it names; None if there is none."""
+    make = no_target_candidates if kind == "none" else multi_candidates
+    for expr_type in rng.permutation(GROUP_TYPES[kind]):
+        options = make(scene, str(expr_type))
+        for k in rng.permutation(len(options)):
+            expr = options[k]
+            targets = resolve(expr, scene) if kind == "multi" else []
+            if expr not in exclude and is_good_set(expr, scene, targets):
+                return expr, targets
+    return None
+
+
 # --------------------------------------------------------------------------- mirror
 
 
@@ -352,12 +445,13 @@ def mirror_expression(expr: Expression) -> Expression:
 _SIZE_WORDS = {"small": ("small", "little"), "big": ("big", "large")}
 _GENERIC_NOUNS = ("shape", "object")
 _ORDINALS = {2: "second", 3: "third"}
+_NUMBERS = {2: "two", 3: "three", 4: "four"}
 _POSITION_TEMPLATES = {
-    "left": ("the {d} on the left",),
-    "right": ("the {d} on the right",),
-    "top": ("the {d} at the top",),
-    "bottom": ("the {d} at the bottom",),
-    "middle": ("the {d} in the middle", "the {d} in the center"),
+    "left": ("{np} on the left",),
+    "right": ("{np} on the right",),
+    "top": ("{np} at the top",),
+    "bottom": ("{np} at the bottom",),
+    "middle": ("{np} in the middle", "{np} in the center"),
 }
 _EXTREME_TEMPLATES = {
     "left": ("the leftmost {d}",),
@@ -366,12 +460,12 @@ _EXTREME_TEMPLATES = {
     "bottom": ("the lowest {d}", "the bottommost {d}"),
 }
 _RELATION_TEMPLATES = {
-    "left_of": ("the {d} left of the {a}", "the {d} to the left of the {a}"),
-    "right_of": ("the {d} right of the {a}", "the {d} to the right of the {a}"),
-    "above": ("the {d} above the {a}",),
-    "below": ("the {d} below the {a}", "the {d} under the {a}"),
-    "next_to": ("the {d} next to the {a}", "the {d} beside the {a}"),
-    "between": ("the {d} between the {a} and the {b}",),
+    "left_of": ("{np} left of the {a}", "{np} to the left of the {a}"),
+    "right_of": ("{np} right of the {a}", "{np} to the right of the {a}"),
+    "above": ("{np} above the {a}",),
+    "below": ("{np} below the {a}", "{np} under the {a}"),
+    "next_to": ("{np} next to the {a}", "{np} beside the {a}"),
+    "between": ("{np} between the {a} and the {b}",),
 }
 
 
@@ -379,28 +473,42 @@ def _pick(options: Sequence[str], rng: np.random.Generator) -> str:
     return options[int(rng.integers(len(options)))]
 
 
-def render_desc(desc: Desc, rng: np.random.Generator) -> str:
-    """Words for a description: "[size] [colour] shape-or-noun"."""
+def render_desc(desc: Desc, rng: np.random.Generator, plural: bool = False) -> str:
+    """Words for a description: "[size] [colour] shape-or-noun" (the noun plural with ``plural``)."""
     words = []
     if desc.size:
         words.append(_pick(_SIZE_WORDS[desc.size], rng))
     if desc.color:
         words.append(desc.color)
-    words.append(desc.shape or _pick(_GENERIC_NOUNS, rng))
+    words.append((desc.shape or _pick(_GENERIC_NOUNS, rng)) + ("s" if plural else ""))
     return " ".join(words)
+
+
+def _noun_phrase(d: str, count: int | None, rng: np.random.Generator) -> str:
+    """ "the <d>" for one object; for several, a determiner that ``rng`` picks ("all the", "both",
+    "the two", ...). Drawn last, so that singular phrases use ``rng`` as they always did."""
+    if count is None:
+        return f"the {d}"
+    options = ["the {d}", "all the {d}"]
+    if count in _NUMBERS:
+        options.append(f"the {_NUMBERS[count]} {{d}}")
+    if count == 2:
+        options.append("both {d}")
+    return _pick(options, rng).format(d=d)
 
 
 def render(expr: Expression, rng: np.random.Generator) -> str:
     """English text of ``expr``; ``rng`` picks among synonyms."""
-    d = render_desc(expr.target, rng)
+    d = render_desc(expr.target, rng, plural=expr.count is not None)
     if expr.type == "attribute":
-        return f"the {d}"
+        return _noun_phrase(d, expr.count, rng)
     if expr.type == "position":
-        return _pick(_POSITION_TEMPLATES[expr.where], rng).format(d=d)
+        template = _pick(_POSITION_TEMPLATES[expr.where], rng)
+        return template.format(np=_noun_phrase(d, expr.count, rng))
     if expr.type == "ordinal":
         if expr.rank == 1:
             return _pick(_EXTREME_TEMPLATES[expr.direction], rng).format(d=d)
         return f"the {_ORDINALS[expr.rank]} {d} from the {expr.direction}"
     anchors = [render_desc(a, rng) for a in expr.anchors]
     template = _pick(_RELATION_TEMPLATES[expr.relation], rng)
-    return template.format(d=d, a=anchors[0], b=anchors[-1])
+    return template.format(np=_noun_phrase(d, expr.count, rng), a=anchors[0], b=anchors[-1])

@@ -47,7 +47,8 @@ RECORD_FIELDS = (
 
 #: Extra fields of a generalized (GRES) record, where a sentence names zero, one or several objects:
 #: ``ann_ids`` (list of int, empty when nothing is named; ``ann_id`` is then -1, else the first),
-#: ``no_target`` (bool); ``mask`` is the union of the named objects' masks (all zeros for none).
+#: ``no_target`` (bool); ``mask`` is the union of the named objects' masks (all zeros for none);
+#: ``category_id`` / ``category`` are the first named object's (-1 and "" for none).
 GENERALIZED_FIELDS = ("ann_ids", "no_target")
 
 #: Target kinds of a sentence, as GRES reports them.

@@ -30,6 +30,14 @@ def decode_rle(rle: Rle) -> np.ndarray:
         return coco_mask.decode(_bytes_counts(rle))
 
 
+def union_rle(rles: list[Rle], height: int, width: int) -> Rle:
+    """The union of masks as one compressed RLE; all zeros when ``rles`` is empty."""
+    union = np.zeros((height, width), dtype=np.uint8)
+    for rle in rles:
+        union |= decode_rle(rle)
+    return encode_mask(union)
+
+
 def segmentation_to_rle(segmentation: Any, height: int, width: int) -> Rle:
     """Turn a COCO ``segmentation`` into one compressed RLE with text counts.
 

@@ -1,7 +1,7 @@
 """Conversion of a REFER dataset into the prepared form (see :mod:`remamber.data.manifest`).
 
-The same code path serves RefCOCO / RefCOCO+ / RefCOCOg and the synthetic ``shapes``
-dataset. The work is checked before it starts (every missing input, every missing image),
+The same code path serves RefCOCO / RefCOCO+ / RefCOCOg, gRefCOCO and the synthetic
+``shapes`` dataset. The work is checked before it starts (every missing input, every missing image),
 is skipped when the output already matches the inputs, and leaves no ``dataset.json`` --
 the file that marks a folder complete -- until every manifest is in place.
 """
@@ -22,15 +22,18 @@ from remamber.data.catalog import check_split_by, default_split_by, images_hint
 from remamber.data.manifest import (
     FORMAT,
     FORMAT_VERSION,
+    GENERALIZED_FIELDS,
     INFO_FILE,
+    TARGET_KINDS,
     manifest_name,
     manifests_intact,
     portable_path,
     read_info,
     sort_splits,
+    target_kind,
     write_manifest,
 )
-from remamber.data.masks import segmentation_to_rle
+from remamber.data.masks import segmentation_to_rle, union_rle
 from remamber.data.refer import ReferData, ReferFiles
 from remamber.utils.errors import InputError
 from remamber.utils.io import file_sha256, write_json
@@ -242,12 +245,18 @@ def _write_prepared(
     return splits
 
 
-def _split_counts(refs: list[dict]) -> dict[str, int]:
-    return {
+def _split_counts(refs: list[dict]) -> dict[str, Any]:
+    counts: dict[str, Any] = {
         "samples": sum(len(ref["sentences"]) for ref in refs),
         "refs": len(refs),
         "images": len({ref["image_id"] for ref in refs}),
     }
+    if any("ann_ids" in ref for ref in refs):  # a GRES dataset: samples by target kind
+        kinds = {kind: 0 for kind in TARGET_KINDS}
+        for ref in refs:
+            kinds[target_kind(ref)] += len(ref["sentences"])
+        counts["target_kinds"] = kinds
+    return counts
 
 
 def _remove_stale_manifests(out: Path, old: dict | None, splits: dict[str, dict]) -> None:
@@ -263,27 +272,40 @@ def _records(data: ReferData, refs: Iterable[dict]) -> Iterator[dict]:
         yield from ref_records(data, ref)
 
 
-def _referent_rle(data: ReferData, ref: dict) -> dict:
-    ann = data.instances.annotations[ref["ann_id"]]
-    image = data.instances.images[ref["image_id"]]
+def _annotation_rle(data: ReferData, ann_id: int, height: int, width: int) -> dict:
+    ann = data.instances.annotations[ann_id]
     try:
-        return segmentation_to_rle(ann["segmentation"], int(image["height"]), int(image["width"]))
+        return segmentation_to_rle(ann["segmentation"], height, width)
     except (ValueError, TypeError) as e:
         raise InputError(f"{data.files.instances_path}: annotation {ann['id']} has a bad segmentation: {e}") from None
 
 
-def ref_records(data: ReferData, ref: dict) -> list[dict]:
-    """The manifest records of one ref: one per sentence, all sharing the referent's mask."""
+def _referent_rle(data: ReferData, ref: dict) -> dict:
+    """The referent's mask; for a GRES ref, the union of its objects' masks (all zeros for none),
+    crowd regions left out as the GRES loader leaves them out."""
     image = data.instances.images[ref["image_id"]]
+    height, width = int(image["height"]), int(image["width"])
+    if "ann_ids" not in ref:
+        return _annotation_rle(data, ref["ann_id"], height, width)
+    anns = [a for a in ref["ann_ids"] if not data.instances.annotations[a].get("iscrowd")]
+    return union_rle([_annotation_rle(data, a, height, width) for a in anns], height, width)
+
+
+def ref_records(data: ReferData, ref: dict) -> list[dict]:
+    """The manifest records of one ref: one per sentence, all sharing the referent's mask
+    (a GRES ref's records add ``ann_ids`` and ``no_target``, see ``GENERALIZED_FIELDS``)."""
+    image = data.instances.images[ref["image_id"]]
+    named = {k: ref[k] for k in GENERALIZED_FIELDS if k in ref}
     common = {
         "ref_id": ref["ref_id"],
         "ann_id": ref["ann_id"],
+        **named,
         "image_id": ref["image_id"],
         "file_name": image["file_name"],
         "height": int(image["height"]),
         "width": int(image["width"]),
         "category_id": ref["category_id"],
-        "category": data.instances.categories[ref["category_id"]],
+        "category": "" if ref.get("no_target") else data.instances.categories[ref["category_id"]],
     }
     rle = _referent_rle(data, ref)
     return [_sentence_record(sentence, common, rle) for sentence in ref["sentences"]]

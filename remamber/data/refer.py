@@ -1,11 +1,18 @@
-"""Reader of the REFER format (refcoco, refcoco+, refcocog and our synthetic ``shapes``).
+"""Reader of the REFER format (refcoco, refcoco+, refcocog, grefcoco and our synthetic ``shapes``).
 
 A dataset folder ``<refer_root>/<dataset>/`` holds:
 
 * ``refs(<split_by>).p`` -- a pickle (protocol 2) list of refs
   ``{ref_id, ann_id, image_id, category_id, split, file_name, sent_ids,
-  sentences: [{tokens, raw, sent, sent_id}]}``;
+  sentences: [{tokens, raw, sent, sent_id}]}``; gRefCOCO has ``grefs(<split_by>).json``
+  instead, the same refs as JSON in the gRefCOCO form: ``ann_id`` and ``category_id`` lists
+  (one id per object the sentences name, ``[-1]`` for none) and a ``no_target`` flag;
 * ``instances.json`` -- COCO-style ``images`` / ``annotations`` / ``categories``.
+
+A ref in the gRefCOCO form (every ref of a ``.json`` refs file; in a pickle, one with a list
+``ann_id`` or a ``no_target`` flag, as our generalized ``shapes`` writes them) is read into the fields of a generalized record
+(:data:`remamber.data.manifest.GENERALIZED_FIELDS`): ``ann_ids`` (empty for none),
+``no_target``, and ``ann_id`` / ``category_id`` the first named object's (-1 for none).
 
 Pickles are untrusted input: they are read with :class:`RestrictedUnpickler`, which
 builds plain containers and scalars only and refuses every global, so loading a
@@ -21,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from remamber.data.catalog import annotations_hint
+from remamber.data.catalog import annotations_hint, refs_file_name
 from remamber.utils.errors import InputError
 
 _REQUIRED_REF_KEYS = ("ref_id", "ann_id", "image_id", "category_id", "split", "sentences")
@@ -107,15 +114,50 @@ def _sentence_problem(sentence: Any) -> str | None:
     return None
 
 
-def _ref_problem(ref: Any) -> str | None:
+def _is_id_list(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(_is_int(v) for v in value)
+
+
+def _as_list(value: Any) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+def _is_group_ref(ref: dict, group_file: bool) -> bool:
+    """Whether ``ref`` is in the gRefCOCO form: every ref of a gRefCOCO file (``group_file``),
+    elsewhere one with a list of ids or a ``no_target`` flag."""
+    return group_file or isinstance(ref["ann_id"], list) or "no_target" in ref
+
+
+def _group_problem(ref: dict) -> str | None:
+    """What is wrong with the ids of a gRefCOCO-form ref, or None."""
+    bad = [k for k in ("ann_id", "category_id") if not (_is_int(ref[k]) or _is_id_list(ref[k]))]
+    if bad:
+        return f"has {', '.join(bad)} neither an integer nor a non-empty list of integers"
+    ann_ids = _as_list(ref["ann_id"])
+    if -1 in ann_ids and len(ann_ids) > 1:
+        return "names no object (ann_id -1) and some objects at once"
+    no_target = ref.get("no_target", ann_ids == [-1])
+    if not isinstance(no_target, bool):
+        return "has a no_target that is not true or false"
+    if no_target != (ann_ids == [-1]):
+        return f"has no_target {str(no_target).lower()} but ann_id {ref['ann_id']}"
+    return None
+
+
+def _ref_problem(ref: Any, group_file: bool) -> str | None:
     if not isinstance(ref, dict):
         return f"is a {type(ref).__name__}, not a dict"
     missing = [k for k in _REQUIRED_REF_KEYS if k not in ref]
     if missing:
         return f"lacks {', '.join(missing)}"
-    bad_ids = [k for k in ("ref_id", "ann_id", "image_id", "category_id") if not _is_int(ref[k])]
+    group = _is_group_ref(ref, group_file)
+    ids = ("ref_id", "image_id") if group else ("ref_id", "ann_id", "image_id", "category_id")
+    bad_ids = [k for k in ids if not _is_int(ref[k])]
     if bad_ids:
         return f"has non-integer {', '.join(bad_ids)}"
+    problem = _group_problem(ref) if group else None
+    if problem:
+        return problem
     if not isinstance(ref["split"], str):
         return "has a split that is not a string"
     if not isinstance(ref["sentences"], list):
@@ -127,16 +169,37 @@ def _ref_problem(ref: Any) -> str | None:
     return None
 
 
+def _generalized(ref: dict) -> dict:
+    """A gRefCOCO-form ref with the fields of a generalized record (see the module docstring)."""
+    ann_ids = list(dict.fromkeys(_as_list(ref["ann_id"])))  # a set of objects: each once
+    ann_ids = [] if ann_ids == [-1] else ann_ids
+    categories = [c for c in _as_list(ref["category_id"]) if c != -1]
+    return {
+        **ref,
+        "ann_id": ann_ids[0] if ann_ids else -1,
+        "ann_ids": ann_ids,
+        "no_target": not ann_ids,
+        "category_id": categories[0] if categories and ann_ids else -1,
+    }
+
+
+def _read_refs(path: Path) -> Any:
+    """The refs file's content: JSON for ``.json`` (gRefCOCO), else a restricted pickle."""
+    return _read_json(path) if path.suffix == ".json" else load_restricted_pickle(path)
+
+
 def load_refs(path: Path) -> list[dict]:
-    """Read and validate a ``refs(<split_by>).p`` file; return its list of refs."""
-    refs = load_restricted_pickle(path)
+    """Read and validate a ``refs(<split_by>).p`` (or ``grefs(<split_by>).json``) file; return
+    its list of refs, gRefCOCO-form ones with the generalized fields."""
+    refs = _read_refs(path)
     if not isinstance(refs, list):
         raise InputError(f"{path}: expected a list of refs, found a {type(refs).__name__}")
+    group_file = path.suffix == ".json"
     for i, ref in enumerate(refs):
-        problem = _ref_problem(ref)
+        problem = _ref_problem(ref, group_file)
         if problem:
             raise InputError(f"{path}: ref #{i} {problem}")
-    return refs
+    return [_generalized(ref) if _is_group_ref(ref, group_file) else ref for ref in refs]
 
 
 def _index(items: Any, path: Path, what: str, keys: tuple[str, ...]) -> dict[int, dict]:
@@ -161,15 +224,19 @@ class Instances:
     categories: dict[int, str]
 
 
-def load_instances(path: Path) -> Instances:
-    """Read and index ``instances.json`` (images, annotations, categories)."""
+def _read_json(path: Path) -> Any:
     try:
         with open(path, encoding="utf-8") as f:
-            raw = json.load(f)
+            return json.load(f)
     except OSError as e:
         raise InputError(f"cannot read {path}: {e.strerror or e}") from None
     except (ValueError, UnicodeDecodeError) as e:
         raise InputError(f"{path}: not valid JSON ({e})") from None
+
+
+def load_instances(path: Path) -> Instances:
+    """Read and index ``instances.json`` (images, annotations, categories)."""
+    raw = _read_json(path)
     if not isinstance(raw, dict):
         raise InputError(f"{path}: expected a JSON object with images, annotations, categories")
     images = _index(raw.get("images"), path, "images", ("id", "file_name", "height", "width"))
@@ -195,7 +262,7 @@ class ReferFiles:
 
     @property
     def refs_path(self) -> Path:
-        return self.folder / f"refs({self.split_by}).p"
+        return self.folder / refs_file_name(self.dataset, self.split_by)
 
     @property
     def instances_path(self) -> Path:
@@ -232,14 +299,17 @@ class ReferData:
     def _link_problem(self, ref: dict) -> str | None:
         inst = self.instances
         where = f"ref {ref['ref_id']}"
-        ann = inst.annotations.get(ref["ann_id"])
-        if ann is None:
-            return f"{where} names ann_id {ref['ann_id']}, which instances.json does not have"
+        ann_ids = ref.get("ann_ids", [ref["ann_id"]])
+        absent = [a for a in ann_ids if a not in inst.annotations]
+        if absent:
+            return f"{where} names ann_id {absent[0]}, which instances.json does not have"
         if ref["image_id"] not in inst.images:
             return f"{where} names image_id {ref['image_id']}, which instances.json does not have"
-        if ann["image_id"] != ref["image_id"]:
-            return f"{where}: annotation {ref['ann_id']} belongs to image {ann['image_id']}, not {ref['image_id']}"
-        if ref["category_id"] not in inst.categories:
+        for ann_id in ann_ids:
+            ann = inst.annotations[ann_id]
+            if ann["image_id"] != ref["image_id"]:
+                return f"{where}: annotation {ann_id} belongs to image {ann['image_id']}, not {ref['image_id']}"
+        if ref["category_id"] not in inst.categories and not ref.get("no_target"):
             return f"{where} names category_id {ref['category_id']}, which instances.json does not have"
         return None
 

@@ -4,11 +4,15 @@ Each image holds 4 to 7 non-overlapping shapes drawn from a few colours and shap
 that attributes repeat and no single word names an object. Up to three objects per image
 are referents, each with up to three expressions of different types (attribute, position,
 ordinal, relation; see :mod:`remamber.data.expressions`), every one checked by the resolver
-to name exactly its target.
+to name exactly its target. With :class:`TargetShares`, phrases that name no object ("the
+green circle" beside a red one) or several ("all the red objects") are added, each checked
+by the resolver to name exactly that set; they come from a random generator of their own,
+so the image and its single-target phrases are the same with or without them.
 
 The generator writes the REFER format (``refer/shapes/refs(synthetic).p`` with pickle
 protocol 2, ``refer/shapes/instances.json`` with exact RLE masks, ``images/*.png``) and
-then converts it with :func:`remamber.data.prepare.prepare_refer`, the RefCOCO code path.
+then converts it with :func:`remamber.data.prepare.prepare_refer`, the RefCOCO code path
+(refs in the gRefCOCO form, a list of annotation ids, when some phrases name no or several objects).
 Image ``i`` of a split depends only on ``(seed, split, i)``: the output is byte-identical
 for a seed.
 """
@@ -20,7 +24,7 @@ import os
 import pickle
 import signal
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +33,8 @@ from PIL import Image, ImageDraw
 
 from remamber.data.catalog import (
     SHAPES_DEFAULT_IMAGES,
+    SHAPES_DEFAULT_MULTI_TARGET_SHARE,
+    SHAPES_DEFAULT_NO_TARGET_SHARE,
     SHAPES_DEFAULT_SEED,
     SHAPES_DEFAULT_SIZE,
     SHAPES_NAME,
@@ -40,6 +46,7 @@ from remamber.data.expressions import (
     Scene,
     SceneObject,
     find_expression,
+    find_group_expression,
     render,
 )
 from remamber.data.manifest import INFO_FILE, manifests_intact, read_info
@@ -73,6 +80,11 @@ REFS_PER_IMAGE = 3
 SENTENCES_PER_REF = 3
 GAP = 0.03  # least space between two outlines, fraction of the side
 COLOR_JITTER = 10
+MAX_GROUP_SHARE = 0.5  # no-target and multi-target shares together at most this
+# Ids of a phrase naming no or several objects (a ref of its own): image id * 100 + 70 + its
+# number; single-target sentence ids are image id * 100 + 10 * object + j (object < 7, j < 3),
+# and the shares' cap keeps an image under 30 such phrases.
+GROUP_ID_OFFSET = 70
 
 
 # --------------------------------------------------------------------------- scenes
@@ -220,6 +232,43 @@ def choose_refs(scene: Scene, rng: np.random.Generator) -> list[tuple[int, list[
     return refs
 
 
+@dataclass(frozen=True)
+class TargetShares:
+    """About what share of the sentences name no object and several objects (the others name one)."""
+
+    no_target: float = 0.0
+    multi_target: float = 0.0
+
+    @property
+    def generalized(self) -> bool:
+        """Whether any phrase names no or several objects (the dataset is then a GRES one)."""
+        return bool(self.no_target or self.multi_target)
+
+    def counts(self, singles: int, rng: np.random.Generator) -> tuple[int, int]:
+        """How many no-target and multi-target phrases go with ``singles`` single-target ones;
+        rounded at random, so that the shares hold on average."""
+        rest = 1.0 - self.no_target - self.multi_target
+        wanted = (singles * share / rest for share in (self.no_target, self.multi_target))
+        n_none, n_multi = (int(x) + int(rng.random() < x - int(x)) for x in wanted)
+        return n_none, n_multi
+
+
+def choose_groups(
+    scene: Scene, rng: np.random.Generator, shares: TargetShares, singles: int
+) -> list[tuple[list[int], Expression, str]]:
+    """The no-target and multi-target phrases of a scene with ``singles`` single-target ones:
+    ``(objects named, expression, text)``, each expression once."""
+    found: list[tuple[list[int], Expression]] = []
+    for kind, n in zip(("none", "multi"), shares.counts(singles, rng)):
+        for _ in range(n):
+            hit = find_group_expression(scene, kind, rng, exclude=[e for _, e in found])
+            if hit is None:
+                break
+            expr, targets = hit
+            found.append((targets, expr))
+    return [(targets, expr, render(expr, rng)) for targets, expr in found]
+
+
 @dataclass
 class GeneratedImage:
     """One synthetic image with its scene, label map and referring expressions."""
@@ -229,6 +278,7 @@ class GeneratedImage:
     labels: np.ndarray  # (h, w) uint8, object k has value k + 1
     rgbs: list[np.ndarray]  # the colour each object was painted in
     refs: list[tuple[int, list[tuple[Expression, str]]]]  # target, [(expression, text)]
+    groups: list[tuple[list[int], Expression, str]] = field(default_factory=list)  # no or several targets
 
 
 def image_rng(seed: int, split: str, index: int) -> np.random.Generator:
@@ -236,8 +286,18 @@ def image_rng(seed: int, split: str, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, SPLITS.index(split), index])
 
 
-def generate_image(seed: int, split: str, index: int, side: int = DEFAULT_SIZE) -> GeneratedImage:
-    """Image ``index`` of ``split`` for ``seed``: the same inputs always give the same image."""
+def group_rng(seed: int, split: str, index: int) -> np.random.Generator:
+    """The random generator of the no-target and multi-target phrases of an image, apart from
+    :func:`image_rng` so that adding them changes nothing else."""
+    return np.random.default_rng([seed, SPLITS.index(split), index, 1])
+
+
+def generate_image(
+    seed: int, split: str, index: int, side: int = DEFAULT_SIZE, shares: TargetShares = TargetShares()
+) -> GeneratedImage:
+    """Image ``index`` of ``split`` for ``seed``: the same inputs always give the same image.
+
+    ``shares`` adds phrases that name no or several objects (none by default)."""
     rng = image_rng(seed, split, index)
     while True:  # a scene where nothing can be referred to unambiguously is drawn again
         scene = sample_scene(rng, side)
@@ -248,7 +308,11 @@ def generate_image(seed: int, split: str, index: int, side: int = DEFAULT_SIZE) 
     rgbs = [_object_rgb(rng, o) for o in scene.objects]
     image = paint(draw_background(rng, side), labels, rgbs)
     refs = [(t, [(e, render(e, rng)) for e in exprs]) for t, exprs in chosen]
-    return GeneratedImage(scene, image, labels, rgbs, refs)
+    groups = []
+    if shares.generalized:
+        singles = sum(len(exprs) for _, exprs in refs)
+        groups = choose_groups(scene, group_rng(seed, split, index), shares, singles)
+    return GeneratedImage(scene, image, labels, rgbs, refs, groups)
 
 
 # --------------------------------------------------------------------------- REFER files
@@ -282,28 +346,57 @@ def _annotation(gen: GeneratedImage, img_id: int, k: int) -> dict[str, Any]:
     }
 
 
+def _sentence(sent_id: int, expr: Expression, text: str) -> dict[str, Any]:
+    return {
+        "tokens": text.split(),
+        "raw": text,
+        "sent": text,
+        "sent_id": sent_id,
+        "expr_type": expr.type,
+        "expr": expr.to_dict(),
+    }
+
+
+def _category_id(gen: GeneratedImage, k: int) -> int:
+    return SHAPES.index(gen.scene.objects[k].shape) + 1
+
+
 def _ref(gen: GeneratedImage, img_id: int, split: str, name: str, target: int, exprs: list) -> dict[str, Any]:
     ann_id = img_id * 10 + target
-    sentences = [
-        {
-            "tokens": text.split(),
-            "raw": text,
-            "sent": text,
-            "sent_id": ann_id * 10 + j,
-            "expr_type": expr.type,
-            "expr": expr.to_dict(),
-        }
-        for j, (expr, text) in enumerate(exprs)
-    ]
+    sentences = [_sentence(ann_id * 10 + j, expr, text) for j, (expr, text) in enumerate(exprs)]
     return {
         "ref_id": ann_id,
         "ann_id": ann_id,
         "image_id": img_id,
-        "category_id": SHAPES.index(gen.scene.objects[target].shape) + 1,
+        "category_id": _category_id(gen, target),
         "split": split,
         "file_name": f"{Path(name).stem}_{ann_id}.png",  # REFER style: image + ann id
         "sent_ids": [s["sent_id"] for s in sentences],
         "sentences": sentences,
+    }
+
+
+def _as_group_ref(ref: dict[str, Any]) -> dict[str, Any]:
+    """A single-target ref in the gRefCOCO form (lists of ids and a ``no_target`` flag)."""
+    return {**ref, "ann_id": [ref["ann_id"]], "category_id": [ref["category_id"]], "no_target": False}
+
+
+def _group_ref(
+    gen: GeneratedImage, img_id: int, split: str, name: str, number: int, group: tuple[list[int], Expression, str]
+) -> dict[str, Any]:
+    """The gRefCOCO-form ref of one phrase naming no or several objects (``ann_id`` [-1] for none)."""
+    targets, expr, text = group
+    ref_id = img_id * 100 + GROUP_ID_OFFSET + number
+    return {
+        "ref_id": ref_id,
+        "ann_id": [img_id * 10 + k for k in targets] or [-1],
+        "image_id": img_id,
+        "category_id": [_category_id(gen, k) for k in targets] or [-1],
+        "no_target": not targets,
+        "split": split,
+        "file_name": name,
+        "sent_ids": [ref_id],
+        "sentences": [_sentence(ref_id, expr, text)],
     }
 
 
@@ -312,18 +405,21 @@ def _save_png(image: np.ndarray, path: Path) -> None:
         Image.fromarray(image).save(tmp, format="PNG", compress_level=1)
 
 
-def _write_image(job: tuple[int, str, int, int, Path]) -> bytes:
+def _write_image(job: tuple[int, str, int, int, TargetShares, Path]) -> bytes:
     """Generate one image and save its PNG; its REFER image, annotation and ref records, pickled.
 
     Pickled per image in every process count, so that which records share objects (and with it
     the bytes of the refs pickle) does not depend on ``workers``."""
-    seed, split, index, side, images_dir = job
-    gen = generate_image(seed, split, index, side)
+    seed, split, index, side, shares, images_dir = job
+    gen = generate_image(seed, split, index, side, shares)
     img_id, name = image_id(split, index), image_file_name(split, index)
     _save_png(gen.image, images_dir / name)
     image = {"id": img_id, "file_name": name, "height": side, "width": side}
     annotations = [_annotation(gen, img_id, k) for k in range(len(gen.scene.objects))]
     refs = [_ref(gen, img_id, split, name, t, exprs) for t, exprs in gen.refs]
+    if shares.generalized:  # a GRES dataset: every ref in the gRefCOCO form
+        refs = [_as_group_ref(r) for r in refs]
+        refs += [_group_ref(gen, img_id, split, name, g, group) for g, group in enumerate(gen.groups)]
     return pickle.dumps((image, annotations, refs), protocol=pickle.HIGHEST_PROTOCOL)
 
 
@@ -339,6 +435,7 @@ def write_shapes_refer(
     side: int,
     track: Track = no_progress,
     workers: int = 1,
+    shares: TargetShares = TargetShares(),
 ) -> ReferFiles:
     """Generate every image into ``out/images`` and the REFER files into ``out/refer/shapes``,
     in ``workers`` processes (each image depends only on its seed, split and index, so the
@@ -353,7 +450,7 @@ def write_shapes_refer(
         )
     try:
         for split in SPLITS:
-            jobs = [(seed, split, index, side, images_dir) for index in range(counts[split])]
+            jobs = [(seed, split, index, side, shares, images_dir) for index in range(counts[split])]
             if pool:  # in order; a worker that dies raises BrokenProcessPool instead of hanging
                 records = pool.map(_write_image, jobs, chunksize=max(1, min(32, len(jobs) // (4 * workers))))
             else:
@@ -388,7 +485,7 @@ def _remove_stale_images(folder: Path, keep: set[str]) -> None:
 # --------------------------------------------------------------------------- entry point
 
 
-def _check_options(counts: dict[str, int], seed: int, side: int) -> None:
+def _check_options(counts: dict[str, int], seed: int, side: int, shares: TargetShares) -> None:
     if seed < 0:
         raise InputError(f"seed must be 0 or more, got {seed}")
     if not MIN_SIZE <= side <= MAX_SIZE:
@@ -401,6 +498,14 @@ def _check_options(counts: dict[str, int], seed: int, side: int) -> None:
             raise InputError(f"{split} images must be between 0 and {MAX_IMAGES_PER_SPLIT}, got {n}")
     if not any(counts.values()):
         raise InputError("nothing to generate: every split has 0 images")
+    for name, share in (("no_target_share", shares.no_target), ("multi_target_share", shares.multi_target)):
+        if not 0.0 <= share <= MAX_GROUP_SHARE:
+            raise InputError(f"`{name}` must be between 0 and {MAX_GROUP_SHARE}, got {share}")
+    if shares.no_target + shares.multi_target > MAX_GROUP_SHARE:
+        raise InputError(
+            f"`no_target_share` and `multi_target_share` together must be at most {MAX_GROUP_SHARE}, "
+            f"got {shares.no_target} + {shares.multi_target}"
+        )
 
 
 def _is_current(out: Path, info: dict | None, params: dict[str, Any]) -> bool:
@@ -412,15 +517,21 @@ def _is_current(out: Path, info: dict | None, params: dict[str, Any]) -> bool:
     return all((out / "images" / name).is_file() for name in names)
 
 
-def generator_params(counts: dict[str, int], seed: int, side: int) -> dict[str, Any]:
+def generator_params(
+    counts: dict[str, int], seed: int, side: int, shares: TargetShares = TargetShares()
+) -> dict[str, Any]:
     """What identifies a generated dataset (stored in ``dataset.json`` under ``generator``)."""
-    return {
+    params: dict[str, Any] = {
         "name": DATASET,
         "version": GENERATOR_VERSION,
         "seed": seed,
         "size": side,
         "images": {s: counts[s] for s in SPLITS},
     }
+    if shares.generalized:  # left out at 0 and 0: such a dataset keeps the bytes it had before shares
+        params["no_target_share"] = shares.no_target
+        params["multi_target_share"] = shares.multi_target
+    return params
 
 
 def prepare_shapes(
@@ -429,6 +540,8 @@ def prepare_shapes(
     seed: int = SHAPES_DEFAULT_SEED,
     size: int = DEFAULT_SIZE,
     *,
+    no_target_share: float = SHAPES_DEFAULT_NO_TARGET_SHARE,
+    multi_target_share: float = SHAPES_DEFAULT_MULTI_TARGET_SHARE,
     force: bool = False,
     track: Track = no_progress,
     workers: int = 1,
@@ -437,20 +550,24 @@ def prepare_shapes(
 
     ``counts`` gives the number of images per split (train/val/test); a second call with
     the same arguments finds the output complete and returns with ``up_to_date`` True.
-    ``workers`` processes generate the images (the same bytes for any number).
+    ``no_target_share`` and ``multi_target_share`` are about the shares of sentences that
+    name no object and several objects (0 and 0: every sentence names one, the dataset of
+    the shipped default model). ``workers`` processes generate the images (the same bytes
+    for any number).
     """
     counts = {**DEFAULT_COUNTS, **(counts or {})}
-    _check_options(counts, seed, size)
+    shares = TargetShares(float(no_target_share), float(multi_target_share))
+    _check_options(counts, seed, size, shares)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise InputError(f"output {out} exists and is not a folder")
-    params = generator_params(counts, seed, size)
+    params = generator_params(counts, seed, size, shares)
     old = read_info(out)
     if not force and _is_current(out, old, params):
         return PrepareResult(out, DATASET, SPLIT_BY, True, old["splits"])
     with writing_to(out):
         (out / INFO_FILE).unlink(missing_ok=True)  # the folder is incomplete until the end
-        files = write_shapes_refer(out, counts, seed, size, track, workers)
+        files = write_shapes_refer(out, counts, seed, size, track, workers, shares)
     return prepare_refer(
         files.root,
         DATASET,
