@@ -15,7 +15,14 @@ import pytest
 import torch
 from model_fixtures import REPO, assert_one_line_error, run_cli
 
-from remamber.engine.evaluate import ROW_FIELDS, EvalResult, evaluate, histogram_counts, write_report
+from remamber.engine.evaluate import (
+    GENERALIZED_ROW_FIELDS,
+    ROW_FIELDS,
+    EvalResult,
+    evaluate,
+    histogram_counts,
+    write_report,
+)
 from remamber.engine.metrics import METRIC_KEYS, MetricAccumulator
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # light on shared CPUs, and the same numerics in every process
@@ -111,7 +118,8 @@ def test_evaluate_tiny_model(tiny_model, shapes_dir, tmp_path, capsys):
     assert capsys.readouterr() == ("", "")  # quiet with progress=False
     assert isinstance(res, EvalResult) and res.samples == 2 == len(res.rows)
     assert [r["index"] for r in res.rows] == [0, 1]
-    assert set(res.rows[0]) == set(ROW_FIELDS)
+    assert set(res.rows[0]) == set(GENERALIZED_ROW_FIELDS)  # ROW_FIELDS and the target kind
+    assert {r["kind"] for r in res.rows} == {"single"} and not res.generalized
     assert res.settings == {"dataset": "shapes", "split": "test", "threshold": 0.5, "eval_size": "original"}
     # the summary is the metric of the rows
     acc = MetricAccumulator()
@@ -266,7 +274,7 @@ def test_cli_table_and_progress_bar(tiny_model_dir, shapes_dir):
         assert word in res.stdout, (word, res.stdout)
     for t in {r["expr_type"] for r in _records(shapes_dir, "test")[:2]}:
         assert t in res.stdout
-    assert "2/2" in res.stderr and "eval test" in res.stderr  # the progress bar
+    assert "2/2" in res.stderr and "eval shapes test" in res.stderr  # the progress bar
     assert "error" not in res.stderr
 
 
