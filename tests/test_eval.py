@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from model_fixtures import REPO, assert_one_line_error, run_cli
+from model_fixtures import REPO, assert_one_line_error, make_generalized, run_cli
 
 from remamber.engine.evaluate import (
     GENERALIZED_ROW_FIELDS,
@@ -139,6 +139,40 @@ def test_evaluate_tiny_model(tiny_model, shapes_dir, tmp_path, capsys):
         assert set(np.unique(pred)) <= {0, 255}
         gt = ds.load_mask(r["index"]).astype(bool)
         assert (int((pred.astype(bool) & gt).sum()), int((pred.astype(bool) | gt).sum())) == (r["I"], r["U"])
+
+
+def test_gres_metrics_of_constant_predictions(shapes_dir, tmp_path):
+    """A generalized split (two no-target sentences, one naming two objects), with every pixel
+    predicted and with none: the GRES metrics worked out from the ground-truth areas."""
+    records = make_generalized(shapes_dir, tmp_path / "g", "val", {0: "none", 1: "multi", 2: "none"})
+    ds = _dataset(tmp_path / "g", "val")
+    n = len(ds)
+    areas = [int(ds.load_mask(i).sum()) for i in range(n)]
+    assert areas[0] == areas[2] == 0 and areas[1] > int(_dataset(shapes_dir, "val").load_mask(1).sum())
+    h, w = records[0]["height"], records[0]["width"]
+    targets = range(3, n)
+
+    full = evaluate(ConstantModel(5.0), ds, progress=False)  # every pixel: no "nothing here" is right
+    s = full.summary
+    assert full.generalized and (s["samples"], s["target_samples"], s["no_target_samples"]) == (n, n - 2, 2)
+    assert (s["N-acc"], s["T-acc"]) == (0.0, 1.0)
+    assert s["mIoU"] == pytest.approx(sum(areas[i] / (h * w) for i in [1, *targets]) / (n - 2))
+    assert s["gIoU"] == pytest.approx(sum(areas[i] / (h * w) for i in [1, *targets]) / n)
+    assert s["cIoU"] == pytest.approx(sum(areas) / (n * h * w))  # the no-target samples' pixels count in U
+    assert s["oIoU"] == pytest.approx(sum(areas) / ((n - 2) * h * w))
+    assert set(s["by_kind"]) == {"none", "single", "multi"} and s["by_kind"]["multi"]["samples"] == 1
+    assert [r["kind"] for r in full.rows[:4]] == ["none", "multi", "none", "single"]
+    assert full.rows[0]["IoU"] == 0.0 and full.rows[0]["U"] == h * w
+
+    empty = evaluate(ConstantModel(0.0), ds, progress=False)  # nothing predicted
+    s = empty.summary
+    assert (s["N-acc"], s["T-acc"], s["cIoU"], s["mIoU"]) == (1.0, 0.0, 0.0, 0.0)
+    assert s["gIoU"] == pytest.approx(2 / n)  # the two no-target samples score 1 each
+    assert [r["IoU"] for r in empty.rows[:3]] == [1.0, 0.0, 1.0]
+    csv_path, _ = write_report(empty, tmp_path / "report.csv")
+    rows = _report_rows(csv_path)
+    assert list(rows[0]) == list(GENERALIZED_ROW_FIELDS)
+    assert [r["kind"] for r in rows[:3]] == ["none", "multi", "none"]
 
 
 def test_bad_library_arguments(shapes_dir):

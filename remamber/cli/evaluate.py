@@ -198,11 +198,12 @@ def _cell(value: float | None) -> str:
     return "-" if value is None else f"{100 * float(value):.2f}"
 
 
-def _console():
+def _console(width: int = 110):
+    """Rich's console on stdout; at least ``width`` columns wide when stdout is not a terminal."""
     from rich.console import Console
 
     console = Console()
-    return console if console.is_terminal else Console(width=max(console.width, 110))
+    return console if console.is_terminal else Console(width=max(console.width, width))
 
 
 def _print_table(summary: dict[str, Any], title: str) -> None:
@@ -229,7 +230,7 @@ def _print_table(summary: dict[str, Any], title: str) -> None:
             table.add_row(name, str(s["samples"]), *cells, end_section=(name == "all" or last_kind))
         else:
             table.add_row(str(s["samples"]), *cells)
-    _console().print(table)
+    _console(150 if "by_kind" in summary else 110).print(table)
 
 
 def _print_splits_table(results: list[dict[str, Any]], title: str) -> None:
@@ -240,7 +241,7 @@ def _print_splits_table(results: list[dict[str, Any]], title: str) -> None:
     from remamber.engine.metrics import GENERALIZED_KEYS
 
     keys = ("oIoU", "mIoU") + (GENERALIZED_KEYS if any("gIoU" in r for r in results) else ())
-    table = Table(title=title, title_justify="left")
+    table = Table()
     table.add_column("%", style="bold")
     shown = None
     for r in results:
@@ -250,7 +251,9 @@ def _print_splits_table(results: list[dict[str, Any]], title: str) -> None:
     for key in keys:
         table.add_row(key, *[_cell(r.get(key)) for r in results], end_section=(key == keys[-1]))
     table.add_row("samples", *[str(r["samples"]) for r in results])
-    _console().print(table)
+    console = _console()
+    console.print(title, highlight=False)
+    console.print(table)
 
 
 def evaluate(
