@@ -89,9 +89,16 @@ def in_home(home, run_eval):
 EXPECTED = [("refcoco", "val"), ("refcoco", "testA"), ("refcoco", "testB"), ("refcocog", "val"), ("refcocog", "test")]
 
 
-def test_split_all_json_every_standard_split(home, in_home, blind_model_dir):
+def test_split_all_json_every_standard_split(home, in_home, blind_model_dir, tmp_path):
     res = in_home("--weights", str(blind_model_dir), "--split", "all", "--device", "cpu", "--json")
     assert res.code == 0, res.stderr
+    # `remamber export --metrics` takes the file: a card row per split
+    from remamber.hub.card import metrics_table
+    from remamber.hub.publish import read_metrics
+
+    (tmp_path / "all.json").write_text(res.stdout, encoding="utf-8")
+    card = metrics_table(read_metrics([tmp_path / "all.json"]))
+    assert "| refcoco | testA | 1 | 0.00 |" in card and "| refcocog | test | 3 | 0.00 |" in card
     assert "note: refcoco+ is not prepared" in res.stderr and "`remamber prepare refcoco+`" in res.stderr
     out = json.loads(res.stdout)
     assert (out["split"], out["weights"], out["threshold"], out["skipped"]) == (
@@ -204,6 +211,10 @@ def test_cli_gres_json(generalized, run_eval, blind_model_dir):
     assert [kinds[k]["samples"] for k in kinds] == [1, n - 2, 1]
     assert kinds["none"]["mIoU"] is None and kinds["none"]["gIoU"] == 1.0 and kinds["none"]["T-acc"] is None
     assert kinds["multi"]["N-acc"] is None and kinds["multi"]["U"] == int(decode_rle(records[1]["mask"]).sum())
+    from remamber.hub.card import metrics_table
+
+    card = metrics_table([out])
+    assert "gIoU | cIoU |" in card and "| val: none | 1 | - | - | - | - | - | 100.00 | 0.00 |" in card
 
 
 def test_cli_gres_table(generalized, run_eval, blind_model_dir):

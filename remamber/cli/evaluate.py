@@ -18,6 +18,7 @@ import typer
 
 from remamber.cli.options import device_option, threshold_option, weights_option
 from remamber.data.catalog import KNOWN_DATASETS, SHAPES_NAME, default_out
+from remamber.data.manifest import INFO_FILE, PreparedDataset
 from remamber.utils.errors import InputError
 
 DATASETS = (*KNOWN_DATASETS, SHAPES_NAME)
@@ -99,10 +100,10 @@ def _writable(path: Path, flag: str, want_dir: bool) -> None:
         raise InputError(f"{flag} {path}: cannot write there ({probe} is not a writable folder)")
 
 
-def _open_folder(folder: Path, images_root: Path | None, dataset: str | None, explicit: bool):
-    """Check a prepared folder and its images folder; returns (PreparedDataset, images root)."""
-    from remamber.data.manifest import INFO_FILE, PreparedDataset
-
+def _open_folder(
+    folder: Path, images_root: Path | None, dataset: str | None, explicit: bool
+) -> tuple[PreparedDataset, Path]:
+    """Check a prepared folder and its images folder; returns them."""
     if not (folder / INFO_FILE).is_file():
         raise _not_prepared(folder, dataset, explicit)
     prepared = PreparedDataset.open(folder)
@@ -118,7 +119,7 @@ class _Split:
     """One split to evaluate: its prepared folder, images and records."""
 
     folder: Path
-    prepared: Any  # PreparedDataset
+    prepared: PreparedDataset
     split: str
     root: Path
     records: list[dict]
@@ -129,7 +130,7 @@ class _Split:
         return f"{self.prepared.name}.{self.split}"
 
 
-def _eval_splits(prepared: Any, folder: Path) -> list[str]:
+def _eval_splits(prepared: PreparedDataset, folder: Path) -> list[str]:
     """Every split of a prepared folder but train, in the usual order (``--split all``)."""
     splits = [s for s in prepared.splits if s != TRAIN_SPLIT]
     if not splits:
@@ -142,8 +143,6 @@ def _plan(
 ) -> tuple[list[_Split], list[str]]:
     """The splits to evaluate and the Table 2 datasets skipped as not prepared (``--split all`` in
     the data home: a note on stderr for each)."""
-    from remamber.data.manifest import INFO_FILE
-
     explicit = data is not None
     if explicit:
         named = dataset if _given(ctx, "dataset") else None
@@ -172,25 +171,30 @@ def _plan(
     for folder, name in folders:
         prepared, root = _open_folder(folder, images_root, name, explicit)
         if split == ALL_SPLITS:
-            names = _eval_splits(prepared, folder)
+            splits = _eval_splits(prepared, folder)
         elif split in prepared.splits:
-            names = [split]
+            splits = [split]
         else:
             raise InputError(f"--split {split}: {folder} has no such split; it has: {', '.join(prepared.splits)}")
-        for name_ in names:
-            records = prepared.records(name_)
+        for one in splits:
+            records = prepared.records(one)
             if not records:
-                raise InputError(f"--split {name_}: {folder} has no samples in this split")
-            plan.append(_Split(folder, prepared, name_, root, records))
+                raise InputError(f"--split {one}: {folder} has no samples in this split")
+            plan.append(_Split(folder, prepared, one, root, records))
     return plan, skipped
 
 
-def _check_images(records: list[dict], root: Path, explicit_root: bool) -> None:
-    missing = [r["file_name"] for r in records if not (root / r["file_name"]).is_file()]
+def _check_images(item: _Split, limit: int, explicit_root: bool) -> None:
+    """Refuse a split (its first ``limit`` samples; 0: all) whose images are not all there."""
+    records = item.records[: limit or None]
+    missing = [r["file_name"] for r in records if not (item.root / r["file_name"]).is_file()]
     if missing:
         names = sorted(set(missing))
         hint = "check --images-root" if explicit_root else "if the images moved, pass --images-root FOLDER"
-        raise InputError(f"{len(names)} image(s) of this split are missing in {root} (first: {names[0]}); {hint}")
+        raise InputError(
+            f"{len(names)} image(s) of {item.prepared.name} {item.split} are missing in {item.root} "
+            f"(first: {names[0]}); {hint}"
+        )
 
 
 def _cell(value: float | None) -> str:
@@ -335,7 +339,7 @@ def evaluate(
     plan, skipped = _plan(ctx, split, dataset, data, images_root)
     every = split == ALL_SPLITS
     for item in plan:
-        _check_images(item.records[: limit or None], item.root, images_root is not None)
+        _check_images(item, limit, images_root is not None)
     if report is not None:
         from remamber.engine.evaluate import report_paths
 
@@ -363,7 +367,7 @@ def evaluate(
         model = load_model(weights, dev)  # once, for every split
         cfg = model.config
         prefer_fused_scan(dev, cfg.d_state)  # every batch on one path, in every process
-        results, truncated = [], 0
+        done = []  # (split, EvalResult, files written)
         for item in plan:
             masks = save_masks / item.prepared.name / item.split if every and save_masks is not None else save_masks
             ds = ReferringDataset(
@@ -387,42 +391,42 @@ def evaluate(
                 limit=limit or None,
                 num_workers=workers,
             )
-            truncated += result.truncated
-            if not distributed.is_main():
-                continue
-            entry = {
-                **result.summary,
-                "data": str(item.folder),
-                "dataset": item.prepared.name,
-                "split": item.split,
-                "truncated": result.truncated,
-                "seconds": round(result.seconds, 3),
-            }
-            if report is not None:
+            files = {}
+            if report is not None and distributed.is_main():
                 csv_path, png_path = write_report(result, _split_report(report, item) if every else report)
-                entry["report"], entry["histogram"] = str(csv_path), str(png_path)
+                files["report"], files["histogram"] = str(csv_path), str(png_path)
             if masks is not None:
-                entry["masks"] = str(masks)
-            results.append(entry)
+                files["masks"] = str(masks)
+            done.append((item, result, files))
         if not distributed.is_main():
             return
+        truncated = sum(result.truncated for _, result, _ in done)
+        if truncated:
+            sys.stderr.write(
+                f"warning: {truncated} text(s) were longer than the model's token limit and were truncated\n"
+            )
+        used_weights = weights if weights is not None else str(default_weights())
         settings = {
-            "weights": weights if weights is not None else str(default_weights()),
             "threshold": threshold,
             "eval_size": eval_size,
             "limit": limit or None,
             "device": str(dev),
             "processes": distributed.world_size(),
         }
-        if truncated:
-            sys.stderr.write(
-                f"warning: {truncated} text(s) were longer than the model's token limit and were truncated\n"
-            )
         size = "original image size" if eval_size == "original" else f"input size {cfg.image_size}"
+        how = f"threshold {threshold:g}, {size}"
         if every:
-            _show_all(results, skipped, settings, json_out, f"threshold {threshold:g}, {size}")
-        else:
-            _show_one(results[0], settings, json_out, f"threshold {threshold:g}, {size}")
+            results = [{**_where(item), **result.summary, **_run(result), **files} for item, result, files in done]
+            _show_all(results, skipped, {"weights": used_weights, **settings}, json_out, how)
+            return
+        item, result, files = done[0]
+        out = {**result.summary, "weights": used_weights, **_where(item), **settings, **_run(result), **files}
+        if json_out:
+            _print_json(out)
+            return
+        _print_table(result.summary, f"{item.prepared.name} {item.split}: {result.samples} samples, {how}")
+        for key, path in files.items():
+            typer.echo(f"{key}: {path}")
     finally:
         distributed.cleanup()
 
@@ -432,28 +436,19 @@ def _split_report(report: Path, item: _Split) -> Path:
     return report.with_name(f"{report.stem}.{item.label}{report.suffix}")
 
 
-#: Keys of a split's result that ``remamber eval --json`` prints after the settings (one split).
-_AFTER_SETTINGS = ("truncated", "seconds", "report", "histogram", "masks")
+def _where(item: _Split) -> dict[str, str]:
+    """The JSON fields that say which split a result is of."""
+    return {"data": str(item.folder), "dataset": item.prepared.name, "split": item.split}
 
 
-def _show_one(entry: dict[str, Any], settings: dict[str, Any], json_out: bool, how: str) -> None:
-    """One split: its JSON object (summary, settings, files) or its table."""
-    head = {k: v for k, v in entry.items() if k not in _AFTER_SETTINGS and k not in ("data", "dataset", "split")}
-    out = {
-        **head,
-        "weights": settings["weights"],
-        **{k: entry[k] for k in ("data", "dataset", "split")},
-        **{k: v for k, v in settings.items() if k != "weights"},
-        **{k: entry[k] for k in _AFTER_SETTINGS if k in entry},
-    }
-    if json_out:
-        sys.stdout.write(json.dumps(out, ensure_ascii=False) + "\n")
-        sys.stdout.flush()
-        return
-    _print_table(entry, f"{entry['dataset']} {entry['split']}: {entry['samples']} samples, {how}")
-    for key in ("report", "histogram", "masks"):
-        if key in out:
-            typer.echo(f"{key}: {out[key]}")
+def _run(result: Any) -> dict[str, Any]:
+    """The JSON fields of how an evaluation ran (texts truncated, seconds)."""
+    return {"truncated": result.truncated, "seconds": round(result.seconds, 3)}
+
+
+def _print_json(out: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(out, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
 
 
 def _show_all(
@@ -461,9 +456,7 @@ def _show_all(
 ) -> None:
     """``--split all``: one JSON object (settings, skipped datasets, a result per split) or Table 2."""
     if json_out:
-        out = {"split": ALL_SPLITS, **settings, "skipped": skipped, "results": results}
-        sys.stdout.write(json.dumps(out, ensure_ascii=False) + "\n")
-        sys.stdout.flush()
+        _print_json({"split": ALL_SPLITS, **settings, "skipped": skipped, "results": results})
         return
     _print_splits_table(results, f"{len(results)} splits, {how} (percent)")
     for r in results:
