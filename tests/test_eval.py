@@ -330,6 +330,11 @@ def test_cli_help_states_defaults_and_definitions():
         "[default: 8]",
         "[default: auto]",
         "torchrun",
+        "--split all",
+        "gIoU = mean IoU over all samples, a no-target sample scoring 1 when predicted empty",
+        "cIoU = sum I / sum U over all samples",
+        "N-acc = share of no-target samples predicted empty",
+        "T-acc = share of target samples not predicted empty",
     ):
         assert fragment in text, fragment
 

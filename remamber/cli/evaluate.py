@@ -28,7 +28,7 @@ ALL_SPLITS, TRAIN_SPLIT = "all", "train"
 #: The datasets of the paper's Table 2 (what ``--split all`` evaluates), in its order, as it names them.
 TABLE_DATASETS = {"refcoco": "RefCOCO", "refcoco+": "RefCOCO+", "refcocog": "G-Ref"}
 
-HELP = """Evaluate a model on a split of a prepared dataset: mIoU, oIoU and P@50..P@90.
+HELP = """Evaluate a model on a split of a prepared dataset, or on every split (--split all): mIoU, oIoU and P@50..P@90, and gIoU, cIoU, N-acc and T-acc on generalized splits.
 
 Examples:
 
@@ -64,7 +64,7 @@ Generalized splits (gRefCOCO: sentences that name no object or several), as GRES
 
 --split all evaluates every split but train: of the prepared RefCOCO, RefCOCO+ and G-Ref in the data home (those not prepared are skipped with a note), of --dataset NAME when given, or of --data FOLDER. The model is loaded once; the table has a column per dataset and split and rows oIoU and mIoU (as the paper's Table 2); --json prints one object with the settings and "results", one object per dataset and split (the keys above plus dataset, data, split); --report and --save-masks get one file or folder per split (<report stem>.<dataset>.<split>.csv, FOLDER/<dataset>/<split>).
 
---report FILE writes one CSV row per sample (index, sent_id, ref_id, image, text, expr_type, I, U, IoU) and an IoU histogram PNG beside it (same name, .png). --save-masks FOLDER writes each predicted mask as a 0/255 PNG at the eval size, named <index>_<sent_id>.png. Files are written whole or not at all. Bad input exits with code 2.
+--report FILE writes one CSV row per sample (index, sent_id, ref_id, image, text, expr_type, I, U, IoU; and kind on generalized splits) and an IoU histogram PNG beside it (same name, .png). --save-masks FOLDER writes each predicted mask as a 0/255 PNG at the eval size, named <index>_<sent_id>.png. Files are written whole or not at all. Bad input exits with code 2.
 """
 
 
