@@ -88,3 +88,36 @@ def small_shapes(tmp_path_factory) -> Path:
     res = run_cli("prepare", "shapes", "--out", str(out), "--train", "6", "--val", "2", "--test", "2", "--size", "64")
     assert res.code == 0, res.stderr
     return out
+
+
+def make_generalized(src: Path, dst: Path, split: str, kinds: dict[int, str]) -> list[dict]:
+    """A copy of the prepared folder ``src`` at ``dst`` whose ``split`` has generalized (GRES) records,
+    as ``prepare grefcoco`` writes them: every record gets ``ann_ids`` and ``no_target``; ``kinds``
+    maps a record's index to ``none`` (no object: ``ann_id`` -1, an all-zero mask) or ``multi`` (its
+    object and another object of the same image, from any split: the union of their masks). Returns
+    the new records of ``split``."""
+    import json
+    import shutil
+
+    from remamber.data.manifest import INFO_FILE, PreparedDataset, write_manifest
+    from remamber.data.masks import decode_rle, encode_mask
+
+    shutil.copytree(src, dst)
+    prepared = PreparedDataset.open(dst)
+    every = [r for s in prepared.splits for r in prepared.records(s)]
+    records = prepared.records(split)
+    for i, rec in enumerate(records):
+        kind = kinds.get(i, "single")
+        mask = decode_rle(rec["mask"])
+        rec["ann_ids"], rec["no_target"] = [rec["ann_id"]], kind == "none"
+        if kind == "none":
+            rec["ann_id"], rec["ann_ids"], mask = -1, [], np.zeros_like(mask)
+        elif kind == "multi":
+            other = next(r for r in every if r["image_id"] == rec["image_id"] and r["ann_id"] != rec["ann_id"])
+            rec["ann_ids"].append(other["ann_id"])
+            mask = mask | decode_rle(other["mask"])
+        rec["mask"] = encode_mask(mask)
+    info = json.loads((dst / INFO_FILE).read_text(encoding="utf-8"))
+    info["splits"][split].update(write_manifest(dst / info["splits"][split]["manifest"], records))
+    (dst / INFO_FILE).write_text(json.dumps(info), encoding="utf-8")
+    return records

@@ -13,9 +13,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from model_fixtures import REPO, assert_one_line_error, run_cli
+from model_fixtures import REPO, assert_one_line_error, make_generalized, run_cli
 
-from remamber.engine.evaluate import ROW_FIELDS, EvalResult, evaluate, histogram_counts, write_report
+from remamber.engine.evaluate import (
+    GENERALIZED_ROW_FIELDS,
+    ROW_FIELDS,
+    EvalResult,
+    evaluate,
+    histogram_counts,
+    write_report,
+)
 from remamber.engine.metrics import METRIC_KEYS, MetricAccumulator
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # light on shared CPUs, and the same numerics in every process
@@ -111,7 +118,8 @@ def test_evaluate_tiny_model(tiny_model, shapes_dir, tmp_path, capsys):
     assert capsys.readouterr() == ("", "")  # quiet with progress=False
     assert isinstance(res, EvalResult) and res.samples == 2 == len(res.rows)
     assert [r["index"] for r in res.rows] == [0, 1]
-    assert set(res.rows[0]) == set(ROW_FIELDS)
+    assert set(res.rows[0]) == set(GENERALIZED_ROW_FIELDS)  # ROW_FIELDS and the target kind
+    assert {r["kind"] for r in res.rows} == {"single"} and not res.generalized
     assert res.settings == {"dataset": "shapes", "split": "test", "threshold": 0.5, "eval_size": "original"}
     # the summary is the metric of the rows
     acc = MetricAccumulator()
@@ -131,6 +139,40 @@ def test_evaluate_tiny_model(tiny_model, shapes_dir, tmp_path, capsys):
         assert set(np.unique(pred)) <= {0, 255}
         gt = ds.load_mask(r["index"]).astype(bool)
         assert (int((pred.astype(bool) & gt).sum()), int((pred.astype(bool) | gt).sum())) == (r["I"], r["U"])
+
+
+def test_gres_metrics_of_constant_predictions(shapes_dir, tmp_path):
+    """A generalized split (two no-target sentences, one naming two objects), with every pixel
+    predicted and with none: the GRES metrics worked out from the ground-truth areas."""
+    records = make_generalized(shapes_dir, tmp_path / "g", "val", {0: "none", 1: "multi", 2: "none"})
+    ds = _dataset(tmp_path / "g", "val")
+    n = len(ds)
+    areas = [int(ds.load_mask(i).sum()) for i in range(n)]
+    assert areas[0] == areas[2] == 0 and areas[1] > int(_dataset(shapes_dir, "val").load_mask(1).sum())
+    h, w = records[0]["height"], records[0]["width"]
+    targets = range(3, n)
+
+    full = evaluate(ConstantModel(5.0), ds, progress=False)  # every pixel: no "nothing here" is right
+    s = full.summary
+    assert full.generalized and (s["samples"], s["target_samples"], s["no_target_samples"]) == (n, n - 2, 2)
+    assert (s["N-acc"], s["T-acc"]) == (0.0, 1.0)
+    assert s["mIoU"] == pytest.approx(sum(areas[i] / (h * w) for i in [1, *targets]) / (n - 2))
+    assert s["gIoU"] == pytest.approx(sum(areas[i] / (h * w) for i in [1, *targets]) / n)
+    assert s["cIoU"] == pytest.approx(sum(areas) / (n * h * w))  # the no-target samples' pixels count in U
+    assert s["oIoU"] == pytest.approx(sum(areas) / ((n - 2) * h * w))
+    assert set(s["by_kind"]) == {"none", "single", "multi"} and s["by_kind"]["multi"]["samples"] == 1
+    assert [r["kind"] for r in full.rows[:4]] == ["none", "multi", "none", "single"]
+    assert full.rows[0]["IoU"] == 0.0 and full.rows[0]["U"] == h * w
+
+    empty = evaluate(ConstantModel(0.0), ds, progress=False)  # nothing predicted
+    s = empty.summary
+    assert (s["N-acc"], s["T-acc"], s["cIoU"], s["mIoU"]) == (1.0, 0.0, 0.0, 0.0)
+    assert s["gIoU"] == pytest.approx(2 / n)  # the two no-target samples score 1 each
+    assert [r["IoU"] for r in empty.rows[:3]] == [1.0, 0.0, 1.0]
+    csv_path, _ = write_report(empty, tmp_path / "report.csv")
+    rows = _report_rows(csv_path)
+    assert list(rows[0]) == list(GENERALIZED_ROW_FIELDS)
+    assert [r["kind"] for r in rows[:3]] == ["none", "multi", "none"]
 
 
 def test_bad_library_arguments(shapes_dir):
@@ -266,7 +308,7 @@ def test_cli_table_and_progress_bar(tiny_model_dir, shapes_dir):
         assert word in res.stdout, (word, res.stdout)
     for t in {r["expr_type"] for r in _records(shapes_dir, "test")[:2]}:
         assert t in res.stdout
-    assert "2/2" in res.stderr and "eval test" in res.stderr  # the progress bar
+    assert "2/2" in res.stderr and "eval shapes test" in res.stderr  # the progress bar
     assert "error" not in res.stderr
 
 
@@ -288,6 +330,11 @@ def test_cli_help_states_defaults_and_definitions():
         "[default: 8]",
         "[default: auto]",
         "torchrun",
+        "--split all",
+        "gIoU = mean IoU over all samples, a no-target sample scoring 1 when predicted empty",
+        "cIoU = sum I / sum U over all samples",
+        "N-acc = share of no-target samples predicted empty",
+        "T-acc = share of target samples not predicted empty",
     ):
         assert fragment in text, fragment
 

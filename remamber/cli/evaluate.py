@@ -1,4 +1,5 @@
-"""``remamber eval``: mIoU, oIoU and P@X of a model on a split of a prepared dataset.
+"""``remamber eval``: mIoU, oIoU and P@X (and the GRES metrics) of a model on a split of a prepared
+dataset, or on every standard split (``--split all``).
 
 Thin: options, checks, printing and files; the work is :func:`remamber.engine.evaluate.evaluate`.
 Heavy imports happen inside the command so that ``--help`` stays fast.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,16 +18,23 @@ import typer
 
 from remamber.cli.options import device_option, threshold_option, weights_option
 from remamber.data.catalog import KNOWN_DATASETS, SHAPES_NAME, default_out
+from remamber.data.manifest import INFO_FILE, PreparedDataset
 from remamber.utils.errors import InputError
 
 DATASETS = (*KNOWN_DATASETS, SHAPES_NAME)
 EVAL_SIZES = ("original", "input")
+#: ``--split all``: every split of a prepared folder but this one.
+ALL_SPLITS, TRAIN_SPLIT = "all", "train"
+#: The datasets of the paper's Table 2 (what ``--split all`` evaluates), in its order, as it names them.
+TABLE_DATASETS = {"refcoco": "RefCOCO", "refcoco+": "RefCOCO+", "refcocog": "G-Ref"}
 
-HELP = """Evaluate a model on a split of a prepared dataset: mIoU, oIoU and P@50..P@90.
+HELP = """Evaluate a model on a split of a prepared dataset, or on every split (--split all): mIoU, oIoU and P@50..P@90, and gIoU, cIoU, N-acc and T-acc on generalized splits.
 
 Examples:
 
   remamber eval --split testA                        (the default model on the prepared RefCOCO in the data home)
+
+  remamber eval --weights ./my-model --split all     (every split but train of RefCOCO, RefCOCO+ and G-Ref)
 
   remamber eval --weights ./my-model --dataset refcocog --split val --json
 
@@ -47,7 +56,15 @@ Metrics (every sentence is one sample):
 
 The table shows percent; --json prints one object with samples, mIoU, oIoU, P@50 ... P@90 as fractions in [0, 1], the sums I and U, and the settings (weights, data, split, threshold, eval_size, ...). Datasets with expression types (shapes) add the same metrics per type (table rows; "by_type" in JSON).
 
---report FILE writes one CSV row per sample (index, sent_id, ref_id, image, text, expr_type, I, U, IoU) and an IoU histogram PNG beside it (same name, .png). --save-masks FOLDER writes each predicted mask as a 0/255 PNG at the eval size, named <index>_<sent_id>.png. Files are written whole or not at all. Bad input exits with code 2.
+Generalized splits (gRefCOCO: sentences that name no object or several), as GRES (ReLA) evaluates them; "predicted empty" = the mask has no pixel:
+
+* mIoU, oIoU and P@X count the target samples only; gIoU = mean IoU over all samples, a no-target sample scoring 1 when predicted empty, else 0; cIoU = sum I / sum U over all samples (a no-target sample adds its predicted pixels to U); N-acc = share of no-target samples predicted empty; T-acc = share of target samples not predicted empty.
+
+* the table adds these columns and a row per target kind (none, single, multi); --json adds gIoU, cIoU, N-acc, T-acc (null where a group has no such samples), target_samples, no_target_samples and "by_kind".
+
+--split all evaluates every split but train: of the prepared RefCOCO, RefCOCO+ and G-Ref in the data home (those not prepared are skipped with a note), of --dataset NAME when given, or of --data FOLDER. The model is loaded once; the table has a column per dataset and split and rows oIoU and mIoU (as the paper's Table 2); --json prints one object with the settings and "results", one object per dataset and split (the keys above plus dataset, data, split); --report and --save-masks get one file or folder per split (<report stem>.<dataset>.<split>.csv, FOLDER/<dataset>/<split>).
+
+--report FILE writes one CSV row per sample (index, sent_id, ref_id, image, text, expr_type, I, U, IoU; and kind on generalized splits) and an IoU histogram PNG beside it (same name, .png). --save-masks FOLDER writes each predicted mask as a 0/255 PNG at the eval size, named <index>_<sent_id>.png. Files are written whole or not at all. Bad input exits with code 2.
 """
 
 
@@ -83,15 +100,13 @@ def _writable(path: Path, flag: str, want_dir: bool) -> None:
         raise InputError(f"{flag} {path}: cannot write there ({probe} is not a writable folder)")
 
 
-def _open_split(folder: Path, split: str, images_root: Path | None, dataset: str | None, explicit: bool):
-    """Check the prepared folder, the split and the images; returns (PreparedDataset, records)."""
-    from remamber.data.manifest import INFO_FILE, PreparedDataset
-
+def _open_folder(
+    folder: Path, images_root: Path | None, dataset: str | None, explicit: bool
+) -> tuple[PreparedDataset, Path]:
+    """Check a prepared folder and its images folder; returns them."""
     if not (folder / INFO_FILE).is_file():
         raise _not_prepared(folder, dataset, explicit)
     prepared = PreparedDataset.open(folder)
-    if split not in prepared.splits:
-        raise InputError(f"--split {split}: {folder} has no such split; it has: {', '.join(prepared.splits)}")
     root = Path(images_root) if images_root is not None else folder / prepared.info["images_root"]
     if not root.is_dir():
         hint = "pass --images-root FOLDER where the images are now" if images_root is None else "check --images-root"
@@ -99,36 +114,149 @@ def _open_split(folder: Path, split: str, images_root: Path | None, dataset: str
     return prepared, root
 
 
-def _check_images(records: list[dict], root: Path, explicit_root: bool) -> None:
-    missing = [r["file_name"] for r in records if not (root / r["file_name"]).is_file()]
+@dataclass
+class _Split:
+    """One split to evaluate: its prepared folder, images and records."""
+
+    folder: Path
+    prepared: PreparedDataset
+    split: str
+    root: Path
+    records: list[dict]
+
+    @property
+    def label(self) -> str:
+        """``<dataset>.<split>``: how report files and mask folders of ``--split all`` are told apart."""
+        return f"{self.prepared.name}.{self.split}"
+
+
+def _eval_splits(prepared: PreparedDataset, folder: Path) -> list[str]:
+    """Every split of a prepared folder but train, in the usual order (``--split all``)."""
+    splits = [s for s in prepared.splits if s != TRAIN_SPLIT]
+    if not splits:
+        raise InputError(f"--split {ALL_SPLITS}: {folder} has no split besides {TRAIN_SPLIT}")
+    return splits
+
+
+def _plan(
+    ctx: typer.Context, split: str, dataset: str, data: Path | None, images_root: Path | None
+) -> tuple[list[_Split], list[str]]:
+    """The splits to evaluate and the Table 2 datasets skipped as not prepared (``--split all`` in
+    the data home: a note on stderr for each)."""
+    explicit = data is not None
+    if explicit:
+        named = dataset if _given(ctx, "dataset") else None
+        folders = [(data, named)]
+    elif split != ALL_SPLITS or _given(ctx, "dataset"):
+        folders = [(default_out(dataset), dataset)]
+    else:
+        folders = [(default_out(name), name) for name in TABLE_DATASETS]
+    skipped = []
+    if len(folders) > 1:
+        for folder, name in folders:
+            if not (folder / INFO_FILE).is_file():
+                skipped.append(name)
+                sys.stderr.write(
+                    f"note: {name} is not prepared in the data home ({folder}); skipped "
+                    f"(make it with `remamber prepare {name}`)\n"
+                )
+        folders = [(folder, name) for folder, name in folders if name not in skipped]
+        if not folders:
+            raise InputError(
+                f"--split {ALL_SPLITS}: none of {', '.join(TABLE_DATASETS)} is prepared in the data home "
+                f"({default_out('refcoco').parent}); make one with `remamber prepare refcoco`, "
+                "or point --data at a prepared folder"
+            )
+    plan = []
+    for folder, name in folders:
+        prepared, root = _open_folder(folder, images_root, name, explicit)
+        if split == ALL_SPLITS:
+            splits = _eval_splits(prepared, folder)
+        elif split in prepared.splits:
+            splits = [split]
+        else:
+            raise InputError(f"--split {split}: {folder} has no such split; it has: {', '.join(prepared.splits)}")
+        for one in splits:
+            records = prepared.records(one)
+            if not records:
+                raise InputError(f"--split {one}: {folder} has no samples in this split")
+            plan.append(_Split(folder, prepared, one, root, records))
+    return plan, skipped
+
+
+def _check_images(item: _Split, limit: int, explicit_root: bool) -> None:
+    """Refuse a split (its first ``limit`` samples; 0: all) whose images are not all there."""
+    records = item.records[: limit or None]
+    missing = [r["file_name"] for r in records if not (item.root / r["file_name"]).is_file()]
     if missing:
         names = sorted(set(missing))
         hint = "check --images-root" if explicit_root else "if the images moved, pass --images-root FOLDER"
-        raise InputError(f"{len(names)} image(s) of this split are missing in {root} (first: {names[0]}); {hint}")
+        raise InputError(
+            f"{len(names)} image(s) of {item.prepared.name} {item.split} are missing in {item.root} "
+            f"(first: {names[0]}); {hint}"
+        )
+
+
+def _cell(value: float | None) -> str:
+    """A fraction as a percent cell; "-" where a metric is undefined (a group without such samples)."""
+    return "-" if value is None else f"{100 * float(value):.2f}"
+
+
+def _console(width: int = 110):
+    """Rich's console on stdout; at least ``width`` columns wide when stdout is not a terminal."""
+    from rich.console import Console
+
+    console = Console()
+    return console if console.is_terminal else Console(width=max(console.width, width))
 
 
 def _print_table(summary: dict[str, Any], title: str) -> None:
-    from rich.console import Console
+    """One split: a row for all samples, then one per target kind (generalized splits) and per
+    expression type; the GRES columns on generalized splits."""
     from rich.table import Table
 
     from remamber.engine.evaluate import iter_metric_rows
-    from remamber.engine.metrics import METRIC_KEYS
+    from remamber.engine.metrics import GENERALIZED_KEYS, METRIC_KEYS
 
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=max(console.width, 110))
+    keys = METRIC_KEYS + (GENERALIZED_KEYS if "by_kind" in summary else ())
+    grouped = "by_type" in summary or "by_kind" in summary
     table = Table(title=title, title_justify="left")
-    table.add_column("samples" if "by_type" not in summary else "type", style="bold")
-    if "by_type" in summary:
+    table.add_column("samples" if not grouped else "type" if "by_kind" not in summary else "group", style="bold")
+    if grouped:
         table.add_column("samples", justify="right")
-    for key in METRIC_KEYS:
+    for key in keys:
         table.add_column(f"{key} %", justify="right")
+    kinds = list(summary.get("by_kind") or ())
     for name, s in iter_metric_rows(summary):
-        cells = [f"{100 * float(s[k]):.2f}" for k in METRIC_KEYS]
-        if "by_type" in summary:
-            table.add_row(name, str(s["samples"]), *cells, end_section=(name == "all"))
+        cells = [_cell(s[k]) for k in keys]
+        if grouped:
+            last_kind = bool(kinds) and name == kinds[-1] and "by_type" in summary
+            table.add_row(name, str(s["samples"]), *cells, end_section=(name == "all" or last_kind))
         else:
             table.add_row(str(s["samples"]), *cells)
+    _console(150 if "by_kind" in summary else 110).print(table)
+
+
+def _print_splits_table(results: list[dict[str, Any]], title: str) -> None:
+    """``--split all``: the paper's Table 2 layout, a column per dataset and split (grouped by
+    dataset), rows oIoU and mIoU (and the GRES metrics when a split is generalized), then samples."""
+    from rich.table import Table
+
+    from remamber.engine.metrics import GENERALIZED_KEYS
+
+    keys = ("oIoU", "mIoU") + (GENERALIZED_KEYS if any("gIoU" in r for r in results) else ())
+    table = Table()
+    table.add_column("%", style="bold")
+    shown = None
+    for r in results:
+        name = TABLE_DATASETS.get(r["dataset"], r["dataset"])
+        table.add_column(f"{name if r['data'] != shown else ''}\n{r['split']}", justify="right")
+        shown = r["data"]
+    for key in keys:
+        table.add_row(key, *[_cell(r.get(key)) for r in results], end_section=(key == keys[-1]))
+    table.add_row("samples", *[str(r["samples"]) for r in results])
+    console = _console()
+    console.print(title, highlight=False)
     console.print(table)
 
 
@@ -138,7 +266,8 @@ def evaluate(
         ...,
         "--split",
         metavar="NAME",
-        help="Split to evaluate: train, val, test, testA, testB (what the prepared folder has).",
+        help="Split to evaluate: train, val, test, testA, testB (what the prepared folder has), or all: every "
+        "split but train of the prepared RefCOCO, RefCOCO+ and G-Ref (or of --dataset / --data when given).",
         show_default=False,
     ),
     weights: str | None = weights_option(),
@@ -178,7 +307,8 @@ def evaluate(
         False,
         "--json",
         help="Print one JSON object: samples, mIoU, oIoU, P@50..P@90 (fractions in [0, 1]), I, U, "
-        "by_type (when present) and the settings used.",
+        "by_type (when present), the GRES metrics and by_kind (generalized splits) and the settings used; "
+        "with --split all, the settings and results: one such object per dataset and split.",
     ),
     report: Path | None = typer.Option(
         None,
@@ -206,23 +336,20 @@ def evaluate(
         raise InputError(f"--limit must be 0 (all) or more (got {limit})")
     if workers < 0:
         raise InputError(f"--workers must be 0 or more (got {workers})")
-    folder = data if data is not None else default_out(dataset)
-    named = dataset if data is None or _given(ctx, "dataset") else None
-    prepared, root = _open_split(folder, split, images_root, named, data is not None)
-    records = prepared.records(split)
-    if not records:
-        raise InputError(f"--split {split}: {folder} has no samples in this split")
-    n = min(limit, len(records)) if limit else len(records)
-    _check_images(records[:n], root, images_root is not None)
+    plan, skipped = _plan(ctx, split, dataset, data, images_root)
+    every = split == ALL_SPLITS
+    for item in plan:
+        _check_images(item, limit, images_root is not None)
     if report is not None:
         from remamber.engine.evaluate import report_paths
 
         try:
-            paths = report_paths(report)
+            report_paths(report)
         except InputError as e:
             raise typer.BadParameter(str(e), param_hint="'--report'") from None
-        for p in paths:
-            _writable(p, "--report", want_dir=False)
+        for item in plan:
+            for p in report_paths(_split_report(report, item) if every else report):
+                _writable(p, "--report", want_dir=False)
     if save_masks is not None:
         _writable(save_masks, "--save-masks", want_dir=True)
 
@@ -237,65 +364,102 @@ def evaluate(
     dev = resolve_device(device)
     distributed.init_distributed(dev)
     try:
-        model = load_model(weights, dev)
+        model = load_model(weights, dev)  # once, for every split
         cfg = model.config
         prefer_fused_scan(dev, cfg.d_state)  # every batch on one path, in every process
-        ds = ReferringDataset(
-            folder,
-            split,
-            cfg.image_size,
-            train=False,
-            mean=cfg.pixel_mean,
-            std=cfg.pixel_std,
-            images_root=images_root,
-        )
-        result = run_eval(
-            model,
-            ds,
-            threshold=threshold,
-            eval_size=eval_size,
-            batch_size=batch_size,
-            device=dev,
-            save_masks=save_masks,
-            progress=True,
-            limit=limit or None,
-            num_workers=workers,
-        )
+        done = []  # (split, EvalResult, files written)
+        for item in plan:
+            masks = save_masks / item.prepared.name / item.split if every and save_masks is not None else save_masks
+            ds = ReferringDataset(
+                item.folder,
+                item.split,
+                cfg.image_size,
+                train=False,
+                mean=cfg.pixel_mean,
+                std=cfg.pixel_std,
+                images_root=images_root,
+            )
+            result = run_eval(
+                model,
+                ds,
+                threshold=threshold,
+                eval_size=eval_size,
+                batch_size=batch_size,
+                device=dev,
+                save_masks=masks,
+                progress=True,
+                limit=limit or None,
+                num_workers=workers,
+            )
+            files = {}
+            if report is not None and distributed.is_main():
+                csv_path, png_path = write_report(result, _split_report(report, item) if every else report)
+                files["report"], files["histogram"] = str(csv_path), str(png_path)
+            if masks is not None:
+                files["masks"] = str(masks)
+            done.append((item, result, files))
         if not distributed.is_main():
             return
+        truncated = sum(result.truncated for _, result, _ in done)
+        if truncated:
+            sys.stderr.write(
+                f"warning: {truncated} text(s) were longer than the model's token limit and were truncated\n"
+            )
         used_weights = weights if weights is not None else str(default_weights())
-        out = {
-            **result.summary,
-            "weights": used_weights,
-            "data": str(folder),
-            "dataset": prepared.name,
-            "split": split,
+        settings = {
             "threshold": threshold,
             "eval_size": eval_size,
             "limit": limit or None,
             "device": str(dev),
             "processes": distributed.world_size(),
-            "truncated": result.truncated,
-            "seconds": round(result.seconds, 3),
         }
-        if report is not None:
-            csv_path, png_path = write_report(result, report)
-            out["report"], out["histogram"] = str(csv_path), str(png_path)
-        if save_masks is not None:
-            out["masks"] = str(save_masks)
-        if result.truncated:
-            sys.stderr.write(
-                f"warning: {result.truncated} text(s) were longer than the model's token limit and were truncated\n"
-            )
-        if json_out:
-            sys.stdout.write(json.dumps(out, ensure_ascii=False) + "\n")
-            sys.stdout.flush()
-            return
         size = "original image size" if eval_size == "original" else f"input size {cfg.image_size}"
-        title = f"{prepared.name} {split}: {result.samples} samples, threshold {threshold:g}, {size}"
-        _print_table(result.summary, title)
-        for key in ("report", "histogram", "masks"):
-            if key in out:
-                typer.echo(f"{key}: {out[key]}")
+        how = f"threshold {threshold:g}, {size}"
+        if every:
+            results = [{**_where(item), **result.summary, **_run(result), **files} for item, result, files in done]
+            _show_all(results, skipped, {"weights": used_weights, **settings}, json_out, how)
+            return
+        item, result, files = done[0]
+        out = {**result.summary, "weights": used_weights, **_where(item), **settings, **_run(result), **files}
+        if json_out:
+            _print_json(out)
+            return
+        _print_table(result.summary, f"{item.prepared.name} {item.split}: {result.samples} samples, {how}")
+        for key, path in files.items():
+            typer.echo(f"{key}: {path}")
     finally:
         distributed.cleanup()
+
+
+def _split_report(report: Path, item: _Split) -> Path:
+    """``--split all``: the report file of one split, ``<stem>.<dataset>.<split><suffix>`` beside ``report``."""
+    return report.with_name(f"{report.stem}.{item.label}{report.suffix}")
+
+
+def _where(item: _Split) -> dict[str, str]:
+    """The JSON fields that say which split a result is of."""
+    return {"data": str(item.folder), "dataset": item.prepared.name, "split": item.split}
+
+
+def _run(result: Any) -> dict[str, Any]:
+    """The JSON fields of how an evaluation ran (texts truncated, seconds)."""
+    return {"truncated": result.truncated, "seconds": round(result.seconds, 3)}
+
+
+def _print_json(out: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(out, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+def _show_all(
+    results: list[dict[str, Any]], skipped: list[str], settings: dict[str, Any], json_out: bool, how: str
+) -> None:
+    """``--split all``: one JSON object (settings, skipped datasets, a result per split) or Table 2."""
+    if json_out:
+        _print_json({"split": ALL_SPLITS, **settings, "skipped": skipped, "results": results})
+        return
+    _print_splits_table(results, f"{len(results)} splits, {how} (percent)")
+    for r in results:
+        for key in ("report", "masks"):
+            if key in r:
+                typer.echo(f"{r['dataset']} {r['split']} {key}: {r[key]}")

@@ -1,4 +1,5 @@
-"""Evaluate a ReMamber model on a prepared split: per-sample I/U, mIoU, oIoU, P@X.
+"""Evaluate a ReMamber model on a prepared split: per-sample I/U, mIoU, oIoU, P@X (and the GRES
+metrics gIoU, cIoU, N-acc, T-acc on splits with no-target or multi-target sentences).
 
 The library half of ``remamber eval`` (the trainer calls :func:`evaluate` for validation).
 Definitions are in :mod:`remamber.engine.metrics`. Under torchrun (an initialised process
@@ -21,8 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from remamber.data.manifest import target_kind
 from remamber.engine import distributed
-from remamber.engine.metrics import MetricAccumulator, iou, sample_iou
+from remamber.engine.metrics import MetricAccumulator, sample_iou
 from remamber.inference.fuse import fused
 from remamber.inference.processing import to_prediction
 from remamber.utils.errors import InputError, check_threshold
@@ -30,8 +32,10 @@ from remamber.utils.io import atomic_open, atomic_path
 
 #: Where predictions are compared with the ground truth.
 EVAL_SIZES = ("original", "input")
-#: Columns of the per-sample report (``EvalResult.rows`` entries have these keys).
+#: Columns of the per-sample report (``EvalResult.rows`` entries have these keys and ``kind``).
 ROW_FIELDS = ("index", "sent_id", "ref_id", "image", "text", "expr_type", "I", "U", "IoU")
+#: Columns of the per-sample report of a generalized split: the target kind (none/single/multi) too.
+GENERALIZED_ROW_FIELDS = (*ROW_FIELDS, "kind")
 
 
 @dataclass
@@ -39,8 +43,10 @@ class EvalResult:
     """What :func:`evaluate` found.
 
     ``summary``: ``samples``, ``mIoU``, ``oIoU``, ``P@50`` ... ``P@90`` (fractions in [0, 1]),
-    ``I`` and ``U`` (sums), and ``by_type`` when records carry an ``expr_type``.
-    ``rows``: one dict per sample (``ROW_FIELDS``) in dataset order. ``settings``: threshold,
+    ``I`` and ``U`` (sums), and ``by_type`` when records carry an ``expr_type``; on a generalized
+    split also the GRES keys and ``by_kind`` (:meth:`MetricAccumulator.summary`).
+    ``rows``: one dict per sample (``ROW_FIELDS`` and ``kind``; ``IoU`` is 1 or 0 for a
+    no-target sample, as gIoU counts it) in dataset order. ``settings``: threshold,
     eval_size, dataset name and split. ``truncated``: texts cut at the model's token limit.
     """
 
@@ -61,6 +67,11 @@ class EvalResult:
     @property
     def oiou(self) -> float:
         return float(self.summary["oIoU"])
+
+    @property
+    def generalized(self) -> bool:
+        """Whether the split had no-target or multi-target samples (the summary has the GRES metrics)."""
+        return "gIoU" in self.summary
 
     def to_dict(self) -> dict[str, Any]:
         """Summary and settings as one JSON-ready object (no per-sample rows)."""
@@ -230,7 +241,8 @@ def evaluate(
     core.eval()
     start = time.perf_counter()
     world = distributed.world_size() if collective else 1
-    bar = _Progress(n, progress and distributed.is_main(), f"eval {getattr(dataset, 'split', '')}".strip())
+    label = " ".join(str(v) for v in (getattr(dataset, "name", None), getattr(dataset, "split", None)) if v)
+    bar = _Progress(n, progress and distributed.is_main(), f"eval {label}".strip())
     try:
         with torch.inference_mode(), fused(core) if fuse else contextlib.nullcontext():
             for batch in loader:
@@ -244,7 +256,9 @@ def evaluate(
                     pred = to_prediction(logits[j], (gt.shape[1], gt.shape[0]), threshold).mask
                     inter, union = sample_iou(pred, gt)
                     rec = _record(dataset, i)
-                    acc.add(inter, union, rec.get("expr_type"))
+                    kind = target_kind(rec)
+                    # "predicted empty" (GRES) is the mask itself: whatever emptied it counts
+                    score = acc.add(inter, union, rec.get("expr_type"), kind, pred_empty=not pred.any())
                     rows.append(
                         {
                             "index": i,
@@ -255,7 +269,8 @@ def evaluate(
                             "expr_type": rec.get("expr_type"),
                             "I": inter,
                             "U": union,
-                            "IoU": iou(inter, union),
+                            "IoU": score,
+                            "kind": kind,
                         }
                     )
                     if masks_dir is not None:
@@ -309,10 +324,12 @@ def report_paths(path: str | os.PathLike) -> tuple[Path, Path]:
 
 
 def write_report(result: EvalResult, path: str | os.PathLike) -> tuple[Path, Path]:
-    """Write the per-sample CSV (``ROW_FIELDS``) and the IoU histogram PNG beside it, atomically."""
+    """Write the per-sample CSV (``ROW_FIELDS``; ``GENERALIZED_ROW_FIELDS`` for a generalized
+    split) and the IoU histogram PNG beside it, atomically."""
     csv_path, png_path = report_paths(path)
+    fields = GENERALIZED_ROW_FIELDS if result.generalized else ROW_FIELDS
     with atomic_open(csv_path, "w", encoding="utf-8", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(ROW_FIELDS), extrasaction="ignore")
+        writer = csv.DictWriter(f, fieldnames=list(fields), extrasaction="ignore")
         writer.writeheader()
         for row in result.rows:
             writer.writerow({**row, "expr_type": row.get("expr_type") or "", "IoU": f"{row['IoU']:.6f}"})
@@ -329,6 +346,8 @@ def _histogram_title(result: EvalResult) -> str:
     s = result.summary
     name = " ".join(str(v) for v in (result.settings.get("dataset"), result.settings.get("split")) if v)
     head = f"{name}: " if name else ""
+    if result.generalized:
+        return f"{head}IoU of {s['samples']} samples - gIoU {100 * s['gIoU']:.2f}%, cIoU {100 * s['cIoU']:.2f}%"
     return (
         f"{head}IoU of {s['samples']} samples - mIoU {100 * s['mIoU']:.2f}%, "
         f"oIoU {100 * s['oIoU']:.2f}%, P@50 {100 * s['P@50']:.2f}%"
@@ -381,14 +400,17 @@ def iou_histogram(ious: Sequence[float], bins: int = 10, title: str = "", size: 
 
 
 def iter_metric_rows(summary: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
-    """``("all", summary)`` then ``(type, summary)`` per expression type, for tables."""
+    """``("all", summary)``, ``(kind, summary)`` per target kind (generalized splits), then
+    ``(type, summary)`` per expression type, for tables."""
     yield "all", summary
+    yield from (summary.get("by_kind") or {}).items()
     yield from (summary.get("by_type") or {}).items()
 
 
 __all__ = [
     "EVAL_SIZES",
     "ROW_FIELDS",
+    "GENERALIZED_ROW_FIELDS",
     "EvalResult",
     "evaluate",
     "write_report",

@@ -12,6 +12,21 @@ Definitions (DESIGN.md section 5; every sentence is one sample):
   an IoU of exactly 0.5 counts for P@50). The comparison is done in integers
   (``10 * I >= 10X * U``), so no float rounding moves a sample across a level.
 
+Generalized RIS (GRES; gRefCOCO, where a sentence names zero, one or several objects), as
+ReLA's ``refer_evaluation.py`` computes it, with "predicted empty" = the predicted mask has no
+pixel (the mask every inference path makes, so a presence head that empties it counts):
+
+* the classic metrics above count the *target* samples only (no-target samples have no IoU);
+* ``gIoU`` = mean per-sample IoU over *all* samples, a no-target sample scoring 1 when
+  predicted empty and 0 otherwise;
+* ``cIoU`` = cumulative I / cumulative U over all samples: a no-target sample adds its
+  predicted pixels to U, none when predicted empty;
+* ``N-acc`` = share of no-target samples predicted empty; ``T-acc`` = share of target samples
+  *not* predicted empty (None where a group has no such samples; ReLA prints 0 then).
+
+A summary carries them only when a no-target or multi-target sample was seen, so classic
+datasets summarise exactly as before.
+
 :class:`MetricAccumulator` keeps integer counts and an exactly rounded float sum of the
 IoUs, so the summary does not depend on the order in which samples were added, merged or
 reduced over processes: a sharded evaluation gives bit-for-bit the single-process numbers.
@@ -26,11 +41,15 @@ from typing import Any
 
 import numpy as np
 
+from remamber.data.manifest import TARGET_KINDS
+
 #: IoU levels of the precision metrics, in tenths (P@50 ... P@90).
 PRECISION_TENTHS = (5, 6, 7, 8, 9)
 PRECISION_KEYS = tuple(f"P@{t * 10}" for t in PRECISION_TENTHS)
 #: The metric keys of a summary, in display order (all fractions in [0, 1]).
 METRIC_KEYS = ("mIoU", "oIoU") + PRECISION_KEYS
+#: The GRES metric keys of a generalized summary, in display order (fractions, or None).
+GENERALIZED_KEYS = ("gIoU", "cIoU", "N-acc", "T-acc")
 
 
 def _as_bool(mask: Any) -> Any:
@@ -124,89 +143,173 @@ class ExactSum:
         return math.fsum(self.partials)
 
 
+def _share(part: int, whole: int) -> float | None:
+    return part / whole if whole else None
+
+
 @dataclass
 class _Totals:
-    """Counts of one group of samples (all, or one expression type)."""
+    """Counts of one group of samples (all, one expression type or one target kind).
+
+    ``samples``, ``inter``, ``union``, ``hits`` and ``iou_sum`` count target samples only; the
+    four GRES outcome counts are ReLA's TP/FN (no-target samples predicted empty / not) and
+    TN/FP (target samples predicted not empty / empty); ``stray`` sums the predicted pixels of
+    no-target samples predicted not empty (their U).
+    """
 
     samples: int = 0
     inter: int = 0
     union: int = 0
     hits: list[int] = field(default_factory=lambda: [0] * len(PRECISION_TENTHS))
+    none_empty: int = 0
+    none_filled: int = 0
+    target_filled: int = 0
+    target_empty: int = 0
+    stray: int = 0
     iou_sum: ExactSum = field(default_factory=ExactSum)
 
-    def add(self, inter: int, union: int) -> None:
+    @property
+    def no_target(self) -> int:
+        return self.none_empty + self.none_filled
+
+    def add(self, inter: int, union: int, no_target: bool, pred_empty: bool | None) -> None:
+        if no_target:
+            if pred_empty:
+                self.none_empty += 1
+            else:
+                self.none_filled += 1
+                self.stray += union
+            return
         self.samples += 1
         self.inter += inter
         self.union += union
         self.hits = [h + x for h, x in zip(self.hits, precision_hits(inter, union))]
         self.iou_sum.add(iou(inter, union))
+        if pred_empty is not None:
+            self.target_empty += int(pred_empty)
+            self.target_filled += int(not pred_empty)
 
     def merge(self, other: _Totals) -> None:
-        self.samples += other.samples
-        self.inter += other.inter
-        self.union += other.union
-        self.hits = [a + b for a, b in zip(self.hits, other.hits)]
+        self._set_counts([a + b for a, b in zip(self.counts(), other.counts())])
         self.iou_sum.merge(other.iou_sum)
 
     def counts(self) -> list[int]:
-        return [self.samples, self.inter, self.union, *self.hits]
+        """Every integer count, as one row (what :meth:`MetricAccumulator.reduce` sums)."""
+        tail = [self.none_empty, self.none_filled, self.target_filled, self.target_empty, self.stray]
+        return [self.samples, self.inter, self.union, *self.hits, *tail]
 
-    def summary(self) -> dict[str, Any]:
+    def _set_counts(self, row: list[int]) -> None:
+        self.samples, self.inter, self.union, self.hits = row[0], row[1], row[2], list(row[3:-5])
+        self.none_empty, self.none_filled, self.target_filled, self.target_empty, self.stray = row[-5:]
+
+    @classmethod
+    def from_counts(cls, row: list[int]) -> _Totals:
+        """The totals of a :meth:`counts` row (with an empty IoU sum)."""
+        out = cls()
+        out._set_counts(row)
+        return out
+
+    def summary(self, generalized: bool = False) -> dict[str, Any]:
         n = self.samples
-        out: dict[str, Any] = {
-            "samples": n,
-            "mIoU": self.iou_sum.value / n if n else 0.0,
-            "oIoU": self.inter / self.union if self.union else 0.0,
-        }
-        for key, h in zip(PRECISION_KEYS, self.hits):
-            out[key] = h / n if n else 0.0
+        if generalized and not n:  # no target sample: the classic metrics are undefined
+            out: dict[str, Any] = dict.fromkeys(METRIC_KEYS)
+        else:
+            out = {"mIoU": self.iou_sum.value / n if n else 0.0, "oIoU": self.inter / self.union if self.union else 0.0}
+            out.update((key, h / n if n else 0.0) for key, h in zip(PRECISION_KEYS, self.hits))
         out["I"] = self.inter
         out["U"] = self.union
-        return out
+        if not generalized:
+            return {"samples": n, **out}
+        total = n + self.no_target
+        cumulative_union = self.union + self.stray
+        return {
+            "samples": total,
+            "target_samples": n,
+            "no_target_samples": self.no_target,
+            **out,
+            # a no-target sample predicted empty scores exactly 1: added to the exact IoU sum
+            "gIoU": math.fsum([*self.iou_sum.partials, float(self.none_empty)]) / total if total else None,
+            "cIoU": self.inter / cumulative_union if cumulative_union else 0.0,
+            "N-acc": _share(self.none_empty, self.no_target),
+            "T-acc": _share(self.target_filled, self.target_filled + self.target_empty),
+        }
 
 
 class MetricAccumulator:
-    """Accumulates per-sample ``(I, U)``; summarises as mIoU, oIoU and P@50..P@90.
+    """Accumulates per-sample ``(I, U)``; summarises as mIoU, oIoU and P@50..P@90, plus the GRES
+    metrics (gIoU, cIoU, N-acc, T-acc) once a no-target or multi-target sample was added.
 
-    ``add(I, U, expr_type)`` adds one sample (``expr_type`` also counts it in that type's
-    group), ``merge(other)`` adds another accumulator, ``reduce()`` sums over the processes
-    of a torch.distributed group, ``summary()`` gives the metrics as fractions in [0, 1].
+    ``add(I, U, expr_type, kind=..., pred_empty=...)`` adds one sample (``expr_type`` also
+    counts it in that type's group, ``kind`` in that target kind's), ``merge(other)`` adds
+    another accumulator, ``reduce()`` sums over the processes of a torch.distributed group,
+    ``summary()`` gives the metrics as fractions in [0, 1].
     """
 
     def __init__(self) -> None:
         self._all = _Totals()
         self._by_type: dict[str, _Totals] = {}
+        self._by_kind: dict[str, _Totals] = {}
 
     @property
     def samples(self) -> int:
-        return self._all.samples
+        return self._all.samples + self._all.no_target
 
     @property
     def types(self) -> list[str]:
         """Expression types seen, sorted."""
         return sorted(self._by_type)
 
-    def add(self, inter: int, union: int, expr_type: str | None = None) -> float:
-        """Add one sample; returns its IoU."""
+    @property
+    def generalized(self) -> bool:
+        """Whether a no-target or multi-target sample was added (the summary has the GRES metrics)."""
+        return self._all.no_target > 0 or "multi" in self._by_kind
+
+    def add(
+        self,
+        inter: int,
+        union: int,
+        expr_type: str | None = None,
+        kind: str = "single",
+        pred_empty: bool | None = None,
+    ) -> float:
+        """Add one sample; returns its IoU (for a no-target sample: 1 if predicted empty, else 0).
+
+        ``kind``: ``none``, ``single`` or ``multi`` (``remamber.data.manifest.target_kind``).
+        ``pred_empty``: whether the predicted mask has no pixel (what N-acc and T-acc count); for
+        a no-target sample it defaults to ``U == 0`` (its ground truth is empty), a target sample
+        without it is left out of T-acc.
+        """
         inter, union = int(inter), int(union)
         if inter < 0 or union < inter:
             raise ValueError(f"need 0 <= I <= U, got I={inter}, U={union}")
-        self._all.add(inter, union)
+        if kind not in TARGET_KINDS:
+            raise ValueError(f"kind {kind!r}: choose from {', '.join(TARGET_KINDS)}")
+        if pred_empty and inter:
+            raise ValueError(f"an empty prediction cannot overlap the ground truth (I={inter})")
+        no_target = kind == "none"
+        if no_target and pred_empty is None:
+            pred_empty = union == 0
+        groups = [self._all, self._by_kind.setdefault(kind, _Totals())]
         if expr_type is not None:
-            self._by_type.setdefault(str(expr_type), _Totals()).add(inter, union)
+            groups.append(self._by_type.setdefault(str(expr_type), _Totals()))
+        for group in groups:
+            group.add(inter, union, no_target, pred_empty)
+        if no_target:
+            return float(bool(pred_empty))
         return iou(inter, union)
 
-    def add_masks(self, pred: Any, gt: Any, expr_type: str | None = None) -> tuple[int, int]:
+    def add_masks(self, pred: Any, gt: Any, expr_type: str | None = None, kind: str = "single") -> tuple[int, int]:
         """Add one sample from its predicted and ground-truth masks; returns ``(I, U)``."""
         inter, union = sample_iou(pred, gt)
-        self.add(inter, union, expr_type)
+        self.add(inter, union, expr_type, kind, pred_empty=not bool(_as_bool(pred).any()))
         return inter, union
 
     def merge(self, other: MetricAccumulator) -> MetricAccumulator:
         """Add every sample of ``other`` (in place); returns self."""
         self._all.merge(other._all)
-        for key, totals in other._by_type.items():
-            self._by_type.setdefault(key, _Totals()).merge(totals)
+        for mine, theirs in ((self._by_type, other._by_type), (self._by_kind, other._by_kind)):
+            for key, totals in theirs.items():
+                mine.setdefault(key, _Totals()).merge(totals)
         return self
 
     def copy(self) -> MetricAccumulator:
@@ -214,10 +317,19 @@ class MetricAccumulator:
 
     def summary(self) -> dict[str, Any]:
         """``{"samples", "mIoU", "oIoU", "P@50", ..., "P@90", "I", "U"}`` plus ``"by_type"``
-        (``{type: same keys}``) when any sample had an expression type."""
-        out = self._all.summary()
+        (``{type: same keys}``) when any sample had an expression type.
+
+        Generalized (a no-target or multi-target sample seen): ``samples`` counts every
+        sample, ``target_samples`` and ``no_target_samples`` split it, the classic keys are
+        over the target samples (None without any), ``gIoU``, ``cIoU``, ``N-acc``, ``T-acc`` are
+        added, and ``"by_kind"`` (``{kind: same keys}``, kinds in ``TARGET_KINDS`` order).
+        """
+        generalized = self.generalized
+        out = self._all.summary(generalized)
+        if generalized:
+            out["by_kind"] = {k: self._by_kind[k].summary(True) for k in TARGET_KINDS if k in self._by_kind}
         if self._by_type:
-            out["by_type"] = {k: self._by_type[k].summary() for k in sorted(self._by_type)}
+            out["by_type"] = {k: self._by_type[k].summary(generalized) for k in sorted(self._by_type)}
         return out
 
     def reduce(self) -> MetricAccumulator:
@@ -237,9 +349,14 @@ class MetricAccumulator:
 
         world = distributed.world_size()
         gathered: list[Any] = [None] * world
-        dist.all_gather_object(gathered, sorted(self._by_type))
-        keys = sorted(set().union(*map(set, gathered)))
-        groups = [self._all] + [self._by_type.get(k, _Totals()) for k in keys]
+        dist.all_gather_object(gathered, (sorted(self._by_type), sorted(self._by_kind)))
+        type_keys = sorted({k for types, _ in gathered for k in types})
+        kind_keys = sorted({k for _, kinds in gathered for k in kinds})
+        groups = (
+            [self._all]
+            + [self._by_type.get(k, _Totals()) for k in type_keys]
+            + [self._by_kind.get(k, _Totals()) for k in kind_keys]
+        )
         device = torch.device("cpu")
         if dist.get_backend() == "nccl":
             device = torch.device("cuda", torch.cuda.current_device())
@@ -250,13 +367,16 @@ class MetricAccumulator:
 
         merged = []
         for gi, row in enumerate(counts):
-            total = _Totals(samples=row[0], inter=row[1], union=row[2], hits=list(row[3:]))
+            total = _Totals.from_counts(row)
             for per_rank in partials:
                 total.iou_sum.merge(ExactSum(per_rank[gi]))
             merged.append(total)
         out = MetricAccumulator()
         out._all = merged[0]
-        out._by_type = {k: t for k, t in zip(keys, merged[1:]) if t.samples}
+        seen = [t.samples or t.no_target for t in merged]
+        n_types = len(type_keys)
+        out._by_type = {k: t for k, t, s in zip(type_keys, merged[1:], seen[1:]) if s}
+        out._by_kind = {k: t for k, t, s in zip(kind_keys, merged[1 + n_types :], seen[1 + n_types :]) if s}
         return out
 
 

@@ -37,20 +37,20 @@ def _variant_line(config: ModelConfig) -> str:
     return f"- variant: {', '.join(changed)}\n" if changed else ""
 
 
-def _pct(x: float) -> str:
-    return f"{100 * x:.2f}"
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f}"
 
 
 def metrics_table(results: list[dict]) -> str:
-    """A markdown table of ``remamber eval --json`` objects (one row per result and per type)."""
-    cols = ["mIoU", "oIoU", "P@50", "P@70", "P@90"]
+    """A markdown table of ``remamber eval --json`` objects (one row per result, per target kind of a
+    generalized split and per type; gIoU and cIoU columns when a split is generalized)."""
+    cols = ["mIoU", "oIoU", "P@50", "P@70", "P@90"] + (["gIoU", "cIoU"] if any("gIoU" in r for r in results) else [])
     lines = ["| data | split | samples | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 3)]
     for r in results:
-        rows = [(r.get("split", "?"), r)] + [
-            (f"{r.get('split', '?')}: {t}", v) for t, v in r.get("by_type", {}).items()
-        ]
+        groups = [*r.get("by_kind", {}).items(), *r.get("by_type", {}).items()]
+        rows = [(r.get("split", "?"), r)] + [(f"{r.get('split', '?')}: {t}", v) for t, v in groups]
         for name, m in rows:
-            vals = " | ".join(_pct(m[c]) for c in cols)
+            vals = " | ".join(_pct(m.get(c)) for c in cols)
             lines.append(f"| {r.get('dataset', '?')} | {name} | {m['samples']} | {vals} |")
     return "\n".join(lines)
 

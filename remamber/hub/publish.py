@@ -22,16 +22,20 @@ from remamber.utils.io import write_json
 
 
 def read_metrics(paths: list[Path]) -> list[dict]:
-    """``remamber eval --json`` outputs (one JSON object per file)."""
+    """``remamber eval --json`` outputs (one JSON object per file; a ``--split all`` object gives
+    its result per split)."""
     results = []
     for path in paths:
         try:
             data = json.loads(Path(path).read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise InputError(f"metrics file {path}: not a readable JSON file ({e})") from None
-        if not isinstance(data, dict) or not {"samples", "mIoU", "oIoU"} <= set(data):
+        found = data.get("results") if isinstance(data, dict) and "results" in data else [data]
+        if not isinstance(found, list) or not all(
+            isinstance(r, dict) and {"samples", "mIoU", "oIoU"} <= set(r) for r in found
+        ):
             raise InputError(f"metrics file {path}: not the output of `remamber eval --json`")
-        results.append(data)
+        results.extend(found)
     return results
 
 
