@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from model_fixtures import CliResult, assert_one_line_error, small_shapes  # noqa: F401 (a fixture)
+from model_fixtures import CliResult, assert_one_line_error
 from yacs.config import CfgNode
 
 from remamber.hub.vmamba import (
