@@ -289,3 +289,13 @@ def test_train_command_keeps_freed_memory_on_a_cpu_only(monkeypatch, device, kee
     _run(SimpleNamespace(lr=1e-3), resume=False)
     assert calls == ([device] if keeps else [])
     assert "keep_freed_memory" not in engine_train.__dict__
+
+
+def test_best_checkpoint_is_picked_on_giou_for_generalized_splits():
+    """A generalized split ranks checkpoints by gIoU (its oIoU counts target sentences only, and
+    is None when the split has none); a classic split by oIoU."""
+    from remamber.engine.train import selection_metric
+
+    assert selection_metric({"oIoU": 0.7, "mIoU": 0.6}) == ("oIoU", 0.7)
+    assert selection_metric({"oIoU": 0.7, "mIoU": 0.6, "gIoU": 0.8}) == ("gIoU", 0.8)
+    assert selection_metric({"oIoU": None, "mIoU": None, "gIoU": 0.9}) == ("gIoU", 0.9)

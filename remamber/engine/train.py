@@ -337,6 +337,14 @@ def _saved_backbone(run_dir: Path) -> dict[str, Any] | None:
         return None
 
 
+def selection_metric(summary: dict[str, Any]) -> tuple[str, float]:
+    """The validation number that picks the ``best`` checkpoint: gIoU on a generalized split (it
+    counts every sentence, "not in the picture" ones too, where oIoU counts target sentences
+    only and has none on a split of no-target sentences), else oIoU."""
+    name = "gIoU" if summary.get("gIoU") is not None else "oIoU"
+    return name, summary[name]
+
+
 class Trainer:
     """Owns the model, optimizer, data and run folder of one training run."""
 
@@ -501,14 +509,15 @@ class Trainer:
             return
         self.log({"event": "val", "step": self.step, "epoch": self.epoch, "val": summary})
         self.last_val = {"split": self.cfg.val_split, "step": self.step, **summary}
-        if self.best is None or summary["oIoU"] > self.best:
-            self.best = summary["oIoU"]
+        name, value = selection_metric(summary)
+        if self.best is None or value > self.best:
+            self.best = value
             self.save("best")
         if self.console is not None and self.main:
-            self.console.print(
-                f"step {self.step}: val oIoU {summary['oIoU']:.4f} mIoU {summary['mIoU']:.4f} (best {self.best:.4f})",
-                highlight=False,
+            shown = " ".join(
+                f"{k} {summary[k]:.4f}" for k in dict.fromkeys((name, "oIoU", "mIoU")) if summary.get(k) is not None
             )
+            self.console.print(f"step {self.step}: val {shown} (best {name} {self.best:.4f})", highlight=False)
 
     def _check_finite(self, loss: torch.Tensor) -> None:
         bad = torch.tensor(0.0 if torch.isfinite(loss).all() else 1.0, device=self.device)
