@@ -16,7 +16,7 @@ hub: OUT gets config.json, model.safetensors, the tokenizer files, training.json
 
 --from-official CKPT.pth: convert a checkpoint released by the ReMamber authors (ReMamber_Conv; --variant mamba is not supported yet) into a model folder at OUT (hub format; no WEIGHTS argument). It is read weights-only (no code in the file runs), the architecture is read off the tensor shapes, and every tensor must fit. The tokenizer defaults to openai/clip-vit-large-patch14 from the Hugging Face cache; --tokenizer names another (Hub id or folder).
 
-onnx: OUT gets model.onnx (inputs image (n, 3, S, S) float32, input_ids and attention_mask (n, T) int64; output logits (n, 1, S, S); dynamic batch), config.json, the tokenizer files and a card. The selective scan is exported loop-free (chunked segment sums), so the graph stays small. --verify runs onnxruntime on sample inputs and reports the largest difference to PyTorch. `remamber segment --weights OUT` then runs it with onnxruntime.
+onnx: OUT gets model.onnx (inputs image (n, 3, S, S) float32, input_ids and attention_mask (n, T) int64; output logits (n, 1, S, S), and presence_logits (n,) for a model with a presence head; dynamic batch), config.json, the tokenizer files and a card. The selective scan is exported loop-free (chunked segment sums), so the graph stays small. --verify runs onnxruntime on sample inputs and reports the largest difference to PyTorch (of each output). `remamber segment --weights OUT` then runs it with onnxruntime.
 
 Examples:
 
@@ -179,6 +179,11 @@ def _print(result: dict) -> None:
         typer.echo(
             f"verify: onnxruntime vs PyTorch max |diff| {result['max_abs_diff']:.2e} on logits up to "
             f"{result['max_abs_logit']:.3g} in size ({result['max_rel_diff']:.1e} of it; {result['verify_samples']} samples)"
+        )
+    if "presence_max_abs_diff" in result:
+        typer.echo(
+            f"verify: presence logits max |diff| {result['presence_max_abs_diff']:.2e} on logits up to "
+            f"{result['presence_max_abs_logit']:.3g} in size ({result['presence_max_rel_diff']:.1e} of it)"
         )
     if "onnx_nodes" in result:
         typer.echo(f"graph: {result['onnx_nodes']} nodes, model.onnx {result['onnx_bytes'] / 1e6:.2f} MB")
