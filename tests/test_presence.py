@@ -285,6 +285,7 @@ def test_eval_takes_the_predicted_mask_from_the_presence_rule(absent_dir, tiny_m
     assert [(r["I"], r["U"]) for r in kept.rows] == [(r["I"], r["U"]) for r in reference.rows]
 
 
+@pytest.mark.slow  # two ONNX exports
 def test_onnx_export_carries_the_presence_output(absent_dir, tiny_model, image, tmp_path):
     pytest.importorskip("onnxruntime")
     import onnx
