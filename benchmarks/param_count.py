@@ -1,6 +1,6 @@
 """Parameter counts of every preset, and of `base` per component next to the official
-ReMamber_Conv base (read off the official model instantiated on a CPU; shared/DESIGN.md §7).
-Writes benchmarks/results/param_count.json.
+ReMamber_Conv base (read off the official model instantiated on a CPU; shared/DESIGN.md §7),
+without the presence head the official model lacks. Writes benchmarks/results/param_count.json.
 
     python benchmarks/param_count.py
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from remamber.modeling.presets import PRESETS, build_model
+from remamber.modeling.presets import PRESETS, build_model, preset_config
 from remamber.utils.io import write_json
 
 OFFICIAL_BASE_M = dict(
@@ -21,8 +21,9 @@ def main() -> None:
     result = {"presets": {}, "base_vs_official_M": {}}
     for name in PRESETS:
         result["presets"][name] = {k: round(v / 1e6, 3) for k, v in build_model(name).parameter_counts().items()}
+    official_like = build_model(preset_config("base").replace(presence_head=False)).parameter_counts()
     for key, official in OFFICIAL_BASE_M.items():
-        ours = result["presets"]["base"][key]
+        ours = round(official_like[key] / 1e6, 3)
         result["base_vs_official_M"][key] = {
             "ours": ours,
             "official": official,

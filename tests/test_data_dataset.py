@@ -37,7 +37,7 @@ def test_items_shapes_dtypes_and_normalisation(refer_prepared, refer_fixture):
     ds = ReferringDataset(refer_prepared, "val", image_size=32)
     assert len(ds) == refer_fixture.counts["val"]["samples"]  # one item per sentence
     item = ds[0]
-    assert set(item) == {"image", "mask", "text", "index"}
+    assert set(item) == {"image", "mask", "text", "index", "present"}
     assert item["image"].shape == (3, 32, 32) and item["image"].dtype == torch.float32
     assert item["mask"].shape == (1, 32, 32) and item["mask"].dtype == torch.float32
     assert set(item["mask"].unique().tolist()) <= {0.0, 1.0}

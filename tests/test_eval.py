@@ -24,6 +24,7 @@ from remamber.engine.evaluate import (
     write_report,
 )
 from remamber.engine.metrics import METRIC_KEYS, MetricAccumulator
+from remamber.modeling.remamber import ReMamberOutput
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # light on shared CPUs, and the same numerics in every process
 
@@ -72,9 +73,10 @@ class ConstantModel(torch.nn.Module):
         n = len(texts)
         return torch.zeros(n, 4, dtype=torch.long), torch.ones(n, 4, dtype=torch.long), [False] * n
 
-    def forward(self, images, input_ids, attention_mask):
+    def forward(self, images, input_ids, attention_mask, return_presence=False):
         b, _, h, w = images.shape
-        return torch.full((b, 1, h, w), self.value) + 0 * self.weight
+        logits = torch.full((b, 1, h, w), self.value) + 0 * self.weight
+        return ReMamberOutput(logits, None) if return_presence else logits  # no presence head
 
 
 def _dataset(folder: Path, split: str, size: int = 128):
@@ -120,7 +122,7 @@ def test_evaluate_tiny_model(tiny_model, shapes_dir, tmp_path, capsys):
     assert [r["index"] for r in res.rows] == [0, 1]
     assert set(res.rows[0]) == set(GENERALIZED_ROW_FIELDS)  # ROW_FIELDS and the target kind
     assert {r["kind"] for r in res.rows} == {"single"} and not res.generalized
-    assert res.settings == {"dataset": "shapes", "split": "test", "threshold": 0.5, "eval_size": "original"}
+    assert res.settings == {"dataset": "shapes", "split": "test", "threshold": 0.5, "presence_threshold": 0.5, "eval_size": "original"}
     # the summary is the metric of the rows
     acc = MetricAccumulator()
     for r in res.rows:

@@ -209,7 +209,9 @@ def test_onnx_export_is_small_loop_free_and_verified(onnx_export):
     assert set(result["files"]) >= {"model.onnx", "config.json", "tokenizer.json", "README.md"}
     assert "model.safetensors" not in result["files"]
     assert result["max_abs_diff"] <= 1e-4
+    assert result["presence_max_abs_diff"] <= 1e-4 and result["presence_max_abs_logit"] > 0  # the second output
     graph = onnx.load(str(out / "model.onnx")).graph
+    assert [o.name for o in graph.output] == ["logits", "presence_logits"]
     ops = {node.op_type for node in graph.node}
     assert not ops & {"Loop", "Scan", "If"}
     assert len(graph.node) == result["onnx_nodes"] < 6000
@@ -233,9 +235,11 @@ def test_onnx_predictor_matches_pytorch(onnx_export, tiny_model_dir):
         a, b = torch_pred.predict(image, text), onnx_pred.predict(image, text)
         assert a.probs.shape == b.probs.shape == (image.size[1], image.size[0])
         assert np.abs(a.probs - b.probs).max() < 1e-5
-    la, _ = torch_pred.logits(images, texts)
-    lb, _ = onnx_pred.logits(images, texts)  # a batch of 3 through the dynamic batch axis
+        assert a.presence == pytest.approx(b.presence, abs=1e-5) and a.found == b.found
+    la, pa, _ = torch_pred.logits(images, texts)
+    lb, pb, _ = onnx_pred.logits(images, texts)  # a batch of 3 through the dynamic batch axis
     assert np.abs(la.numpy() - lb).max() < 1e-4
+    assert pb.shape == (3,) and np.abs(pa.numpy() - pb).max() < 1e-4
 
 
 def test_predictor_eval_and_onnx_give_the_same_masks(onnx_export, tiny_model_dir, small_shapes, tmp_path):

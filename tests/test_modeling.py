@@ -103,7 +103,9 @@ def test_tiny_model_forward_backward(tiny_model):
     x = torch.randn(2, 3, 128, 128)
     logits = model(x, ids, mask)
     assert logits.shape == (2, 1, 128, 128)
-    _check_grads(model, logits)
+    out = model(x, ids, mask, return_presence=True)
+    assert out.presence_logits.shape == (2,) and torch.equal(out.logits, logits)
+    _check_grads(model, torch.cat([out.logits.flatten(), out.presence_logits]))  # the presence head's too
 
 
 def test_padding_is_masked_in_the_text_encoder(tiny_model):
@@ -123,14 +125,21 @@ def test_truncation_is_reported(tiny_model):
 
 
 def test_base_parameter_counts_match_official():
-    """Official ReMamber_Conv base, read off the official model (shared/DESIGN.md section 7)."""
-    counts = {k: v / 1e6 for k, v in build_model("base").parameter_counts().items()}
+    """Official ReMamber_Conv base, read off the official model (shared/DESIGN.md section 7); the
+    official model has no presence head, which alone the base preset adds."""
+    with_head = build_model("base").parameter_counts()
+    counts = {
+        k: v / 1e6
+        for k, v in build_model(preset_config("base").replace(presence_head=False)).parameter_counts().items()
+    }
     print("base parameter counts (M):", {k: round(v, 2) for k, v in counts.items()})
     official = dict(
         total=254.6, text=123.1, visual=131.5, backbone=87.5, twister=29.1, global_text=1.5, local_text=3.9, decoder=9.5
     )
     for key, value in official.items():
         assert round(counts[key], 1) == value, (key, counts[key])
+    assert counts["presence"] == 0 and with_head["presence"] > 0
+    assert with_head["total"] - with_head["presence"] == round(counts["total"] * 1e6)
 
 
 def test_presets_build_and_unknown_preset_is_refused():

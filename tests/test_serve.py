@@ -293,12 +293,12 @@ class _Gated:
         self.gate = threading.Event()
         self.calls: list[int] = []
 
-    def predict_many(self, images, texts, thresholds=None):
+    def predict_many(self, images, texts, thresholds=None, presence_thresholds=None):
         assert self.gate.wait(60), "gate never opened"
         self.calls.append(len(texts))
         if "boom" in texts:
             raise RuntimeError("boom in the model")
-        return self.inner.predict_many(images, texts, thresholds)
+        return self.inner.predict_many(images, texts, thresholds, presence_thresholds)
 
 
 def _wait_for(predicate, what: str, limit: float = 60.0) -> None:
@@ -391,7 +391,7 @@ def test_a_failing_item_fails_only_its_request(served):
     b = Batcher(gated.predict_many, max_batch=4, max_queue=8)
     with Image.open(SHAPES3) as im:
         img = im.convert("RGB")
-    batcher_items = b.submit([(img, PHRASE, 0.5), (img, "boom", 0.5), (img, "the star", 0.5)])
+    batcher_items = b.submit([(img, PHRASE, 0.5, 0.5), (img, "boom", 0.5, 0.5), (img, "the star", 0.5, 0.5)])
     assert batcher_items[0].result(60).area > 0 and batcher_items[2].result(60) is not None
     with pytest.raises(RuntimeError, match="boom"):
         batcher_items[1].result(60)
@@ -406,14 +406,14 @@ def test_batcher_close_finishes_queued_items(served):
     b = Batcher(gated.predict_many, max_batch=2, max_queue=8)
     with Image.open(SHAPES3) as im:
         img = im.convert("RGB")
-    futures = b.submit([(img, PHRASE, 0.5)] * 5)
+    futures = b.submit([(img, PHRASE, 0.5, 0.5)] * 5)
     closer = threading.Thread(target=b.close, args=(60,))
     closer.start()
     gated.gate.set()
     closer.join(60)
     assert all(f.result(0).area > 0 for f in futures) and sum(gated.calls) == 5
     with pytest.raises(BatcherClosed):
-        b.submit([(img, PHRASE, 0.5)])
+        b.submit([(img, PHRASE, 0.5, 0.5)])
 
 
 def test_nothing_from_a_request_is_written_to_disk(client, monkeypatch):

@@ -106,7 +106,8 @@ def test_every_combination_builds_trains_saves_and_loads(variant, tmp_path):
     torch.manual_seed(0)
     model = build_model(MICRO.replace(**variant))
     ids, mask, _ = model.tokenize(["the second green square from the left", "a star"])
-    model(torch.randn(2, 3, 64, 64), ids, mask).mean().backward()
+    out = model(torch.randn(2, 3, 64, 64), ids, mask, return_presence=True)
+    (out.logits.mean() + out.presence_logits.mean()).backward()  # as training: the mask and presence losses
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
     model.eval()
     image = torch.randn(1, 3, 64, 64)

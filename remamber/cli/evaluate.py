@@ -16,7 +16,7 @@ from typing import Any
 
 import typer
 
-from remamber.cli.options import device_option, threshold_option, weights_option
+from remamber.cli.options import device_option, presence_threshold_option, threshold_option, weights_option
 from remamber.data.catalog import KNOWN_DATASETS, SHAPES_NAME, default_out
 from remamber.data.manifest import INFO_FILE, PreparedDataset
 from remamber.utils.errors import InputError
@@ -45,6 +45,8 @@ Examples:
 Metrics (every sentence is one sample):
 
 * mask = sigmoid(logits) > threshold (default 0.5; strictly greater, so a probability exactly at the threshold is not in the mask).
+
+* a model with a presence head predicts an empty mask where its presence is below --presence-threshold (0.5).
 
 * compared at the original image size by default (logits upsampled bilinearly to it); --eval-size input compares at the model input size against the ground truth resized with nearest neighbour.
 
@@ -285,6 +287,7 @@ def evaluate(
         show_default=False,
     ),
     threshold: float = threshold_option(),
+    presence_threshold: float = presence_threshold_option(),
     eval_size: str = typer.Option(
         "original",
         "--eval-size",
@@ -383,6 +386,7 @@ def evaluate(
                 model,
                 ds,
                 threshold=threshold,
+                presence_threshold=presence_threshold,
                 eval_size=eval_size,
                 batch_size=batch_size,
                 device=dev,
@@ -408,6 +412,7 @@ def evaluate(
         used_weights = weights if weights is not None else str(default_weights())
         settings = {
             "threshold": threshold,
+            "presence_threshold": presence_threshold,
             "eval_size": eval_size,
             "limit": limit or None,
             "device": str(dev),

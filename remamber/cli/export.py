@@ -18,7 +18,7 @@ hub: OUT gets config.json, model.safetensors, the tokenizer files, training.json
 
 --backbone-weights FILE: a model folder at OUT (hub format; no WEIGHTS argument) whose visual backbone comes from a VMamba ImageNet-1K classification checkpoint (vssm_tiny_0230 -> --preset small, vssm_small_0229 -> medium, vssm_base_0229 -> base; default: the preset the file fits), with a random Twister and decoder and the preset's pretrained text encoder (from the Hugging Face cache): a starting point to inspect or fine-tune (`remamber train --init OUT`). FILE is a local path or a Hub file (owner/name/file.pth or hf://owner/name/file.pth). It is read without running code from it; --backbone-key picks its 'model' or 'model_ema' weights (auto: 'model', what VMamba and the official ReMamber training load; 'model_ema' when there is no 'model'). It prints what was loaded, dropped (the ImageNet classifier) and left new.
 
-onnx: OUT gets model.onnx (inputs image (n, 3, S, S) float32, input_ids and attention_mask (n, T) int64; output logits (n, 1, S, S); dynamic batch), config.json, the tokenizer files and a card. The selective scan is exported loop-free (chunked segment sums), so the graph stays small. --verify runs onnxruntime on sample inputs and reports the largest difference to PyTorch. `remamber segment --weights OUT` then runs it with onnxruntime.
+onnx: OUT gets model.onnx (inputs image (n, 3, S, S) float32, input_ids and attention_mask (n, T) int64; output logits (n, 1, S, S), and presence_logits (n,) for a model with a presence head; dynamic batch), config.json, the tokenizer files and a card. The selective scan is exported loop-free (chunked segment sums), so the graph stays small. --verify runs onnxruntime on sample inputs and reports the largest difference to PyTorch (of each output). `remamber segment --weights OUT` then runs it with onnxruntime.
 
 Examples:
 
@@ -219,6 +219,11 @@ def _print(result: dict) -> None:
         typer.echo(
             f"verify: onnxruntime vs PyTorch max |diff| {result['max_abs_diff']:.2e} on logits up to "
             f"{result['max_abs_logit']:.3g} in size ({result['max_rel_diff']:.1e} of it; {result['verify_samples']} samples)"
+        )
+    if "presence_max_abs_diff" in result:
+        typer.echo(
+            f"verify: presence logits max |diff| {result['presence_max_abs_diff']:.2e} on logits up to "
+            f"{result['presence_max_abs_logit']:.3g} in size ({result['presence_max_rel_diff']:.1e} of it)"
         )
     if "onnx_nodes" in result:
         typer.echo(f"graph: {result['onnx_nodes']} nodes, model.onnx {result['onnx_bytes'] / 1e6:.2f} MB")

@@ -13,7 +13,7 @@ from typing import Any
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from remamber.utils.errors import InputError, check_threshold
+from remamber.utils.errors import InputError, check_presence_threshold, check_threshold
 
 WEIGHTS_HELP = (
     "Model: a local folder (PyTorch or ONNX), a shipped model's name (remamber-tiny-shapes), owner/name, "
@@ -74,4 +74,16 @@ def threshold_option() -> Any:
         metavar="X",
         callback=checked(check_threshold),
         help="Mask = sigmoid(logit) > X (strictly greater), 0 < X < 1.",
+    )
+
+
+def presence_threshold_option() -> Any:
+    """``--presence-threshold``: below it a model with a presence head gives an empty mask."""
+    return typer.Option(
+        0.5,
+        "--presence-threshold",
+        metavar="X",
+        callback=checked(check_presence_threshold),
+        help="Models with a presence head: when the probability that the phrase names anything is below X "
+        "(0 <= X < 1; 0: never), the mask is empty and the result says not found.",
     )

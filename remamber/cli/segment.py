@@ -12,7 +12,7 @@ from pathlib import Path
 
 import typer
 
-from remamber.cli.options import device_option, threshold_option, weights_option
+from remamber.cli.options import device_option, presence_threshold_option, threshold_option, weights_option
 from remamber.utils.errors import EXIT_FAILURE, InputError, RemamberError, UsageError, first_line
 
 HELP = """Segment the object that each TEXT names in IMAGE.
@@ -28,6 +28,8 @@ Examples:
   remamber segment photo.jpg "the dog on the left" --weights owner/name --json
 
   remamber segment --batch jobs.jsonl --out masks/     (one {"image": ..., "text": ...} per line; - reads stdin)
+
+A model with a presence head also says how likely it is that the phrase names anything in the image: below --presence-threshold the line says "not found" and the mask is empty.
 
 In a batch the model loads once; relative image paths are relative to the batch file's folder (the current folder for stdin); a bad line or image is reported and skipped, the rest are written, and the exit code is 1 if any failed. Bad input exits with code 2.
 """
@@ -129,11 +131,13 @@ def segment(
     ),
     device: str = device_option(),
     threshold: float = threshold_option(),
+    presence_threshold: float = presence_threshold_option(),
     json_out: bool = typer.Option(
         False,
         "--json",
         help="Print one JSON object per result on stdout: image, text, mask, overlay, area (pixels), "
-        "mean_prob (inside the mask), rle (COCO RLE), width, height, seconds. In a batch, a failed line "
+        "mean_prob (inside the mask), rle (COCO RLE), presence (probability that the phrase names anything; "
+        "null for a model without a presence head), found, width, height, seconds. In a batch, a failed line "
         "prints {line, error, image, text} instead.",
     ),
     no_overlay: bool = typer.Option(False, "--no-overlay", help="Do not write the overlay picture."),
@@ -163,7 +167,7 @@ def segment(
         first = None if batch is not None else load_image(image, allow_large=allow_large)  # before loading a model
         from remamber.cli.weights import load_predictor
 
-        predictor = load_predictor(weights, device, threshold)
+        predictor = load_predictor(weights, device, threshold, presence_threshold)
         if first is not None:
             taken: set[str] = set()  # one image, several phrases: names kept apart as in a batch
             for result in _run_one(predictor, str(image), text, out_dir, not no_overlay, allow_large, first, taken):
@@ -247,10 +251,12 @@ def _emit(result: dict, json_out: bool) -> None:
         sys.stdout.flush()
         return
     extra = f" and overlay {result['overlay']}" if result["overlay"] else ""
-    typer.echo(
-        f'{result["image"]} "{result["text"]}": wrote mask {result["mask"]}{extra} '
-        f"({result['area']} px) in {result['seconds']:.2f} s"
-    )
+    head = f'{result["image"]} "{result["text"]}": '
+    if not result["found"]:
+        head += f"not found (presence {result['presence']:.3f}); wrote empty mask {result['mask']}{extra}"
+    else:
+        head += f"wrote mask {result['mask']}{extra} ({result['area']} px)"
+    typer.echo(f"{head} in {result['seconds']:.2f} s")
 
 
 def _run_batch(predictor, batch: str, out_dir: Path, write_overlay: bool, allow_large: bool, json_out: bool) -> int:

@@ -116,6 +116,8 @@ def train(
     interaction: str | None = _option("interaction"),
     backbone: str | None = _option("backbone"),
     recap_every: int | None = _option("recap_every"),
+    presence_head: bool | None = _option("presence_head"),
+    presence_weight: float = _option("presence_weight"),
     freeze_text: bool = _option("freeze_text"),
     text_lr: float | None = _option("text_lr"),
     text_lr_scale: float | None = _option("text_lr_scale"),

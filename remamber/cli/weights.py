@@ -58,7 +58,7 @@ def load_model(weights: str | None, device):
     return model
 
 
-def load_predictor(weights: str | None, device: str, threshold: float):
+def load_predictor(weights: str | None, device: str, threshold: float, presence_threshold: float = 0.5):
     """A predictor for ``--weights`` (or the default): onnxruntime for an ONNX folder, else PyTorch."""
     from remamber.hub.folders import read_config, resolve_weights
     from remamber.inference.onnx_predictor import OnnxPredictor, is_onnx_folder
@@ -67,8 +67,8 @@ def load_predictor(weights: str | None, device: str, threshold: float):
     if is_onnx_folder(folder):
         if device not in ("auto", "cpu"):
             raise WeightsError(f"--device {device}: ONNX models run on the CPU here (use --device cpu or auto)")
-        return OnnxPredictor(folder, read_config(folder), threshold)
+        return OnnxPredictor(folder, read_config(folder), threshold, presence_threshold)
     from remamber.inference.predictor import Predictor, resolve_device
 
     dev = resolve_device(device)
-    return Predictor(load_model(str(folder), dev), dev, threshold)
+    return Predictor(load_model(str(folder), dev), dev, threshold, presence_threshold=presence_threshold)

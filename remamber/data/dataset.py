@@ -21,7 +21,8 @@ class ReferringDataset(torch.utils.data.Dataset):
     """Every sentence of every ref of one split of a prepared dataset.
 
     ``dataset[i]`` is ``{"image": 3xSxS float (normalised), "mask": 1xSxS float of 0/1,
-    "text": str, "index": i}``; ``record(i)`` is the manifest record (original size, RLE
+    "text": str, "index": i, "present": float 1/0}`` (``present``: the sentence names something,
+    :func:`names_something`; the presence head's target); ``record(i)`` is the manifest record (original size, RLE
     mask, ids). ``images_root`` overrides where the images are (e.g. after a move).
     With ``train=True`` the :class:`TrainAugment` transforms apply (``augment`` sets them).
     """
@@ -87,15 +88,27 @@ class ReferringDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         if i < 0:
             i += len(self)
-        image, mask, text = self.preprocess(self.load_image(i), self.load_mask(i), self.records[i]["sentence"])
-        return {"image": image, "mask": mask, "text": text, "index": i}
+        original = self.load_mask(i)
+        present = names_something(self.records[i], original)
+        image, mask, text = self.preprocess(self.load_image(i), original, self.records[i]["sentence"])
+        return {"image": image, "mask": mask, "text": text, "index": i, "present": torch.tensor(float(present))}
+
+
+def names_something(record: dict[str, Any], mask: np.ndarray) -> bool:
+    """Whether a record's sentence names anything: not a ``no_target`` record (GRES); for a record
+    without that field, whether its original-size ``mask`` is non-empty. A no-target record's
+    mask is empty, so its mask target is too."""
+    if "no_target" in record:
+        return not record["no_target"]
+    return bool(mask.any())
 
 
 def collate_fn(batch: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack images and masks, keep texts as a list, indices as a long tensor."""
+    """Stack images, masks and presence targets, keep texts as a list, indices as a long tensor."""
     return {
         "image": torch.stack([b["image"] for b in batch]),
         "mask": torch.stack([b["mask"] for b in batch]),
         "text": [b["text"] for b in batch],
         "index": torch.tensor([b["index"] for b in batch], dtype=torch.long),
+        "present": torch.stack([b["present"] for b in batch]),
     }

@@ -27,7 +27,7 @@ from remamber.engine import distributed
 from remamber.engine.metrics import MetricAccumulator, sample_iou
 from remamber.inference.fuse import fused
 from remamber.inference.processing import to_prediction
-from remamber.utils.errors import InputError, check_threshold
+from remamber.utils.errors import InputError, check_presence_threshold, check_threshold
 from remamber.utils.io import atomic_open, atomic_path
 
 #: Where predictions are compared with the ground truth.
@@ -178,6 +178,7 @@ def evaluate(
     num_workers: int = 0,
     sharded: bool | None = None,
     fuse: bool = True,
+    presence_threshold: float = 0.5,
 ) -> EvalResult:
     """Evaluate ``model`` on ``dataset`` (a :class:`remamber.data.dataset.ReferringDataset`).
 
@@ -202,10 +203,14 @@ def evaluate(
     ``fuse``: run the model with its inference-only modules swapped in
     (:func:`remamber.inference.fuse.fused`); a model that came unfused is given back unfused.
 
+    ``presence_threshold``: a model with a presence head predicts an empty mask for a sample
+    whose presence is below it (as ``remamber segment`` does).
+
     The model is put in eval mode and given back in the mode it came in. A
     DistributedDataParallel wrapper is looked through.
     """
     threshold = check_threshold(threshold)
+    presence_threshold = check_presence_threshold(presence_threshold)
     eval_size = check_eval_size(eval_size)
     if batch_size < 1:
         raise InputError(f"batch size must be at least 1 (got {batch_size})")
@@ -248,12 +253,20 @@ def evaluate(
             for batch in loader:
                 ids, attention, cut = core.tokenize(batch["text"])
                 truncated += sum(bool(c) for c in cut)
-                logits = core(batch["image"].to(device, non_blocking=True), ids.to(device), attention.to(device))
-                logits = logits[:, 0].float().cpu().numpy()
+                out = core(
+                    batch["image"].to(device, non_blocking=True),
+                    ids.to(device),
+                    attention.to(device),
+                    return_presence=True,
+                )
+                logits = out.logits[:, 0].float().cpu().numpy()
+                head = out.presence_logits
+                presence = [None] * len(logits) if head is None else head.float().cpu().tolist()
                 for j, i in enumerate(batch["index"]):
                     gt = batch["gt"][j]
                     # as `remamber segment` makes its mask (the same function): at the eval size
-                    pred = to_prediction(logits[j], (gt.shape[1], gt.shape[0]), threshold).mask
+                    size = (gt.shape[1], gt.shape[0])
+                    pred = to_prediction(logits[j], size, threshold, False, presence[j], presence_threshold).mask
                     inter, union = sample_iou(pred, gt)
                     rec = _record(dataset, i)
                     kind = target_kind(rec)
@@ -292,6 +305,7 @@ def evaluate(
         "dataset": getattr(dataset, "name", None),
         "split": getattr(dataset, "split", None),
         "threshold": threshold,
+        "presence_threshold": presence_threshold,
         "eval_size": eval_size,
     }
     return EvalResult(total.summary(), rows, settings, truncated, time.perf_counter() - start)

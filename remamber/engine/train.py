@@ -30,7 +30,7 @@ import torch.nn as nn
 
 from remamber.engine import distributed as D
 from remamber.engine.checkpoint import load_trainer_state, rng_state, save_checkpoint, set_rng_state
-from remamber.engine.losses import segmentation_loss
+from remamber.engine.losses import referring_loss
 from remamber.engine.sampling import BatchSource, epoch_batches, micro_batches_per_epoch
 from remamber.engine.train_config import CHECKPOINTS_DIR, LOG_NAME, RECIPES, SAME_AS_LR, TRAIN_CONFIG_NAME, TrainConfig
 from remamber.hub.folders import TRAINING_NAME
@@ -39,7 +39,7 @@ from remamber.modeling.layers import no_weight_decay
 from remamber.utils.errors import EXIT_FAILURE, InputError, RemamberError, WeightsError, first_line
 
 # Architecture variant settings a training run may set on a fresh preset (see ModelConfig).
-VARIANT_FIELDS = ("fusion", "scan", "interaction", "backbone", "recap_every")
+VARIANT_FIELDS = ("fusion", "scan", "interaction", "backbone", "recap_every", "presence_head")
 
 
 class TrainingDiverged(RemamberError):
@@ -482,8 +482,9 @@ class Trainer:
         ids, mask, _ = self.model.tokenize(batch["text"])
         images, target = batch["image"].to(self.device), batch["mask"].to(self.device)
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
-            logits = self.net(images, ids.to(self.device), mask.to(self.device))
-        return segmentation_loss(logits, target)
+            out = self.net(images, ids.to(self.device), mask.to(self.device), return_presence=True)
+        present = batch["present"].to(self.device)
+        return referring_loss(out.logits, target, out.presence_logits, present, self.cfg.presence_weight)
 
     def validate(self) -> dict[str, Any] | None:
         """Evaluate on the validation split (all ranks take part); returns the summary."""

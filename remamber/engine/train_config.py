@@ -152,6 +152,17 @@ class TrainConfig:
         None, "Stage blocks: vss (VMamba, default), mambaout (gated CNN) or mambavision.", "NAME"
     )
     recap_every: int | None = setting(None, "hmnet fusion: image tokens between text recaps (default 64).", "N")
+    presence_head: bool | None = setting(
+        None,
+        "A presence head (does the phrase name anything? below 0.5 the mask is empty). Default: on for a "
+        "new model; --init weights keep theirs.",
+    )
+    presence_weight: float = setting(
+        0.1,
+        "Weight of the presence head's loss (BCE against 'the sentence names something') beside the mask loss "
+        "(dice + BCE), as GRES's ReLA weighs its no-target loss.",
+        "X",
+    )
     freeze_text: bool = setting(False, "Do not train the text encoder.")
     text_lr: float | None = setting(None, "Learning rate of the text encoder.", "X")
     text_lr_scale: float | None = setting(
@@ -243,10 +254,11 @@ class TrainConfig:
         self._check_number("weight_decay", low=0.0, optional=True)
         self._check_number("drop_path_rate", low=0.0, high=1.0, high_open=True, optional=True)
         self._check_number("clip_grad", low=0.0)
+        self._check_number("presence_weight", low=0.0)
         self._check_number("ema", low=0.0, high=1.0, high_open=True, optional=True)
         if self.optimizer not in OPTIMIZERS:
             raise SettingError("optimizer", " or ".join(OPTIMIZERS), self.optimizer)
-        for name in ("freeze_text", "amp", "decay_all"):
+        for name in ("freeze_text", "amp", "decay_all", "presence_head"):
             value = getattr(self, name)
             if not isinstance(value, bool) and not (name != "freeze_text" and value is None):
                 raise SettingError(name, "true or false", value)
@@ -317,7 +329,10 @@ class TrainConfig:
     def load(cls, path: Path) -> TrainConfig:
         """The settings saved in a run folder's ``train_config.json``."""
         try:
-            return cls(**json.loads(path.read_text(encoding="utf-8")))
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if isinstance(data, dict):  # a run started before the presence head existed trained none
+                data.setdefault("presence_head", False)
+            return cls(**data)
         except FileNotFoundError:
             raise InputError(f"cannot resume: {path.parent} has no {path.name}; is it a training run folder?") from None
         except (TypeError, json.JSONDecodeError) as e:

@@ -297,6 +297,7 @@ def infer_config(state: dict, image_size: int | None = None, legacy: bool = True
         text_encoder=DEFAULT_TOKENIZER,
         decoder="conv",
         text_pooling="pooler",
+        presence_head=False,  # the official model has none: the converted one gives its outputs
         **arch,
     )
 

@@ -20,7 +20,10 @@ def model_card(config: ModelConfig, body: str = "") -> str:
         "## Model\n\n"
         f"- input size: {config.image_size}x{config.image_size}\n- text encoder: {config.text_encoder}\n"
         f"- stage dims {config.dims}, depths {config.depths}, Twister depths {config.twister_depths}, "
-        f"d_state {config.d_state}\n" + _variant_line(config) + (f"\n{body.strip()}\n" if body else "")
+        f"d_state {config.d_state}\n"
+        + _variant_line(config)
+        + _presence_line(config)
+        + (f"\n{body.strip()}\n" if body else "")
     )
 
 
@@ -35,6 +38,16 @@ def _variant_line(config: ModelConfig) -> str:
     if config.fusion == "hmnet":
         changed.append(f"recap_every {config.recap_every}")
     return f"- variant: {', '.join(changed)}\n" if changed else ""
+
+
+def _presence_line(config: ModelConfig) -> str:
+    """``- presence head: ...`` for a model that has one (empty otherwise)."""
+    if not config.presence_head:
+        return ""
+    return (
+        "- presence head: each result also says how likely it is that the phrase names anything in the image "
+        "(`presence`); below the presence threshold (0.5) the mask is empty and `segment` says not found\n"
+    )
 
 
 def _pct(x: float | None) -> str:

@@ -9,7 +9,7 @@ from PIL import Image
 
 from remamber.inference.fuse import fuse as fuse_model
 from remamber.inference.processing import PairPredictor, Prediction, clean_texts, model_input
-from remamber.utils.errors import InputError, check_threshold
+from remamber.utils.errors import InputError, check_presence_threshold, check_threshold
 
 __all__ = ["Prediction", "Predictor", "prefer_fused_scan", "resolve_device"]
 
@@ -44,16 +44,26 @@ class Predictor(PairPredictor):
 
     The model is moved to ``device``, put in eval mode and, with ``fuse`` (the default), fused in
     place (:func:`remamber.inference.fuse.fuse`): from then on it is inference-only until
-    ``unfuse()``.
+    ``unfuse()``. ``threshold`` cuts the mask probabilities; for a model with a presence head, a
+    phrase whose presence is below ``presence_threshold`` gets an empty mask (``found`` False).
     """
 
-    def __init__(self, model, device: str | torch.device = "cpu", threshold: float = 0.5, fuse: bool = True) -> None:
+    def __init__(
+        self,
+        model,
+        device: str | torch.device = "cpu",
+        threshold: float = 0.5,
+        fuse: bool = True,
+        presence_threshold: float = 0.5,
+    ) -> None:
         check_threshold(threshold)
+        check_presence_threshold(presence_threshold)
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         if fuse:
             fuse_model(self.model)
         self.threshold = threshold
+        self.presence_threshold = presence_threshold
         self.config = model.config
         self.size = model.config.image_size
 
@@ -63,9 +73,13 @@ class Predictor(PairPredictor):
         return torch.from_numpy(model_input(image, self.size, cfg.pixel_mean, cfg.pixel_std))
 
     @torch.inference_mode()
-    def logits(self, images: list[Image.Image], texts: list[str]) -> tuple[torch.Tensor, list[bool]]:
-        """Mask logits ``(n, S, S)`` at the input size for image/phrase pairs."""
+    def logits(
+        self, images: list[Image.Image], texts: list[str]
+    ) -> tuple[torch.Tensor, torch.Tensor | None, list[bool]]:
+        """Mask logits ``(n, S, S)`` at the input size and presence logits ``(n,)`` (None without
+        a presence head) for image/phrase pairs."""
         ids, mask, truncated = self.model.tokenize(clean_texts(texts))
         x = torch.stack([self.preprocess(im) for im in images]).to(self.device)
-        out = self.model(x, ids.to(self.device), mask.to(self.device))
-        return out[:, 0].float().cpu(), truncated
+        out = self.model(x, ids.to(self.device), mask.to(self.device), return_presence=True)
+        presence = None if out.presence_logits is None else out.presence_logits.float().cpu()
+        return out.logits[:, 0].float().cpu(), presence, truncated

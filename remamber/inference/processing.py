@@ -2,8 +2,9 @@
 
 The PyTorch and ONNX predictors (``remamber segment``), the evaluation (``remamber eval``, whose
 dataset prepares its images with :func:`model_input`) and any server resize and normalise an
-image with :func:`model_input`, and turn the model's ``(S, S)`` logits into probabilities and a
-mask at the original size with :func:`to_prediction`, so that they all give the same masks.
+image with :func:`model_input`, and turn the model's ``(S, S)`` logits (and presence logit, for
+a model with a presence head) into probabilities and a mask at the original size with
+:func:`to_prediction`, so that they all give the same masks.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from remamber.utils.errors import InputError, check_threshold
+from remamber.utils.errors import InputError, check_presence_threshold, check_threshold
 
 
 @dataclass
@@ -25,6 +26,8 @@ class Prediction:
     mask: np.ndarray  # (H, W) bool
     probs: np.ndarray  # (H, W) float32 in [0, 1]
     truncated: bool  # the phrase was longer than the model's token limit
+    presence: float | None = None  # probability that the phrase names anything; None: no presence head
+    found: bool = True  # False when presence is below the presence threshold (the mask is then empty)
 
     @property
     def area(self) -> int:
@@ -64,12 +67,32 @@ def upsample_logits(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(logits, mode="F").resize(size, Image.BILINEAR))
 
 
-def to_prediction(logits: np.ndarray, size: tuple[int, int], threshold: float, truncated: bool = False) -> Prediction:
+def sigmoid(x: Any) -> np.ndarray:
+    """The logistic function in float64 (``exp`` overflowing to inf for very negative logits gives 0)."""
+    with np.errstate(over="ignore"):
+        return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64)))
+
+
+def to_prediction(
+    logits: np.ndarray,
+    size: tuple[int, int],
+    threshold: float,
+    truncated: bool = False,
+    presence_logit: float | None = None,
+    presence_threshold: float = 0.5,
+) -> Prediction:
     """``(S, S)`` logits -> probabilities (sigmoid) and mask (``probs > threshold``) at
-    ``size = (width, height)`` (:func:`upsample_logits`)."""
+    ``size = (width, height)`` (:func:`upsample_logits`).
+
+    ``presence_logit`` (a model with a presence head): when its probability is below
+    ``presence_threshold`` the phrase names nothing here, and the mask is empty (``found``
+    False; the probabilities are kept as the model gave them)."""
     up = upsample_logits(logits, size)
-    probs = (1.0 / (1.0 + np.exp(-up.astype(np.float64)))).astype(np.float32)
-    return Prediction(mask=probs > threshold, probs=probs, truncated=truncated)
+    probs = sigmoid(up).astype(np.float32)
+    presence = None if presence_logit is None else float(sigmoid(presence_logit))
+    found = presence is None or presence >= presence_threshold
+    mask = probs > threshold if found else np.zeros(probs.shape, dtype=bool)
+    return Prediction(mask=mask, probs=probs, truncated=truncated, presence=presence, found=found)
 
 
 def check_text(text: str) -> str:
@@ -92,13 +115,15 @@ def clean_texts(texts: Sequence[str]) -> list[str]:
 class PairPredictor:
     """What the PyTorch and the ONNX predictor share: image/phrase pairs -> :class:`Prediction`
     through one :meth:`logits` call and :func:`to_prediction`. Subclasses set ``threshold`` and
-    implement :meth:`logits`."""
+    ``presence_threshold`` and implement :meth:`logits`."""
 
     threshold: float
+    presence_threshold: float
 
-    def logits(self, images: list[Image.Image], texts: list[str]) -> tuple[Any, list[bool]]:
-        """Mask logits ``(n, S, S)`` at the input size (anything ``np.asarray`` takes), and which
-        phrases were truncated."""
+    def logits(self, images: list[Image.Image], texts: list[str]) -> tuple[Any, Any, list[bool]]:
+        """Mask logits ``(n, S, S)`` at the input size and presence logits ``(n,)`` (anything
+        ``np.asarray`` takes; None for a model without a presence head), and which phrases were
+        truncated."""
         raise NotImplementedError
 
     def predict(self, image: Image.Image, text: str) -> Prediction:
@@ -106,17 +131,25 @@ class PairPredictor:
         return self.predict_many([image], [text])[0]
 
     def predict_many(
-        self, images: list[Image.Image], texts: list[str], thresholds: list[float] | None = None
+        self,
+        images: list[Image.Image],
+        texts: list[str],
+        thresholds: list[float] | None = None,
+        presence_thresholds: list[float] | None = None,
     ) -> list[Prediction]:
         """Segment image/phrase pairs in one forward pass (an image may repeat); ``thresholds``
-        (one per pair, default this predictor's) only change how the probabilities are cut."""
-        if len(images) != len(texts) or (thresholds is not None and len(thresholds) != len(texts)):
+        and ``presence_thresholds`` (one per pair, default this predictor's) only change how the
+        probabilities are cut."""
+        n = len(texts)
+        if len(images) != n or any(c is not None and len(c) != n for c in (thresholds, presence_thresholds)):
             raise ValueError("predict_many: images, texts and thresholds must have the same length")
         if not images:
             return []
-        logits, truncated = self.logits(images, texts)
-        cuts = thresholds if thresholds is not None else [self.threshold] * len(images)
+        logits, presence, truncated = self.logits(images, texts)
+        cuts = thresholds if thresholds is not None else [self.threshold] * n
+        presence_cuts = presence_thresholds if presence_thresholds is not None else [self.presence_threshold] * n
+        presence = [None] * n if presence is None else np.asarray(presence, dtype=np.float64).tolist()
         return [
-            to_prediction(np.asarray(lg), im.size, check_threshold(t), tr)
-            for lg, im, t, tr in zip(logits, images, cuts, truncated, strict=True)
+            to_prediction(np.asarray(lg), im.size, check_threshold(t), tr, p, check_presence_threshold(pt))
+            for lg, im, t, tr, p, pt in zip(logits, images, cuts, truncated, presence, presence_cuts, strict=True)
         ]

@@ -121,6 +121,11 @@ class ModelConfig:
         interaction: Twister text maps: both, global (pooled sentence) or local (word-pixel).
         backbone: Stage blocks: vss (VMamba), mambaout (gated CNN) or mambavision.
         recap_every: hmnet fusion: image tokens between two recaps of the text.
+        presence_head: Whether the model has a presence head, which says how likely it is that the
+            phrase names anything in the image (see :class:`remamber.modeling.presence.PresenceHead`);
+            below the presence threshold the mask is empty. On for new models; a config.json
+            without this field (written before it existed) and the converted official
+            checkpoints have none, so their outputs do not change.
         decoder_dim: Width of the decoder's feature maps.
         text_encoder: Hugging Face id or folder of the text encoder, or "scratch" (word-level).
         text_config: The text encoder's Hugging Face config (so a folder rebuilds it offline),
@@ -153,6 +158,7 @@ class ModelConfig:
     interaction: str = "both"
     backbone: str = "vss"
     recap_every: int = 64
+    presence_head: bool = True
     decoder_dim: int = 512
     text_encoder: str = "openai/clip-vit-large-patch14"
     text_config: dict | None = None
@@ -202,6 +208,8 @@ class ModelConfig:
         if self.fusion != "twister" and (self.scan != SCANS[0] or self.interaction != INTERACTIONS[0]):
             raise ConfigError("config: scan and interaction apply to the twister fusion only")
         _check_int("recap_every", self.recap_every, 1)
+        if not isinstance(self.presence_head, bool):
+            raise _bad("presence_head", "true or false", self.presence_head)
         _check_int("decoder_dim", self.decoder_dim, 1)
         _check_str("text_encoder", self.text_encoder)
         _check_text_config(self.text_config)
@@ -233,6 +241,8 @@ class ModelConfig:
             raise ConfigError(
                 f"config format {version} is newer than this remamber understands ({CONFIG_FORMAT}); upgrade remamber"
             )
+        # A config written before the presence head existed describes a model without one.
+        data = {"presence_head": False, **data}
         try:
             return cls(**data)
         except ConfigError:

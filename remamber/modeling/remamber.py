@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn as nn
@@ -17,6 +17,7 @@ from remamber.modeling.config import ModelConfig
 from remamber.modeling.decoder import DECODERS
 from remamber.modeling.fusion import build_fusion
 from remamber.modeling.layers import trunc_normal_init
+from remamber.modeling.presence import PresenceHead
 from remamber.modeling.text import TextEncoder, hf_text_model_from_config
 from remamber.modeling.vss import Downsample, PatchEmbed
 from remamber.utils.errors import ConfigError
@@ -85,9 +86,19 @@ class ReMamberEncoder(nn.Module):
         return feats
 
 
+class ReMamberOutput(NamedTuple):
+    """What ``model(..., return_presence=True)`` returns."""
+
+    logits: Tensor  # (b, 1, H, W) mask logits
+    presence_logits: Tensor | None  # (b,) log-odds that the phrase names anything; None without a presence head
+
+
 class ReMamber(nn.Module, ModelHubMixin, library_name="remamber"):
     """Referring segmentation: ``(images, input_ids, attention_mask) -> mask logits (b, 1, H, W)``.
 
+    With ``return_presence=True`` the call returns a :class:`ReMamberOutput`, which adds the
+    presence head's logits (None when ``config.presence_head`` is off); training, evaluation, the
+    predictors and the ONNX export ask for it, so every path sees the same two outputs.
     ``tokenizer`` (not a module) turns phrases into ``input_ids``; see :meth:`tokenize`.
     """
 
@@ -101,15 +112,23 @@ class ReMamber(nn.Module, ModelHubMixin, library_name="remamber"):
         )
         self.encoder = ReMamberEncoder(config)
         self.decoder = DECODERS[config.decoder](config.dims, config.decoder_dim)
+        self.presence = PresenceHead(config.dims[-1], config.text_dim) if config.presence_head else None
         self.tokenizer = tokenizer
 
-    def forward(self, images: Tensor, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    def forward(
+        self, images: Tensor, input_ids: Tensor, attention_mask: Tensor, return_presence: bool = False
+    ) -> Tensor | ReMamberOutput:
+        """Mask logits ``(b, 1, H, W)`` at the input size; with ``return_presence``, a
+        :class:`ReMamberOutput` of them and the presence logits."""
         words, pooled = self.text_encoder(input_ids, attention_mask)
         feats = self.encoder(images, words, pooled, attention_mask)
         logits = self.decoder(feats)
         if logits.shape[-2:] != images.shape[-2:]:
             logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=True)
-        return logits
+        if not return_presence:
+            return logits
+        presence = self.presence(feats[-1], pooled) if self.presence is not None else None
+        return ReMamberOutput(logits, presence)
 
     def fuse(self) -> ReMamber:
         """Swap in the inference-only modules (in place; eval mode first): see
@@ -158,7 +177,8 @@ class ReMamber(nn.Module, ModelHubMixin, library_name="remamber"):
         """Parameters per part, grouped as in the official model (visual = all but the text encoder).
 
         ``backbone``: stem, stage blocks and downsampling; ``fusion``: the fusion layers, of which
-        (for the Twister) ``twister`` are the blocks and ``global_text`` / ``local_text`` the guidance.
+        (for the Twister) ``twister`` are the blocks and ``global_text`` / ``local_text`` the guidance;
+        ``presence``: the presence head (0 without one).
         """
         count = lambda *mods: sum(p.numel() for m in mods if m is not None for p in m.parameters())  # noqa: E731
         stages = self.encoder.stages
@@ -171,6 +191,7 @@ class ReMamber(nn.Module, ModelHubMixin, library_name="remamber"):
             "backbone": count(*self.encoder.backbone_modules()),
             "fusion": count(*fusions),
             "decoder": count(self.decoder),
+            "presence": count(self.presence),
         }
         for f in fusions:  # the fusion's own parts (the Twister's blocks and text maps)
             for name, n in f.part_counts().items():

@@ -156,6 +156,11 @@ SEGMENT_BODY = {
                         "description": f"One or more phrases (repeat the field; at most {MAX_TEXTS}).",
                     },
                     "threshold": {"type": "number", "default": 0.5, "description": "Mask = probability > threshold."},
+                    "presence_threshold": {
+                        "type": "number",
+                        "default": 0.5,
+                        "description": "Models with a presence head: below it the mask is empty (found false).",
+                    },
                     "mask_png": {"type": "boolean", "default": False, "description": "Add each mask as a PNG."},
                     "probs_png": {
                         "type": "integer",
@@ -173,6 +178,7 @@ SEGMENT_BODY = {
                     "image": {"type": "string", "description": "The image file in base64 (or a data: URL)."},
                     "text": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
                     "threshold": {"type": "number", "default": 0.5},
+                    "presence_threshold": {"type": "number", "default": 0.5},
                     "mask_png": {"type": "boolean", "default": False},
                     "probs_png": {"type": "integer", "default": 0},
                 },
@@ -298,12 +304,15 @@ def create_app(predictor, info: ModelInfo, settings: ServeSettings | None = None
         summary="Segment the objects that one or more phrases name in an image",
         openapi_extra={"requestBody": SEGMENT_BODY},
         responses={
-            200: {"description": "width, height, seconds and one result per phrase (text, area, mean_prob, rle, ...)"},
+            200: {
+                "description": "width, height, seconds and one result per phrase (text, area, mean_prob, rle, "
+                "presence, found, ...)"
+            },
             400: {"description": "not an image, a decompression bomb, bad base64 or a malformed body"},
             401: {"description": "missing or wrong API key (when the server has one)"},
             413: {"description": "the body is over the upload limit"},
             415: {"description": "neither multipart/form-data nor application/json"},
-            422: {"description": "missing or empty text, or a bad threshold"},
+            422: {"description": "missing or empty text, or a bad threshold or presence_threshold"},
             503: {"description": "the queue is full: retry after Retry-After seconds"},
         },
     )
@@ -325,7 +334,7 @@ def create_app(predictor, info: ModelInfo, settings: ServeSettings | None = None
         req.image = b""  # the bytes are not needed while the request waits for the model
         check_pixel_budget(image.size, len(req.texts))
         try:
-            futures = batcher().submit([(image, text, req.threshold) for text in req.texts])
+            futures = batcher().submit([(image, text, req.threshold, req.presence_threshold) for text in req.texts])
         except QueueFull as e:
             raise ApiError(503, f"busy: {e}; retry later", {"Retry-After": str(settings.retry_after_s)}) from None
         except BatcherClosed:
@@ -340,6 +349,7 @@ def create_app(predictor, info: ModelInfo, settings: ServeSettings | None = None
                 "height": image.size[1],
                 "seconds": round(time.perf_counter() - start, 4),
                 "threshold": req.threshold,
+                "presence_threshold": req.presence_threshold,
                 "model": info.name,
                 "results": results,
             }

@@ -1,6 +1,6 @@
 """A batching queue in front of a predictor: phrases that wait at the same time share one forward pass.
 
-Request handlers :meth:`Batcher.submit` their (image, phrase, threshold) items and wait on the
+Request handlers :meth:`Batcher.submit` their (image, phrase, threshold, presence threshold) items and wait on the
 futures they get back; one worker thread takes up to ``max_batch`` waiting items at a time, runs
 the predictor's ``predict_many`` once on them and resolves their futures. It never waits for a
 batch to fill: under load, the items that arrive while a batch runs form the next one, so a lone
@@ -19,7 +19,7 @@ from PIL import Image
 
 from remamber.inference.processing import Prediction
 
-PredictMany = Callable[[list[Image.Image], list[str], list[float]], list[Prediction]]
+PredictMany = Callable[[list[Image.Image], list[str], list[float], list[float]], list[Prediction]]
 
 
 class QueueFull(Exception):
@@ -35,6 +35,7 @@ class _Item:
     image: Image.Image
     text: str
     threshold: float
+    presence_threshold: float
     future: Future = field(default_factory=Future)
 
 
@@ -65,9 +66,10 @@ class Batcher:
         """Items in the batch that runs now."""
         return self._running
 
-    def submit(self, jobs: Sequence[tuple[Image.Image, str, float]]) -> list[Future]:
-        """Queue all items of one request, or none: :class:`QueueFull` when they do not all fit."""
-        items = [_Item(image, text, threshold) for image, text, threshold in jobs]
+    def submit(self, jobs: Sequence[tuple[Image.Image, str, float, float]]) -> list[Future]:
+        """Queue all items of one request, or none: :class:`QueueFull` when they do not all fit.
+        An item is (image, phrase, threshold, presence threshold)."""
+        items = [_Item(*job) for job in jobs]
         with self._cond:
             if self._closed:
                 raise BatcherClosed("the server is shutting down")
@@ -96,7 +98,10 @@ class Batcher:
 
     def _run(self, batch: list[_Item]) -> None:
         preds = self.predict_many(
-            [item.image for item in batch], [item.text for item in batch], [item.threshold for item in batch]
+            [item.image for item in batch],
+            [item.text for item in batch],
+            [item.threshold for item in batch],
+            [item.presence_threshold for item in batch],
         )
         self.forward_calls += 1
         for item, pred in zip(batch, preds, strict=True):

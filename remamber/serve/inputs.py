@@ -45,6 +45,7 @@ class SegmentRequest:
     image: bytes
     texts: list[str]
     threshold: float = 0.5
+    presence_threshold: float = 0.5  # models with a presence head: below it the mask is empty
     mask_png: bool = False
     probs_png: int = 0  # longest side of the probability map to return; 0: none
 
@@ -105,6 +106,18 @@ def _threshold(value) -> float:
     return t
 
 
+def _presence_threshold(value) -> float:
+    if value is None or value == "":
+        return 0.5
+    try:
+        t = float(value)
+    except (TypeError, ValueError):
+        t = math.nan
+    if isinstance(value, bool) or not (math.isfinite(t) and 0.0 <= t < 1.0):
+        raise ApiError(422, f"presence_threshold must be a number from 0 to below 1 (got {value!r})")
+    return t
+
+
 def _probs_side(value) -> int:
     if value is None or value == "" or value is False:
         return 0
@@ -144,13 +157,15 @@ def _finish(image: bytes | None, texts: list, fields: dict, max_texts: int) -> S
         image=image,
         texts=_texts(texts, max_texts),
         threshold=_threshold(fields.get("threshold")),
+        presence_threshold=_presence_threshold(fields.get("presence_threshold")),
         mask_png=_flag(fields.get("mask_png", False), "mask_png"),
         probs_png=_probs_side(fields.get("probs_png")),
     )
 
 
 def parse_json(body: bytes, max_texts: int = MAX_TEXTS) -> SegmentRequest:
-    """``{"image": base64 or data URL, "text": str or [str], "threshold", "mask_png", "probs_png"}``."""
+    """``{"image": base64 or data URL, "text": str or [str], "threshold", "presence_threshold",
+    "mask_png", "probs_png"}``."""
     try:
         data = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -179,7 +194,8 @@ def parse_json(body: bytes, max_texts: int = MAX_TEXTS) -> SegmentRequest:
 
 def parse_multipart(body: bytes, content_type: str, max_texts: int = MAX_TEXTS) -> SegmentRequest:
     """``image`` (a file part) and one or more ``text`` fields, with optional ``threshold``,
-    ``mask_png`` and ``probs_png``; parsed in memory with python-multipart's streaming parser."""
+    ``presence_threshold``, ``mask_png`` and ``probs_png``; parsed in memory with python-multipart's
+    streaming parser."""
     from python_multipart.multipart import MultipartParser, parse_options_header
 
     _, params = parse_options_header(content_type)

@@ -48,6 +48,13 @@ def check_threshold(threshold: float) -> float:
     return float(threshold)
 
 
+def check_presence_threshold(threshold: float) -> float:
+    """The presence threshold as a float (0 <= threshold < 1; 0 never empties a mask), or InputError."""
+    if isinstance(threshold, bool) or not (isinstance(threshold, (int, float)) and 0.0 <= threshold < 1.0):
+        raise InputError(f"presence_threshold must be at least 0 and below 1 (got {threshold})")
+    return float(threshold)
+
+
 def first_line(e: BaseException) -> str:
     """The first line of an exception's message (its type name when the message is empty)."""
     return (str(e).strip().splitlines() or [type(e).__name__])[0]

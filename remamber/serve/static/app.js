@@ -22,7 +22,7 @@ const state = {
   base: null, // ImageData of the picture at drawn size
   response: null,
   requestThreshold: 0.5,
-  results: [], // {text, color, area, meanProb, mask (exact, drawn size), probs, maskPng, visible, shownArea}
+  results: [], // {text, color, area, meanProb, found, presence, mask (exact, drawn size), probs, maskPng, visible, shownArea}
   busy: false,
   auth: false,
 };
@@ -125,9 +125,10 @@ async function pngSize(b64) {
   return [bitmap.width, bitmap.height];
 }
 
-// The mask shown for result r at the slider's threshold (drawn size, 0/1 bytes).
+// The mask shown for result r at the slider's threshold (drawn size, 0/1 bytes). A phrase the
+// presence head found nothing for keeps its empty mask at any threshold.
 function shownMask(r) {
-  if (atRequestThreshold() || !r.probs) return r.mask;
+  if (atRequestThreshold() || !r.probs || !r.found) return r.mask;
   const cut = threshold() * 255;
   const out = new Uint8Array(r.probs.length);
   for (let i = 0; i < out.length; i++) out[i] = r.probs[i] > cut ? 1 : 0;
@@ -193,7 +194,10 @@ function updateNumbers() {
     const li = $("results").children[k];
     if (!li) continue;
     li.dataset.area = String(r.shownArea);
-    li.querySelector(".nums").textContent = `${r.shownArea.toLocaleString()} px` + (atRequestThreshold() ? ` · mean p ${r.meanProb.toFixed(3)}` : ` at ${threshold().toFixed(2)}`) + (r.truncated ? " · phrase truncated" : "");
+    const nums = r.found
+      ? `${r.shownArea.toLocaleString()} px` + (atRequestThreshold() ? ` · mean p ${r.meanProb.toFixed(3)}` : ` at ${threshold().toFixed(2)}`)
+      : `not found (presence ${r.presence.toFixed(3)})`;
+    li.querySelector(".nums").textContent = nums + (r.truncated ? " · phrase truncated" : "");
   }
 }
 
@@ -302,6 +306,7 @@ async function segment() {
       const probs = await pngPixels(r.probs_png, pw, ph);
       results.push({
         text: r.text, color: COLORS[k % COLORS.length], area: r.area, meanProb: r.mean_prob, truncated: r.truncated,
+        found: r.found !== false, presence: r.presence,
         mask: mask.pixels.map((v) => (v > 127 ? 1 : 0)), probs: probs.pixels, maskPng: mask.bytes, visible: true,
       });
     }
