@@ -31,11 +31,12 @@ ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # light on shared CPUs, and the same nume
 
 @pytest.fixture(scope="session")
 def shapes_dir(tmp_path_factory) -> Path:
-    """A tiny prepared shapes dataset: one 64x64 image per split (about 7 sentences each)."""
+    """A tiny prepared shapes dataset: one 64x64 image per split (about 7 sentences each), every
+    sentence naming one object (the hand-checked sums below; generalized splits are tested apart)."""
     from remamber.data.shapes import prepare_shapes
 
     out = tmp_path_factory.mktemp("evaldata") / "shapes"
-    prepare_shapes(out, {"train": 1, "val": 1, "test": 1}, seed=0, size=64)
+    prepare_shapes(out, {"train": 1, "val": 1, "test": 1}, seed=0, size=64, no_target_share=0, multi_target_share=0)
     return out
 
 

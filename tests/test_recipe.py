@@ -49,7 +49,7 @@ def test_paper_recipe_groups_follow_the_official_optimizer(tiny_model):
     assert [(g["lr"], g["weight_decay"]) for g in groups] == [(5e-5, 1e-4), (2.5e-5, 1e-4), (2.5e-5, 1e-4)]
     assert sorted(n for ns in named.values() for n in ns) == sorted(n for n, _ in tiny_model.named_parameters())
     assert all(re.match(r"encoder\.(patch_embed|stages\.\d\.(blocks|downsample))\.", n) for n in named["backbone"])
-    assert all(re.match(r"(encoder\.stages\.\d\.twister|decoder)\.", n) for n in named["new"])
+    assert all(re.match(r"(encoder\.stages\.\d\.twister|decoder|presence)\.", n) for n in named["new"])
     assert all(n.startswith("text_encoder.") for n in named["text"])
     assert any(n.endswith("A_logs") for n in named["backbone"]) and any(n.endswith(".bias") for n in named["new"])
 

@@ -279,7 +279,7 @@ def test_train_command_keeps_freed_memory_on_a_cpu_only(monkeypatch, device, kee
     class FakeTrainer:
         def __init__(self, cfg, resume, console):
             self.device, self.main, self.total_steps, self.step, self.epoch = torch.device(device), True, 1, 0, 0
-            self.notes = []
+            self.notes, self.backbone_report = [], None
 
         def fit(self, on_step):
             on_step({"step": 1, "epoch": 0, "loss": 0.5, "lr": 1e-3})
