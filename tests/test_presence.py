@@ -310,3 +310,42 @@ def test_onnx_export_carries_the_presence_output(absent_dir, tiny_model, image, 
     assert "presence_max_abs_diff" not in report and report["max_abs_diff"] <= 1e-4
     result = OnnxPredictor(plain, read_config(plain)).predict(image, PHRASE)
     assert result.presence is None and result.found
+
+
+def test_init_weights_without_a_head_get_a_new_one_with_presence_head(small_shapes, tmp_path):
+    """`train --init` of a model without a presence head (the shipped one) and `--presence-head`:
+    every weight of the init model is kept and a fresh head is added; the other way round (taking
+    a head away) is an architecture change and refused."""
+    from safetensors.torch import load_file
+
+    from remamber.hub.shipped import DEFAULT_MODEL, shipped_folder
+
+    base = ["train", "--data", str(small_shapes), "--image-size", "64", "--batch-size", "2", "--val-split", ""]
+    run = tmp_path / "run"
+    res = run_cli(
+        *base,
+        "--out",
+        str(run),
+        "--init",
+        DEFAULT_MODEL,
+        "--presence-head",
+        "--max-steps",
+        "1",
+        "--lr",
+        "1e-30",
+        "--min-lr",
+        "0",
+    )
+    assert res.code == 0, res.stderr
+    trained = load_pretrained(run / "checkpoints" / "last")
+    assert trained.config.presence_head and trained.presence is not None
+    before = load_file(str(shipped_folder(DEFAULT_MODEL) / "model.safetensors"))
+    after = load_file(str(run / "checkpoints" / "last" / "model.safetensors"))
+    assert set(after) - set(before) == {k for k in after if k.startswith("presence.")} != set()
+    kept = [k for k in before if "running_" not in k and "num_batches" not in k]  # BatchNorm statistics move
+    assert all(torch.allclose(before[k].float(), after[k].float(), rtol=1e-6, atol=1e-20) for k in kept)
+
+    res = run_cli(
+        *base, "--out", str(tmp_path / "run2"), "--init", str(run / "checkpoints" / "last"), "--no-presence-head"
+    )
+    assert_one_line_error(res, "--presence-head", "--init")

@@ -112,6 +112,8 @@ def _init_or_preset(cfg: TrainConfig, train_records: list[dict], weights: bool):
     variant = {k: getattr(cfg, k) for k in VARIANT_FIELDS if getattr(cfg, k) is not None}
     if cfg.init:
         model = load_pretrained(cfg.init)
+        if cfg.presence_head and not model.config.presence_head:
+            _add_presence_head(model)
         clash = sorted(k for k, v in variant.items() if getattr(model.config, k) != v)
         if clash:
             settings = ", ".join(f"`{k}`" for k in clash)
@@ -142,6 +144,16 @@ def _init_or_preset(cfg: TrainConfig, train_records: list[dict], weights: bool):
             f"cannot load the text encoder {mcfg.text_encoder!r} ({first_line(e)}); it must be in the "
             "Hugging Face cache or a local folder (or use `text_encoder` scratch)"
         ) from None
+
+
+def _add_presence_head(model) -> None:
+    """Give an ``init`` model without a presence head a fresh one: the one change of architecture
+    that keeps every weight (the head only reads the features), so that a model trained before
+    can learn "not in the picture"."""
+    from remamber.modeling.presence import PresenceHead
+
+    model.config = model.config.replace(presence_head=True)
+    model.presence = PresenceHead(model.config.dims[-1], model.config.text_dim)
 
 
 #: The parts of the model that train at their own learning rate, in optimizer-group order.

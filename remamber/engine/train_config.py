@@ -155,7 +155,7 @@ class TrainConfig:
     presence_head: bool | None = setting(
         None,
         "A presence head (does the phrase name anything? below 0.5 the mask is empty). Default: on for a "
-        "new model; --init weights keep theirs.",
+        "new model; --init weights keep theirs (--presence-head gives --init weights without one a new head).",
     )
     presence_weight: float = setting(
         0.1,
