@@ -123,7 +123,13 @@ def test_evaluate_tiny_model(tiny_model, shapes_dir, tmp_path, capsys):
     assert [r["index"] for r in res.rows] == [0, 1]
     assert set(res.rows[0]) == set(GENERALIZED_ROW_FIELDS)  # ROW_FIELDS and the target kind
     assert {r["kind"] for r in res.rows} == {"single"} and not res.generalized
-    assert res.settings == {"dataset": "shapes", "split": "test", "threshold": 0.5, "presence_threshold": 0.5, "eval_size": "original"}
+    assert res.settings == {
+        "dataset": "shapes",
+        "split": "test",
+        "threshold": 0.5,
+        "presence_threshold": 0.5,
+        "eval_size": "original",
+    }
     # the summary is the metric of the rows
     acc = MetricAccumulator()
     for r in res.rows:
