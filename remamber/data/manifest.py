@@ -62,6 +62,7 @@ def target_kind(record: dict) -> str:
     ann_ids = record.get("ann_ids")
     return "multi" if isinstance(ann_ids, list) and len(ann_ids) > 1 else "single"
 
+
 SPLIT_ORDER = ("train", "val", "test", "testA", "testB", "testC")
 
 

@@ -46,7 +46,9 @@ class TrainConfig:
 
     data: str = setting(dataclasses.MISSING, "Prepared dataset folder.", "FOLDER")
     out: str = setting(dataclasses.MISSING, "Run folder (RUNDIR).", "FOLDER")
-    preset: str = setting("tiny", "Model preset: tiny, small or base (official ReMamber_Conv).", "NAME")
+    preset: str = setting(
+        "tiny", "Model preset: tiny, small, base (official ReMamber_Conv) or base-mamba (ReMamber_Mamba).", "NAME"
+    )
     image_size: int | None = setting(None, "Input size (multiple of 32). Default: the preset's.", "N")
     init: str | None = setting(None, "Start from these weights (folder or Hub id) instead of a fresh preset.", "MODEL")
     text_encoder: str | None = setting(
@@ -61,6 +63,9 @@ class TrainConfig:
         None, "Stage blocks: vss (VMamba, default), mambaout (gated CNN) or mambavision.", "NAME"
     )
     recap_every: int | None = setting(None, "hmnet fusion: image tokens between text recaps (default 64).", "N")
+    decoder: str | None = setting(
+        None, "Mask decoder: conv (ReMamber_Conv's) or mamba (ReMamber_Mamba's). Default: the preset's.", "NAME"
+    )
     freeze_text: bool = setting(False, "Do not train the text encoder.")
     text_lr_scale: float = setting(
         1.0,
@@ -99,7 +104,7 @@ class TrainConfig:
         for name in ("data", "out", "preset", "train_split", "device"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise SettingError(name, "a non-empty string", getattr(self, name))
-        for name in ("init", "text_encoder", "fusion", "scan", "interaction", "backbone", "val_split"):
+        for name in ("init", "text_encoder", "fusion", "scan", "interaction", "backbone", "decoder", "val_split"):
             if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
                 raise SettingError(name, "a string", getattr(self, name))
         for name, minimum in (

@@ -1,4 +1,4 @@
-"""The ReMamber model: text encoder, VMamba encoder with a Twister (or other fusion) layer per stage, conv decoder."""
+"""The ReMamber model: text encoder, VMamba encoder with a Twister (or other fusion) layer per stage, conv or Mamba decoder."""
 
 from __future__ import annotations
 
@@ -90,13 +90,13 @@ class ReMamber(nn.Module, ModelHubMixin, library_name="remamber"):
             text_model or hf_text_model_from_config(config.text_config), config.text_pooling
         )
         self.encoder = ReMamberEncoder(config)
-        self.decoder = DECODERS[config.decoder](config.dims, config.decoder_dim)
+        self.decoder = DECODERS[config.decoder](config)
         self.tokenizer = tokenizer
 
     def forward(self, images: Tensor, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         words, pooled = self.text_encoder(input_ids, attention_mask)
         feats = self.encoder(images, words, pooled, attention_mask)
-        logits = self.decoder(feats)
+        logits = self.decoder(feats, words)
         if logits.shape[-2:] != images.shape[-2:]:
             logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=True)
         return logits
