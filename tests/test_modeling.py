@@ -134,7 +134,7 @@ def test_base_parameter_counts_match_official():
 
 
 def test_presets_build_and_unknown_preset_is_refused():
-    assert set(PRESETS) == {"tiny", "small", "base"}
+    assert set(PRESETS) == {"tiny", "small", "base", "base-mamba"}
     assert preset_config("base").image_size == 480 and preset_config("base").dims == [128, 256, 512, 1024]
     assert preset_config("small").text_dim == 512
     with pytest.raises(ConfigError, match="unknown preset 'huge'"):
