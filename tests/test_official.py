@@ -307,3 +307,5 @@ def test_cli_from_official_refuses_a_weights_argument_and_onnx(tmp_path):
     assert_one_line_error(res, "not both")
     res = run_cli("export", "--from-official", str(CKPT), "--format", "onnx", "--out", str(tmp_path / "o"))
     assert_one_line_error(res, "--format hub")
+    res = run_cli("export", "--variant", "mamba", "--out", str(tmp_path / "o"))
+    assert_one_line_error(res, "--variant and --tokenizer go with --from-official")
