@@ -1,6 +1,6 @@
-"""Parity with the official ReMamber code: run the authors' ReMamber_Conv on the CPU with random
-weights, convert its state dict with ``remamber.export.official.convert_official`` and compare
-our model's logits with theirs.
+"""Parity with the official ReMamber code: run the authors' ReMamber_Conv or ReMamber_Mamba on the
+CPU with random weights, convert its state dict with ``remamber.export.official.convert_official``
+and compare our model's logits with theirs.
 
     pip install --no-deps --target /tmp/official-deps einops yacs          # the official code imports them
     git clone https://github.com/yyh-rain-song/ReMamber /tmp/official
@@ -8,8 +8,9 @@ our model's logits with theirs.
     python benchmarks/official_parity.py --only small --no-fixture         # REMAMBER_OFFICIAL=/tmp/official
     python benchmarks/official_parity.py /tmp/official --deps /tmp/official-deps --only base base-256 --scan easy \
         --no-fixture --out benchmarks/results/official_parity_easy_scan.json  # the official's fastest scan
+    python benchmarks/official_parity.py /tmp/official --deps /tmp/official-deps --only small-mamba base-mamba
 
-Three configurations, all with seeded random weights (every tensor perturbed so that no two
+Five configurations, all with seeded random weights (every tensor perturbed so that no two
 norms or biases are alike):
 
 * ``small``: dims [8, 16, 32, 64], depths [1, 1, 2, 1], d_state 2, a 2-layer 64-wide CLIP text
@@ -20,9 +21,19 @@ norms or biases are alike):
   writes the test fixture ``tests/fixtures/official_small/`` (the official checkpoint as .pth,
   the inputs and the official logits) that ``tests/test_official.py`` converts and checks.
 * ``base``: the official configuration (``update_mamba_config("base")``, CLIP ViT-L/14 text
-  config), 480x480, batch 1; ``base-256``: the same at 256x256.  Results go to
-  ``benchmarks/results/official_parity.json`` (``--out``; a file that exists keeps the results
-  of configurations not run).
+  config), 480x480, batch 1; ``base-256``: the same at 256x256.
+* ``small-mamba``: ReMamber_Mamba (the Mamba decoder, its official depths [2, 4, 2, 2]) at dims
+  [6, 12, 24, 48], depths [1, 1, 1, 1], d_state 2, SS2D ratio 1, MLP ratio 1, a 1-layer 16-wide
+  CLIP text tower (vocab 100), channel scan 4x4, local-interaction width 8 in the Twister and 12
+  in the decoder, 64x64 images, batch 2 (the decoder's ``text_guidencee`` / ``local_text_fusion``
+  are rebuilt at these sizes as the backbone's are).  It writes
+  ``tests/fixtures/official_small_mamba/`` (about 1 MB: the widths are as small as keeps float32
+  rounding well below the test's tolerance; at dims[0] = 4 the LayerNorms over 2 channels
+  amplify it to about 1e-4).
+* ``base-mamba``: ReMamber_Mamba in the official base configuration, 480x480, batch 1.
+
+Results go to ``benchmarks/results/official_parity.json`` (``--out``; a file that exists keeps
+the results of configurations not run).
 
 Reported per configuration: max / mean |ours - official| on the logits, and as the yardstick of
 float32 rounding the same for our model run with its sequential reference scan instead of its
@@ -63,8 +74,9 @@ from remamber.engine.allocator import keep_freed_memory
 from remamber.utils.io import write_json
 
 REPO = Path(__file__).resolve().parents[1]
-FIXTURE = REPO / "tests" / "fixtures" / "official_small"
 RESULTS = REPO / "benchmarks" / "results" / "official_parity.json"
+# The official model of each variant: its builder in the official code's ``model`` package.
+OFFICIAL_MODELS = {"conv": ("conv_segmenter", "ReMamber_Conv"), "mamba": ("mamba_segmenter", "ReMamber_Mamba")}
 TIMED_RUNS = 2  # timed forward calls per model after one warm-up call; the fastest is reported
 
 # CLIP ViT-L/14's text config (openai/clip-vit-large-patch14), as the official code downloads it.
@@ -103,10 +115,57 @@ CONFIGS = {
         ),
         channel_scan=4,
         local_hidden=32,
+        variant="conv",
     ),
-    "base": dict(image=480, batch=1, seed=0, arch={}, text=dict(CLIP_L14_TEXT), channel_scan=None, local_hidden=None),
+    "base": dict(
+        image=480,
+        batch=1,
+        seed=0,
+        arch={},
+        text=dict(CLIP_L14_TEXT),
+        channel_scan=None,
+        local_hidden=None,
+        variant="conv",
+    ),
+    "small-mamba": dict(
+        image=64,
+        batch=2,
+        seed=0,
+        arch=dict(dims=[6, 12, 24, 48], depths=[1, 1, 1, 1], ssm_d_state=2, ssm_ratio=1.0, mlp_ratio=1.0),
+        text=dict(
+            CLIP_L14_TEXT,
+            vocab_size=100,
+            hidden_size=16,
+            intermediate_size=64,
+            projection_dim=16,
+            num_hidden_layers=1,
+            num_attention_heads=1,
+        ),
+        channel_scan=4,
+        local_hidden=8,
+        decoder_local_hidden=12,
+        variant="mamba",
+    ),
 }
 CONFIGS["base-256"] = dict(CONFIGS["base"], image=256)  # the same model at 256 px (timings at both sizes)
+CONFIGS["base-mamba"] = dict(CONFIGS["base"], variant="mamba")
+
+# The configurations that write a test fixture: folder, checkpoint file name, what the model is.
+FIXTURES = {
+    "small": (
+        REPO / "tests" / "fixtures" / "official_small",
+        "official_conv_small.pth",
+        "official ReMamber_Conv at small sizes: text_guidencee / local_text_fusion rebuilt with the official classes "
+        "for 64-d text and width 32, Twister input_res=4; random weights perturbed (see perturb())",
+    ),
+    "small-mamba": (
+        REPO / "tests" / "fixtures" / "official_small_mamba",
+        "official_mamba_small.pth",
+        "official ReMamber_Mamba at small sizes: the backbone's and the decoder's text_guidencee / local_text_fusion "
+        "rebuilt with the official classes for 16-d text and widths 8 (backbone) and 12 (decoder), Twister "
+        "input_res=4; random weights perturbed (see perturb())",
+    ),
+}
 
 
 # ============================================================================ official side
@@ -315,7 +374,9 @@ def run_official(name: str, official: Path, work: Path, scan: str, threads: int)
     cfg = CONFIGS[name]
     swap_scans(official, scan)
 
-    from model import base_segmenter, conv_segmenter, customized_model, utils
+    import importlib
+
+    from model import base_segmenter, customized_model, utils
 
     text_cfg = transformers.CLIPTextConfig(**cfg["text"])
     tokenizer = FixedTokenizer()
@@ -327,9 +388,11 @@ def run_official(name: str, official: Path, work: Path, scan: str, threads: int)
 
     base_segmenter.CLIPTextModel = CLIPTextFromConfig
     base_segmenter.CLIPTokenizerFast = type("Tok", (), {"from_pretrained": staticmethod(lambda *_a, **_k: tokenizer)})
-    conv_segmenter.load_ckpt = lambda backbone, model_size: (backbone, ([], []))  # no pretrained VMamba
+    module_name, model_name = OFFICIAL_MODELS[cfg["variant"]]
+    segmenter = importlib.import_module(f"model.{module_name}")
+    segmenter.load_ckpt = lambda backbone, model_size: (backbone, ([], []))  # no pretrained VMamba
     official_config = utils.update_mamba_config
-    conv_segmenter.update_mamba_config = lambda size: {**official_config("base"), **cfg["arch"]}
+    segmenter.update_mamba_config = lambda size: {**official_config("base"), **cfg["arch"]}
     if cfg["channel_scan"]:
         twister_init = customized_model.Twister.__init__
 
@@ -341,18 +404,20 @@ def run_official(name: str, official: Path, work: Path, scan: str, threads: int)
 
     torch.manual_seed(cfg["seed"])
     t0 = time.perf_counter()
-    model, _ = conv_segmenter.ReMamber_Conv(img_size=cfg["image"], model_size="base")
-    backbone = model.backbone
+    model, _ = getattr(segmenter, model_name)(img_size=cfg["image"], model_size="base")
     if cfg["text"]["hidden_size"] != 768 or cfg["local_hidden"]:
         # the official ReMamber hard-codes 768-d text and a 512-wide local interaction: same classes, small sizes
-        for i, dim in enumerate(backbone.dims):
-            backbone.text_guidencee[i] = nn.Sequential(nn.Linear(cfg["text"]["hidden_size"], dim), nn.ReLU())
-            backbone.local_text_fusion[i] = utils.ImageTextCorr(
-                visual_dim=dim,
-                text_dim=cfg["text"]["hidden_size"],
-                hidden_dim=cfg["local_hidden"] or 512,
-                out_dim=dim,
-            )
+        text_dim = cfg["text"]["hidden_size"]
+        owners = [(model.backbone, cfg["local_hidden"])]
+        if cfg["variant"] == "mamba":  # the Mamba decoder has its own, one per level
+            owners.append((model.decoder, cfg["decoder_local_hidden"]))
+        for owner, hidden in owners:
+            for i, old in enumerate(owner.text_guidencee):
+                dim = old[0].out_features
+                owner.text_guidencee[i] = nn.Sequential(nn.Linear(text_dim, dim), nn.ReLU())
+                owner.local_text_fusion[i] = utils.ImageTextCorr(
+                    visual_dim=dim, text_dim=text_dim, hidden_dim=hidden or 512, out_dim=dim
+                )
     perturb(model, cfg["seed"] + 2)
     model.eval()
     build_s = time.perf_counter() - t0
@@ -369,7 +434,7 @@ def run_official(name: str, official: Path, work: Path, scan: str, threads: int)
         state = {k.replace("text_encoder.", "text_encoder.text_model.", 1): v for k, v in state.items()}
     ckpt = {"model": state, "epoch": 0}
     if name == "base":  # like the official best_checkpoint.pth, which also stores its argparse arguments
-        ckpt["args"] = _argparse.Namespace(model="ReMamber_Conv", input_size=cfg["image"])
+        ckpt["args"] = _argparse.Namespace(model=model_name, input_size=cfg["image"])
     torch.save(ckpt, work / "official.pth")
     save_file(
         {"image": image, "input_ids": ids, "attention_mask": mask, "logits": logits.contiguous()},
@@ -470,30 +535,32 @@ def compare(name: str, official: Path, work: Path, scan: str, threads: int, deps
     return result
 
 
-def write_fixture(work: Path, result: dict, official_rev: str, command: str) -> None:
-    """tests/fixtures/official_small: the official checkpoint, inputs and logits, and how they were made."""
+def write_fixture(name: str, work: Path, result: dict, official_rev: str, command: str) -> None:
+    """The test fixture of configuration ``name`` (:data:`FIXTURES`): the official checkpoint,
+    inputs and logits, and how they were made."""
     import torch
 
-    FIXTURE.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(work / "official.pth", FIXTURE / "official_conv_small.pth")
-    shutil.copyfile(work / "io.safetensors", FIXTURE / "io.safetensors")
+    folder, ckpt_name, notes = FIXTURES[name]
+    segmenter = {"conv": "ConvSegmentor", "mamba": "MambaSegmentor"}[CONFIGS[name]["variant"]]
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(work / "official.pth", folder / ckpt_name)
+    shutil.copyfile(work / "io.safetensors", folder / "io.safetensors")
     meta = dict(
         made_by=command,
         official_repo="yyh-rain-song/ReMamber",
         files={
-            "official_conv_small.pth": "{'model': official ConvSegmentor state dict (transformers-4.35 text names), 'epoch': 0}",
+            ckpt_name: f"{{'model': official {segmenter} state dict (transformers-4.35 text names), 'epoch': 0}}",
             "io.safetensors": "image (2, 3, 64, 64), input_ids / attention_mask (2, 20), logits (2, 1, 64, 64) of the official forward",
         },
-        notes="official ReMamber_Conv at small sizes: text_guidencee / local_text_fusion rebuilt with the official classes "
-        "for 64-d text and width 32, Twister input_res=4; random weights perturbed (see perturb())",
+        notes=notes,
         official_revision=official_rev,
         torch=torch.__version__,
         max_abs_diff_when_made=result["max_abs_diff"],
         image_size=result["image_size"],
         batch=result["batch"],
-        config=CONFIGS["small"],
+        config=CONFIGS[name],
     )
-    (FIXTURE / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    (folder / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
 def _revision(official: Path, given: str | None) -> str:
@@ -524,7 +591,9 @@ def main() -> None:
     ap.add_argument("--only", nargs="+", choices=sorted(CONFIGS), help="run these configurations (default: all)")
     ap.add_argument("--scan", choices=["ref", "easy"], default="ref", help="the official pure-PyTorch scan to use")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--no-fixture", action="store_true", help="do not rewrite tests/fixtures/official_small")
+    ap.add_argument(
+        "--no-fixture", action="store_true", help="do not rewrite tests/fixtures/official_small (and _small_mamba)"
+    )
     ap.add_argument("--official-rev", help="the official checkout's commit, for the record (default: git rev-parse)")
     ap.add_argument(
         "--out", type=Path, default=RESULTS, help="the JSON to write (default: results/official_parity.json)"
@@ -557,8 +626,8 @@ def main() -> None:
             results[name] = dict(
                 compare(name, official, Path(tmp), args.scan, args.threads, args.deps), command=command
             )
-            if name == "small" and not args.no_fixture:
-                write_fixture(Path(tmp), results[name], rev, command)
+            if name in FIXTURES and not args.no_fixture:
+                write_fixture(name, Path(tmp), results[name], rev, command)
 
     record = dict(
         command=command,

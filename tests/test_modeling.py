@@ -143,7 +143,7 @@ def test_base_parameter_counts_match_official():
 
 
 def test_presets_build_and_unknown_preset_is_refused():
-    assert set(PRESETS) == {"tiny", "small", "medium", "base"}
+    assert set(PRESETS) == {"tiny", "small", "medium", "base", "base-mamba"}
     assert preset_config("medium") == preset_config("small").replace(preset="medium", depths=[2, 2, 15, 2])
     assert preset_config("base").image_size == 480 and preset_config("base").dims == [128, 256, 512, 1024]
     assert preset_config("small").text_dim == 512

@@ -1,7 +1,7 @@
-"""Converting the authors' ReMamber_Conv checkpoints: the fixture (a small official model run by
-benchmarks/official_parity.py, its checkpoint, inputs and logits) converts and reproduces the
-official logits; the strict check, the weights-only load, the unsupported Mamba variant and the
-CLI path give clear errors."""
+"""Converting the authors' ReMamber_Conv and ReMamber_Mamba checkpoints: the fixtures (small
+official models run by benchmarks/official_parity.py, their checkpoints, inputs and logits)
+convert and reproduce the official logits; the variant is read off the file; the strict check,
+the weights-only load, the wrong variant and the CLI path give clear errors."""
 
 from __future__ import annotations
 
@@ -18,11 +18,13 @@ from remamber.utils.errors import InputError, WeightsError
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "official_small"
 CKPT = FIXTURE / "official_conv_small.pth"
+MAMBA_FIXTURE = FIXTURE.parent / "official_small_mamba"
+MAMBA_CKPT = MAMBA_FIXTURE / "official_mamba_small.pth"
 TOLERANCE = 1e-4
 
 
 def small_tokenizer():
-    """A word-level tokenizer that fits the fixture's 100-token text vocabulary."""
+    """A word-level tokenizer that fits the fixtures' 100-token text vocabulary."""
     from remamber.modeling.text import build_scratch_tokenizer
 
     return build_scratch_tokenizer([f"w{i}" for i in range(96)])
@@ -36,8 +38,20 @@ def io():
 
 
 @pytest.fixture(scope="module")
+def mamba_io():
+    from safetensors.torch import load_file
+
+    return load_file(str(MAMBA_FIXTURE / "io.safetensors"))
+
+
+@pytest.fixture(scope="module")
 def official_state():
     return torch.load(str(CKPT), map_location="cpu", weights_only=True)["model"]
+
+
+@pytest.fixture(scope="module")
+def mamba_state():
+    return torch.load(str(MAMBA_CKPT), map_location="cpu", weights_only=True)["model"]
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +83,31 @@ def test_converted_fixture_reproduces_the_official_logits(converted, io):
     assert _max_diff(model, io) <= TOLERANCE
 
 
+def test_converted_mamba_fixture_reproduces_the_official_logits(tmp_path, mamba_io):
+    from remamber.export.official import convert_official
+    from remamber.hub.folders import load_pretrained, read_config
+
+    folder = convert_official(MAMBA_CKPT, out=tmp_path / "mamba", tokenizer=small_tokenizer())  # variant read off
+    config = read_config(folder)
+    assert config.decoder == "mamba" and config.preset == "official"
+    assert config.decoder_depths == [2, 4, 2, 2] and config.decoder_local_hidden == 12
+    assert config.dims == [6, 12, 24, 48] and config.depths == [1, 1, 1, 1] and config.twister_depths == [2, 2, 2, 2]
+    assert (config.d_state, config.ssm_ratio, config.mlp_ratio, config.channel_scan_size, config.local_hidden) == (
+        2,
+        1.0,
+        1.0,
+        4,
+        8,
+    )
+    assert config.text_config["hidden_size"] == 16 and config.text_config["num_hidden_layers"] == 1
+    card = (folder / "README.md").read_text()
+    assert "official ReMamber_Mamba checkpoint `official_mamba_small.pth`" in card
+    model = load_pretrained(folder)
+    assert _max_diff(model, mamba_io) <= TOLERANCE
+    model.fuse()  # the decoder's SS2D blocks and conv-BatchNorm-ReLU runs too
+    assert _max_diff(model, mamba_io) <= TOLERANCE
+
+
 def test_the_official_names_map_one_to_one():
     from remamber.export.official import official_to_ours, ours_to_official
 
@@ -81,6 +120,15 @@ def test_the_official_names_map_one_to_one():
         "backbone.text_guidencee.2.0.weight": "encoder.stages.2.twister.global_text.0.weight",
         "backbone.local_text_fusion.0.unsqueeze.0.weight": "encoder.stages.0.twister.local_text.unsqueeze.0.weight",
         "decoder.mixer3.conv1.bn.running_var": "decoder.mixer3.conv1.bn.running_var",
+        # the Mamba decoder: official lists per kind, ours one module per level
+        "decoder.multimodal_blocks.1.blocks.3.ln_1.weight": "decoder.levels.1.blocks.3.norm.weight",
+        "decoder.multimodal_blocks.0.blocks.1.self_attention.A_logs": "decoder.levels.0.blocks.1.op.A_logs",
+        "decoder.multimodal_blocks.3.downsample.proj.weight": "decoder.levels.3.upsample.proj.weight",
+        "decoder.in_proj.2.weight": "decoder.levels.2.in_proj.weight",
+        "decoder.text_guidencee.1.0.bias": "decoder.levels.1.global_text.0.bias",
+        "decoder.local_text_fusion.3.unsqueeze.0.weight": "decoder.levels.3.local_text.unsqueeze.0.weight",
+        "decoder.hire_fusion.2.fusion.4.running_mean": "decoder.levels.2.skip.4.running_mean",
+        "decoder.proj_out.1.0.weight": "decoder.proj_out.1.0.weight",
     }
     for official, ours in pairs.items():
         assert official_to_ours(official) == ours
@@ -165,14 +213,45 @@ def test_a_pickle_with_a_forbidden_global_is_refused(official_state, tmp_path, c
     assert "this must never run" not in capfd.readouterr().out
 
 
-def test_mamba_variant_and_mamba_checkpoints_are_refused_clearly(official_state, tmp_path):
-    from remamber.export.official import convert_official
+def test_the_variant_is_read_off_the_file_and_the_other_one_is_refused(official_state, mamba_state, tmp_path):
+    from remamber.export.official import build_from_official, convert_official, detect_variant
 
-    with pytest.raises(InputError, match="no Mamba decoder"):
-        convert_official(CKPT, variant="mamba", out=tmp_path / "x")
-    state = dict(official_state, **{"decoder.proj_out.2.weight": torch.zeros(1, 4, 3, 3)})
-    assert "ReMamber_Mamba checkpoint" in _convert_error(state, tmp_path)
+    assert detect_variant(official_state) == "conv" and detect_variant(mamba_state) == "mamba"
+    with pytest.raises(WeightsError, match="is a ReMamber_Conv checkpoint .*not ReMamber_Mamba: pass `variant` conv"):
+        convert_official(CKPT, variant="mamba", out=tmp_path / "x", tokenizer=small_tokenizer())
+    with pytest.raises(WeightsError, match="is a ReMamber_Mamba checkpoint .*not ReMamber_Conv: pass `variant` mamba"):
+        convert_official(MAMBA_CKPT, variant="conv", out=tmp_path / "x", tokenizer=small_tokenizer())
+    with pytest.raises(InputError, match="`variant` 'unet': choose conv or mamba"):
+        convert_official(CKPT, variant="unet", out=tmp_path / "x")
     assert not (tmp_path / "x").exists()
+    assert build_from_official(MAMBA_CKPT, "mamba", tokenizer=small_tokenizer()).config.decoder == "mamba"
+    both = dict(official_state, **{"decoder.proj_out.2.weight": torch.zeros(1, 4, 3, 3)})
+    assert "tensors of both decoders" in _convert_error(both, tmp_path)
+    neither = {k: v for k, v in official_state.items() if not k.startswith("decoder.")}
+    assert "no decoder tensors" in _convert_error(neither, tmp_path)
+
+
+def _convert_mamba_error(state: dict, tmp_path: Path) -> str:
+    from remamber.export.official import build_from_official
+
+    path = tmp_path / "edited_mamba.pth"
+    torch.save({"model": state}, str(path))
+    with pytest.raises(WeightsError) as err:
+        build_from_official(path, tokenizer=small_tokenizer())
+    return str(err.value)
+
+
+def test_a_mamba_checkpoint_is_checked_strictly_in_official_names(mamba_state, tmp_path):
+    state = dict(mamba_state)
+    del state["decoder.multimodal_blocks.1.blocks.3.self_attention.Ds"]
+    state["decoder.hire_fusion.3.fusion.0.weight"] = torch.zeros(3, 6, 3, 3)  # the finest level has no skip merge
+    state["decoder.in_proj.0.weight"] = torch.zeros(48, 96)
+    msg = _convert_mamba_error(state, tmp_path)
+    assert msg.count("does not fit ReMamber_Mamba") == 1
+    assert "1 missing" in msg and "decoder.multimodal_blocks.1.blocks.3.self_attention.Ds" in msg
+    assert "1 unexpected (in the checkpoint, not used by ReMamber_Mamba)" in msg
+    assert "decoder.hire_fusion.3.fusion.0.weight" in msg
+    assert "1 of the wrong shape" in msg and "decoder.in_proj.0.weight (48, 96) (model: (48, 144))" in msg
 
 
 def test_a_tokenizer_larger_than_the_text_vocabulary_is_refused():
@@ -206,8 +285,13 @@ def test_cli_errors_are_one_line(tmp_path):
         "not a readable PyTorch checkpoint",
     )
     assert_one_line_error(
-        run_cli("export", "--from-official", str(CKPT), "--variant", "mamba", "--out", str(tmp_path / "o")),
-        "no Mamba decoder",
+        run_cli("export", "--from-official", str(MAMBA_CKPT), "--variant", "conv", "--out", str(tmp_path / "o")),
+        "is a ReMamber_Mamba checkpoint",
+        "not ReMamber_Conv: pass --variant mamba",
+    )
+    assert_one_line_error(
+        run_cli("export", "--from-official", str(CKPT), "--variant", "unet", "--out", str(tmp_path / "o")),
+        "--variant 'unet': choose conv or mamba",
     )
     # the default tokenizer is CLIP's: offline with an empty cache it cannot be had
     offline = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
@@ -223,3 +307,5 @@ def test_cli_from_official_refuses_a_weights_argument_and_onnx(tmp_path):
     assert_one_line_error(res, "not both")
     res = run_cli("export", "--from-official", str(CKPT), "--format", "onnx", "--out", str(tmp_path / "o"))
     assert_one_line_error(res, "--format hub")
+    res = run_cli("export", "--variant", "mamba", "--out", str(tmp_path / "o"))
+    assert_one_line_error(res, "--variant and --tokenizer go with --from-official")

@@ -14,7 +14,7 @@ HELP = """Export a model folder for others: --format hub (clean folder + model c
 
 hub: OUT gets config.json, model.safetensors, the tokenizer files, training.json (when the source is a `remamber train` checkpoint) and a README.md model card with usage, training data and settings, and the evaluation tables of any --metrics files (`remamber eval --json > m.json`). --push-to-hub owner/name uploads OUT (HF_TOKEN or `hf auth login`); with --dry-run it only lists what would be uploaded.
 
---from-official CKPT.pth: convert a checkpoint released by the ReMamber authors (ReMamber_Conv; --variant mamba is not supported yet) into a model folder at OUT (hub format; no WEIGHTS argument). It is read weights-only (no code in the file runs), the architecture is read off the tensor shapes, and every tensor must fit. The tokenizer defaults to openai/clip-vit-large-patch14 from the Hugging Face cache; --tokenizer names another (Hub id or folder).
+--from-official CKPT.pth: convert a checkpoint released by the ReMamber authors (ReMamber_Conv or ReMamber_Mamba, told apart by the file's tensor names; --variant conv|mamba insists on one) into a model folder at OUT (hub format; no WEIGHTS argument). It is read weights-only (no code in the file runs), the architecture is read off the tensor shapes, and every tensor must fit. The tokenizer defaults to openai/clip-vit-large-patch14 from the Hugging Face cache; --tokenizer names another (Hub id or folder).
 
 --backbone-weights FILE: a model folder at OUT (hub format; no WEIGHTS argument) whose visual backbone comes from a VMamba ImageNet-1K classification checkpoint (vssm_tiny_0230 -> --preset small, vssm_small_0229 -> medium, vssm_base_0229 -> base; default: the preset the file fits), with a random Twister and decoder and the preset's pretrained text encoder (from the Hugging Face cache): a starting point to inspect or fine-tune (`remamber train --init OUT`). FILE is a local path or a Hub file (owner/name/file.pth or hf://owner/name/file.pth). It is read without running code from it; --backbone-key picks its 'model' or 'model_ema' weights (auto: 'model', what VMamba and the official ReMamber training load; 'model_ema' when there is no 'model'). It prints what was loaded, dropped (the ImageNet classifier) and left new.
 
@@ -31,6 +31,7 @@ Examples:
   remamber export --from-official ReMamber_Conv.pth --out export/remamber-conv-official
 
   remamber export --backbone-weights vssm_base_0229_ckpt_epoch_237.pth --preset base --out models/base-imagenet
+  remamber export --from-official ReMamber_Mamba.pth --variant mamba --out export/remamber-mamba-official
 """
 
 FORMATS = ("hub", "onnx")
@@ -90,8 +91,13 @@ def export(
         help="Convert this official ReMamber .pth checkpoint into a model folder at --out.",
         show_default=False,
     ),
-    variant: str = typer.Option(
-        "conv", "--variant", metavar="NAME", help="--from-official: the official model, conv (ReMamber_Conv) or mamba."
+    variant: str | None = typer.Option(
+        None,
+        "--variant",
+        metavar="NAME",
+        help="--from-official: the official model the file must be, conv (ReMamber_Conv) or mamba (ReMamber_Mamba). "
+        "Default: read off the file.",
+        show_default=False,
     ),
     tokenizer: str | None = typer.Option(
         None,
@@ -122,9 +128,9 @@ def export(
         raise InputError(f"--format {fmt!r}: choose hub or onnx")
     if (dry_run or private) and push_to_hub is None:
         raise InputError("--dry-run and --private go with --push-to-hub owner/name")
-    if variant not in VARIANTS:
+    if variant is not None and variant not in VARIANTS:
         raise InputError(f"--variant {variant!r}: choose conv or mamba")
-    if from_official is None and (variant != "conv" or tokenizer is not None):
+    if from_official is None and (variant is not None or tokenizer is not None):
         raise InputError("--variant and --tokenizer go with --from-official CKPT.pth")
     if backbone_weights is None and (backbone_key != "auto" or preset is not None):
         raise InputError("--backbone-key and --preset go with --backbone-weights FILE")
@@ -165,11 +171,12 @@ def export(
                 "--from-official writes a model folder (--format hub); export that folder with --format onnx afterwards"
             )
         from remamber.export.official import convert_official
+        from remamber.hub.folders import read_config
 
         folder = convert_official(
             from_official, variant, out, tokenizer=tokenizer, metrics=card_metrics, notes=card_notes
         )
-        result: dict = {"format": fmt, "source": str(from_official), "variant": variant}
+        result: dict = {"format": fmt, "source": str(from_official), "variant": read_config(folder).decoder}
     else:
         source = weights_or_default(weights)
         result = {"format": fmt, "source": source}

@@ -30,7 +30,7 @@ Defaults of every recipe: AdamW (--optimizer), cosine decay of every rate to --m
 
 RUNDIR gets train_config.json, log.jsonl (one JSON line per logged step and per validation) and checkpoints/last and checkpoints/best (best validation oIoU): model folders that `remamber segment` and `remamber eval` load directly, plus the optimizer, scheduler, RNG and data-order state. `--resume` continues a run exactly (same weights as an uninterrupted run); Ctrl-C saves and exits; a NaN loss stops the run and keeps the last good checkpoint.
 
-Variants (saved in the model's config.json): --fusion, --scan and --interaction (the paper's Tables 1, 3 and 4), --backbone (MambaOut, MambaVision); benchmarks/ablation.py trains them side by side.
+Variants (saved in the model's config.json): --fusion, --scan and --interaction (the paper's Tables 1, 3 and 4), --backbone (MambaOut, MambaVision), --decoder (ReMamber_Conv's or ReMamber_Mamba's); benchmarks/ablation.py trains them side by side.
 
 Several GPUs or processes: `remamber train --nproc K ...`, or `torchrun --nproc_per_node=K -m remamber train ...` (multi-node too). --batch-size is per process.
 
@@ -118,6 +118,7 @@ def train(
     recap_every: int | None = _option("recap_every"),
     presence_head: bool | None = _option("presence_head"),
     presence_weight: float = _option("presence_weight"),
+    decoder: str | None = _option("decoder"),
     freeze_text: bool = _option("freeze_text"),
     text_lr: float | None = _option("text_lr"),
     text_lr_scale: float | None = _option("text_lr_scale"),

@@ -39,7 +39,7 @@ from remamber.modeling.layers import no_weight_decay
 from remamber.utils.errors import EXIT_FAILURE, InputError, RemamberError, WeightsError, first_line
 
 # Architecture variant settings a training run may set on a fresh preset (see ModelConfig).
-VARIANT_FIELDS = ("fusion", "scan", "interaction", "backbone", "recap_every", "presence_head")
+VARIANT_FIELDS = ("fusion", "scan", "interaction", "backbone", "recap_every", "presence_head", "decoder")
 
 
 class TrainingDiverged(RemamberError):

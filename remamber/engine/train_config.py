@@ -120,7 +120,11 @@ class TrainConfig:
 
     data: str = setting(dataclasses.MISSING, "Prepared dataset folder.", "FOLDER")
     out: str = setting(dataclasses.MISSING, "Run folder (RUNDIR).", "FOLDER")
-    preset: str = setting("tiny", "Model preset: tiny, small, medium or base (official ReMamber_Conv).", "NAME")
+    preset: str = setting(
+        "tiny",
+        "Model preset: tiny, small, medium, base (official ReMamber_Conv) or base-mamba (ReMamber_Mamba).",
+        "NAME",
+    )
     image_size: int | None = setting(None, "Input size (multiple of 32).", "N")
     init: str | None = setting(None, "Start from these weights (folder or Hub id) instead of a fresh preset.", "MODEL")
     recipe: str | None = setting(
@@ -152,6 +156,9 @@ class TrainConfig:
         None, "Stage blocks: vss (VMamba, default), mambaout (gated CNN) or mambavision.", "NAME"
     )
     recap_every: int | None = setting(None, "hmnet fusion: image tokens between text recaps (default 64).", "N")
+    decoder: str | None = setting(
+        None, "Mask decoder: conv (ReMamber_Conv's) or mamba (ReMamber_Mamba's). Default: the preset's.", "NAME"
+    )
     presence_head: bool | None = setting(
         None,
         "A presence head (does the phrase name anything? below 0.5 the mask is empty). Default: on for a "
@@ -213,7 +220,7 @@ class TrainConfig:
         for name in ("data", "out", "preset", "train_split", "device"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise SettingError(name, "a non-empty string", getattr(self, name))
-        for name in ("init", "text_encoder", "fusion", "scan", "interaction", "backbone", "val_split"):
+        for name in ("init", "text_encoder", "fusion", "scan", "interaction", "backbone", "decoder", "val_split"):
             if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
                 raise SettingError(name, "a string", getattr(self, name))
         if self.recipe is not None and self.recipe not in RECIPES:

@@ -1,16 +1,20 @@
 """Convert the authors' released ReMamber checkpoints (yyh-rain-song/ReMamber) into model folders.
 
-The official training script saves ``{"model": ConvSegmentor.state_dict(), ...}`` (the best
-checkpoint also holds the optimizer, the scheduler and the ``argparse`` arguments).  The model's
-tensors are named ``backbone.*`` (VMamba stages, Twister layers and the text guidance),
-``decoder.*`` (the conv decoder) and ``text_encoder.*`` (CLIP ViT-L/14's text tower, a Hugging
+The official training script saves ``{"model": model.state_dict(), ...}`` of a ReMamber_Conv
+(``ConvSegmentor``) or ReMamber_Mamba (``MambaSegmentor``) model (the best checkpoint also holds
+the optimizer, the scheduler and the ``argparse`` arguments).  The model's tensors are named
+``backbone.*`` (VMamba stages, Twister layers and the text guidance), ``decoder.*`` (the conv
+decoder, or the Mamba decoder) and ``text_encoder.*`` (CLIP ViT-L/14's text tower, a Hugging
 Face ``CLIPTextModel``).  This module
 
 * reads the file with ``torch.load(weights_only=True)`` (no code from the file runs; the only
   global allowed besides tensors and containers is ``argparse.Namespace``);
+* tells the variant from the decoder's tensor names (:func:`detect_variant`), and refuses a file
+  of the other variant than the one asked for;
 * infers our :class:`ModelConfig` from the tensor shapes (stage dims and depths, Twister depths,
-  d_state, dt rank, conv kernel, MLP ratio, channel-scan size, local-interaction width, decoder
-  width, the text tower's size); everything else is the ``base`` preset's;
+  d_state, dt rank, conv kernel, MLP ratio, channel-scan size, local-interaction width, the conv
+  decoder's width or the Mamba decoder's depths and local-interaction width, the text tower's
+  size); everything else is the ``base`` (or ``base-mamba``) preset's;
 * renames every tensor to ours with the rules in :data:`KEY_RULES` and checks strictly that every
   official tensor is used (bar :data:`IGNORED`), that every tensor of our model is filled and
   that all shapes agree, raising one :class:`WeightsError` that lists every problem.  The
@@ -20,9 +24,7 @@ Face ``CLIPTextModel``).  This module
 What the shapes cannot tell is taken from CLIP ViT-L/14's text config (activation, norm epsilon,
 the end-token pooling) and, for text towers of another width, 64-wide attention heads.
 
-``ReMamber_Mamba`` checkpoints (the Mamba decoder) cannot be converted yet: remamber has no Mamba
-decoder.  The outputs of a converted model match the official code's (see
-``benchmarks/official_parity.py``).
+The outputs of a converted model match the official code's (see ``benchmarks/official_parity.py``).
 """
 
 from __future__ import annotations
@@ -39,6 +41,12 @@ from remamber.utils.errors import InputError, WeightsError, first_line
 from remamber.utils.io import file_sha256
 
 VARIANTS = ("conv", "mamba")
+# The official model of each variant, and a name prefix that only its decoder has.
+MODEL_NAMES = {"conv": "ReMamber_Conv", "mamba": "ReMamber_Mamba"}
+DECODER_MARKS = {
+    "conv": ("decoder.mixer3.", "decoder.neck."),
+    "mamba": ("decoder.multimodal_blocks.", "decoder.proj_out."),
+}
 DEFAULT_TOKENIZER = "openai/clip-vit-large-patch14"
 OFFICIAL_REPO = "https://github.com/yyh-rain-song/ReMamber"
 
@@ -59,6 +67,15 @@ KEY_RULES: list[tuple[str, str]] = [
     ),
     ("backbone.text_guidencee.{i}.{rest}", "encoder.stages.{i}.twister.global_text.{rest}"),
     ("backbone.local_text_fusion.{i}.{rest}", "encoder.stages.{i}.twister.local_text.{rest}"),
+    # the Mamba decoder: one module per level on our side (official lists per kind, indexed by level)
+    ("decoder.multimodal_blocks.{i}.blocks.{j}.ln_1.{rest}", "decoder.levels.{i}.blocks.{j}.norm.{rest}"),
+    ("decoder.multimodal_blocks.{i}.blocks.{j}.self_attention.{rest}", "decoder.levels.{i}.blocks.{j}.op.{rest}"),
+    ("decoder.multimodal_blocks.{i}.downsample.{rest}", "decoder.levels.{i}.upsample.{rest}"),
+    ("decoder.in_proj.{i}.{rest}", "decoder.levels.{i}.in_proj.{rest}"),
+    ("decoder.text_guidencee.{i}.{rest}", "decoder.levels.{i}.global_text.{rest}"),
+    ("decoder.local_text_fusion.{i}.{rest}", "decoder.levels.{i}.local_text.{rest}"),
+    ("decoder.hire_fusion.{i}.fusion.{rest}", "decoder.levels.{i}.skip.{rest}"),
+    # the conv decoder and the Mamba decoder's proj_out: the same names
     ("decoder.{rest}", "decoder.{rest}"),
 ]
 # The CLIP text tower: ``text_encoder.text_model.{rest}`` (transformers < 5, as the official code
@@ -192,22 +209,34 @@ def _first(state: dict, pattern: str):
     return None
 
 
-def infer_config(state: dict, image_size: int | None = None, legacy: bool = True):
-    """Our :class:`ModelConfig` for an official ReMamber_Conv state dict (text names canonical, see
-    :func:`canonical_text_names`); what the shapes do not tell is the ``base`` preset's."""
+def detect_variant(state: dict) -> str:
+    """``conv`` or ``mamba``: which official model a state dict is, told by its decoder's tensor names."""
+    found = [v for v, marks in DECODER_MARKS.items() if any(k.startswith(marks) for k in state)]
+    if len(found) != 1:
+        what = "tensors of both decoders" if found else "no decoder tensors (decoder.mixer3.*, decoder.proj_out.*)"
+        raise WeightsError(f"not a ReMamber_Conv or ReMamber_Mamba checkpoint: it has {what}")
+    return found[0]
+
+
+def infer_config(state: dict, image_size: int | None = None, legacy: bool = True, variant: str = "conv"):
+    """Our :class:`ModelConfig` for an official state dict of ``variant`` (text names canonical, see
+    :func:`canonical_text_names`); what the shapes do not tell is the ``base`` (or ``base-mamba``)
+    preset's."""
     from remamber.modeling.presets import CLIP_L14_TEXT, preset_config
+
+    model_name = MODEL_NAMES[variant]
 
     def need(key: str):
         if key not in state:
             raise WeightsError(
-                f"not a ReMamber_Conv checkpoint: it has no {_display(key, legacy)} (found e.g. {_display(sorted(state)[0], legacy)})"
+                f"not a {model_name} checkpoint: it has no {_display(key, legacy)} (found e.g. {_display(sorted(state)[0], legacy)})"
             )
         return state[key]
 
     stages = _indices(state, r"^backbone\.text_guidencee\.(\d+)\.")
     if stages != list(range(4)):
         raise WeightsError(
-            f"not a ReMamber_Conv checkpoint: expected the text guidance of 4 stages (backbone.text_guidencee.0-3), "
+            f"not a {model_name} checkpoint: expected the text guidance of 4 stages (backbone.text_guidencee.0-3), "
             f"found {len(stages)}"
         )
     dims = [int(need(f"backbone.text_guidencee.{i}.0.weight").shape[0]) for i in range(4)]
@@ -217,13 +246,13 @@ def infer_config(state: dict, image_size: int | None = None, legacy: bool = True
 
     a_log = _first(state, r"^backbone\..*\.A_logs$")
     if a_log is None:
-        raise WeightsError("not a ReMamber_Conv checkpoint: it has no selective-scan tensors (backbone.*.A_logs)")
+        raise WeightsError(f"not a {model_name} checkpoint: it has no selective-scan tensors (backbone.*.A_logs)")
     d_state = int(a_log.shape[1])
     # the Twister's spatial scan always exists; its output projection is (C, d_inner)
     ss2d = "backbone.multimodal_blocks.{i}.blocks.0.self_attention.ss2d."
     i0 = next((i for i in range(4) if twister_depths[i]), None)
     if i0 is None:
-        raise WeightsError("not a ReMamber_Conv checkpoint: it has no Twister layers (backbone.multimodal_blocks.*)")
+        raise WeightsError(f"not a {model_name} checkpoint: it has no Twister layers (backbone.multimodal_blocks.*)")
     out_proj = need(ss2d.format(i=i0) + "out_proj.weight")
     ssm_ratio = out_proj.shape[1] / out_proj.shape[0]
     dt_rank: Any = "auto"
@@ -249,7 +278,15 @@ def infer_config(state: dict, image_size: int | None = None, legacy: bool = True
     channel_scan_size = math.isqrt(int(ss1d_in.shape[1]))
     local_hidden = int(need("backbone.local_text_fusion.0.vis_proj.0.weight").shape[0])
     max_text_len = int(need("backbone.local_text_fusion.0.unsqueeze.0.weight").shape[1])
-    decoder_dim = int(need("decoder.mixer3.conv2.conv.weight").shape[0])
+    if variant == "conv":
+        decoder = dict(decoder_dim=int(need("decoder.mixer3.conv2.conv.weight").shape[0]))
+    else:
+        decoder = dict(
+            decoder_depths=[
+                len(_indices(state, rf"^decoder\.multimodal_blocks\.{i}\.blocks\.(\d+)\.")) for i in range(4)
+            ],
+            decoder_local_hidden=int(need("decoder.local_text_fusion.0.vis_proj.0.weight").shape[0]),
+        )
 
     tok = need("text_encoder.embeddings.token_embedding.weight")
     pos = need("text_encoder.embeddings.position_embedding.weight")
@@ -273,7 +310,7 @@ def infer_config(state: dict, image_size: int | None = None, legacy: bool = True
             f"encoder is {hidden}-d"
         )
 
-    base = preset_config("base")
+    base = preset_config("base" if variant == "conv" else "base-mamba")
     arch = dict(
         dims=dims,
         depths=depths,
@@ -286,16 +323,16 @@ def infer_config(state: dict, image_size: int | None = None, legacy: bool = True
         mlp_ratio=mlp_ratio,
         channel_scan_size=channel_scan_size,
         local_hidden=local_hidden,
-        decoder_dim=decoder_dim,
         max_text_len=max_text_len,
         text_config=text_config,
+        **decoder,
     )
     same = all(getattr(base, k) == v for k, v in arch.items())
     return base.replace(
-        preset="base" if same else "official",
+        preset=base.preset if same else "official",
         image_size=image_size or base.image_size,
         text_encoder=DEFAULT_TOKENIZER,
-        decoder="conv",
+        decoder=variant,
         text_pooling="pooler",
         presence_head=False,  # the official model has none: the converted one gives its outputs
         **arch,
@@ -310,11 +347,13 @@ def _list(keys: list[str], limit: int = 6, show=lambda k: k) -> str:
     return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
 
 
-def map_state(state: dict, model_state: dict, source: str = "checkpoint", legacy: bool = True) -> dict:
-    """Rename an official state dict (text names in canonical form, see :func:`canonical_text_names`) to
-    ours, strictly: every official tensor used (bar :data:`IGNORED`), every one of ours filled,
-    shapes equal; otherwise one WeightsError listing every problem, in official names (``legacy``:
-    with the ``text_model.`` level of the official files)."""
+def map_state(
+    state: dict, model_state: dict, source: str = "checkpoint", legacy: bool = True, variant: str = "conv"
+) -> dict:
+    """Rename an official state dict of ``variant`` (text names in canonical form, see
+    :func:`canonical_text_names`) to ours, strictly: every official tensor used (bar
+    :data:`IGNORED`), every one of ours filled, shapes equal; otherwise one WeightsError listing
+    every problem, in official names (``legacy``: with the ``text_model.`` level of the official files)."""
     import torch
 
     prefix = our_text_prefix(model_state)
@@ -345,7 +384,8 @@ def map_state(state: dict, model_state: dict, source: str = "checkpoint", legacy
             )
         if unexpected:
             parts.append(
-                f"{len(unexpected)} unexpected (in the checkpoint, not used by ReMamber_Conv): " + _list(unexpected)
+                f"{len(unexpected)} unexpected (in the checkpoint, not used by {MODEL_NAMES[variant]}): "
+                + _list(unexpected)
             )
         if shapes:
             parts.append(
@@ -356,7 +396,7 @@ def map_state(state: dict, model_state: dict, source: str = "checkpoint", legacy
                 )
             )
         parts.extend(problems)
-        raise WeightsError(f"{source} does not fit ReMamber_Conv: " + "; ".join(parts))
+        raise WeightsError(f"{source} does not fit {MODEL_NAMES[variant]}: " + "; ".join(parts))
     return mapped
 
 
@@ -396,34 +436,33 @@ def resolve_tokenizer(tokenizer: Any = None) -> Any:
 # ----------------------------------------------------------------------------- conversion
 
 
-def _check_variant(variant: str) -> None:
-    if variant == "mamba":
-        raise InputError(
-            "`variant` mamba: ReMamber_Mamba checkpoints cannot be converted yet: remamber has no Mamba decoder "
-            "(only the conv decoder of ReMamber_Conv); use the ReMamber_Conv checkpoint"
-        )
-    if variant not in VARIANTS:
-        raise InputError(f"variant {variant!r}: choose conv or mamba")
+def _check_variant(variant: str | None) -> None:
+    if variant is not None and variant not in VARIANTS:
+        raise InputError(f"`variant` {variant!r}: choose conv or mamba (or leave it out: it is read off the file)")
 
 
 def build_from_official(
     ckpt_path: str | os.PathLike,
-    variant: str = "conv",
+    variant: str | None = None,
     tokenizer: Any = None,
     image_size: int | None = None,
 ):
-    """Our :class:`ReMamber` (eval mode, tokenizer attached) holding an official checkpoint's weights."""
+    """Our :class:`ReMamber` (eval mode, tokenizer attached) holding an official checkpoint's weights.
+
+    ``variant`` (conv or mamba) is the official model the file must hold; None reads it off the file.
+    """
     from remamber.modeling.remamber import ReMamber
 
     _check_variant(variant)
     state = load_official_state(ckpt_path)
-    if any(k.startswith(("decoder.proj_out.", "decoder.hire_fusion.")) for k in state):
+    found = detect_variant(state)
+    if variant is not None and variant != found:
         raise WeightsError(
-            f"{ckpt_path} is a ReMamber_Mamba checkpoint (it has a Mamba decoder): remamber has no Mamba decoder yet; "
-            "only ReMamber_Conv checkpoints can be converted"
+            f"{ckpt_path} is a {MODEL_NAMES[found]} checkpoint (its decoder is the {found} one), not "
+            f"{MODEL_NAMES[variant]}: pass `variant` {found}, or leave `variant` out to read it off the file"
         )
     state, legacy = canonical_text_names(state)
-    config = infer_config(state, image_size=image_size, legacy=legacy)
+    config = infer_config(state, image_size=image_size, legacy=legacy, variant=found)
     tok = resolve_tokenizer(tokenizer)
     vocab = config.text_config["vocab_size"]
     if len(tok) > vocab:
@@ -432,7 +471,7 @@ def build_from_official(
             "pass the tokenizer the model was trained with (`tokenizer`)"
         )
     model = ReMamber(config, tokenizer=tok)
-    mapped = map_state(state, model.state_dict(), source=str(ckpt_path), legacy=legacy)
+    mapped = map_state(state, model.state_dict(), source=str(ckpt_path), legacy=legacy, variant=found)
     model.load_state_dict(mapped, strict=True)
     return model.eval()
 
@@ -441,7 +480,7 @@ def source_section(ckpt_path: Path, variant: str = "conv") -> str:
     """The model card's account of where the weights came from."""
     return (
         "## Source\n\n"
-        f"Converted with `remamber export --from-official` from the official ReMamber_{variant.capitalize()} "
+        f"Converted with `remamber export --from-official` from the official {MODEL_NAMES[variant]} "
         f"checkpoint `{ckpt_path.name}` (sha256 `{file_sha256(ckpt_path)}`) released by the authors of ReMamber "
         f"({OFFICIAL_REPO}). The released checkpoints were trained on RefCOCO, RefCOCO+ and G-Ref together "
         "(official README). Every tensor was copied unchanged; remamber's model reproduces the official code's "
@@ -452,14 +491,15 @@ def source_section(ckpt_path: Path, variant: str = "conv") -> str:
 
 def convert_official(
     ckpt_path: str | os.PathLike,
-    variant: str = "conv",
+    variant: str | None = None,
     out: str | os.PathLike | None = None,
     tokenizer: Any = None,
     image_size: int | None = None,
     metrics: list[dict] | None = None,
     notes: str = "",
 ) -> Path:
-    """Convert an official ReMamber_Conv ``.pth`` into a model folder at ``out`` (written atomically).
+    """Convert an official ReMamber_Conv or ReMamber_Mamba ``.pth`` into a model folder at ``out``
+    (written atomically); ``variant`` as in :func:`build_from_official`.
 
     ``tokenizer``: a tokenizer object, or a folder / Hub name to load one from (default: the CLIP
     ViT-L/14 tokenizer, from the Hugging Face cache when offline).  ``metrics`` (``remamber eval
@@ -472,5 +512,5 @@ def convert_official(
     if out is None:
         raise InputError("out is required: the folder to write the converted model to")
     model = build_from_official(ckpt_path, variant, tokenizer=tokenizer, image_size=image_size)
-    card = export_card(model.config, source_section(Path(ckpt_path), variant), metrics or [], notes)
+    card = export_card(model.config, source_section(Path(ckpt_path), model.config.decoder), metrics or [], notes)
     return save_pretrained(model, out, card=card)

@@ -32,11 +32,13 @@ def _variant_line(config: ModelConfig) -> str:
     default = ModelConfig()
     changed = [
         f"{k} {getattr(config, k)}"
-        for k in ("fusion", "scan", "interaction", "backbone")
+        for k in ("fusion", "scan", "interaction", "backbone", "decoder")
         if getattr(config, k) != getattr(default, k)
     ]
     if config.fusion == "hmnet":
         changed.append(f"recap_every {config.recap_every}")
+    if config.decoder == "mamba":
+        changed.append(f"decoder_depths {config.decoder_depths}")
     return f"- variant: {', '.join(changed)}\n" if changed else ""
 
 

@@ -18,6 +18,7 @@ FUSIONS = ("twister", "attention", "in-context", "film", "hmnet")
 SCANS = ("channel-spatial", "spatial-channel", "parallel", "channel", "spatial")
 INTERACTIONS = ("both", "global", "local")
 BACKBONES = ("vss", "mambaout", "mambavision")
+DECODERS = ("conv", "mamba")
 
 
 def _bad(name: str, what: str, value: Any) -> ConfigError:
@@ -115,7 +116,8 @@ class ModelConfig:
         drop_path_rate: Largest stochastic-depth rate (training only), in [0, 1).
         channel_scan_size: Side of the pooled map the Twister's channel scan reads.
         local_hidden: Width of the Twister's word-pixel correlation (local interaction) map.
-        decoder: Mask decoder; only "conv" (the official convolutional decoder).
+        decoder: Mask decoder: conv (ReMamber_Conv's convolutional decoder) or mamba (ReMamber_Mamba's:
+            text maps and VSS blocks at each level, coarse to fine).
         fusion: Text fusion layer: twister, attention, in-context, film or hmnet.
         scan: Twister scan order: channel-spatial, spatial-channel, parallel, channel or spatial.
         interaction: Twister text maps: both, global (pooled sentence) or local (word-pixel).
@@ -126,7 +128,10 @@ class ModelConfig:
             below the presence threshold the mask is empty. On for new models; a config.json
             without this field (written before it existed) and the converted official
             checkpoints have none, so their outputs do not change.
-        decoder_dim: Width of the decoder's feature maps.
+        decoder_dim: conv decoder: width of its feature maps.
+        decoder_depths: mamba decoder: VSS blocks (SS2D, no MLP) at each of its 4 levels, coarsest
+            first; 0 allowed.
+        decoder_local_hidden: mamba decoder: width of each level's word-pixel correlation map.
         text_encoder: Hugging Face id or folder of the text encoder, or "scratch" (word-level).
         text_config: The text encoder's Hugging Face config (so a folder rebuilds it offline),
             or None before it is known.
@@ -160,6 +165,8 @@ class ModelConfig:
     recap_every: int = 64
     presence_head: bool = True
     decoder_dim: int = 512
+    decoder_depths: list[int] = field(default_factory=lambda: [2, 4, 2, 2])
+    decoder_local_hidden: int = 512
     text_encoder: str = "openai/clip-vit-large-patch14"
     text_config: dict | None = None
     text_pooling: str = "pooler"
@@ -200,7 +207,7 @@ class ModelConfig:
         _check_number("drop_path_rate", self.drop_path_rate, 0.0, 1.0)
         _check_int("channel_scan_size", self.channel_scan_size, 1)
         _check_int("local_hidden", self.local_hidden, 1)
-        _check_str("decoder", self.decoder, ("conv",))
+        _check_str("decoder", self.decoder, DECODERS)
         _check_str("fusion", self.fusion, FUSIONS)
         _check_str("scan", self.scan, SCANS)
         _check_str("interaction", self.interaction, INTERACTIONS)
@@ -211,6 +218,8 @@ class ModelConfig:
         if not isinstance(self.presence_head, bool):
             raise _bad("presence_head", "true or false", self.presence_head)
         _check_int("decoder_dim", self.decoder_dim, 1)
+        _check_list("decoder_depths", self.decoder_depths, 4, lambda name, v: _check_int(name, v, 0))
+        _check_int("decoder_local_hidden", self.decoder_local_hidden, 1)
         _check_str("text_encoder", self.text_encoder)
         _check_text_config(self.text_config)
         _check_str("text_pooling", self.text_pooling, ("pooler", "mean", "first"))

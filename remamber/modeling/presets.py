@@ -1,4 +1,5 @@
-"""Named presets and their builders: ``tiny`` (CPU-fast), ``small``, ``base`` (official ReMamber_Conv)."""
+"""Named presets and their builders: ``tiny`` (CPU-fast), ``small``, ``base`` (official ReMamber_Conv),
+``base-mamba`` (official ReMamber_Mamba)."""
 
 from __future__ import annotations
 
@@ -43,6 +44,10 @@ def _base() -> ModelConfig:
     return ModelConfig(preset="base", text_config=dict(CLIP_L14_TEXT))
 
 
+def _base_mamba() -> ModelConfig:
+    return _base().replace(preset="base-mamba", decoder="mamba")
+
+
 def _small() -> ModelConfig:
     return ModelConfig(
         preset="small",
@@ -81,7 +86,13 @@ def _tiny() -> ModelConfig:
     )
 
 
-PRESETS: dict[str, Callable[[], ModelConfig]] = {"tiny": _tiny, "small": _small, "medium": _medium, "base": _base}
+PRESETS: dict[str, Callable[[], ModelConfig]] = {
+    "tiny": _tiny,
+    "small": _small,
+    "medium": _medium,
+    "base": _base,
+    "base-mamba": _base_mamba,
+}
 
 
 def preset_config(name: str) -> ModelConfig:

@@ -1,4 +1,4 @@
-"""The ReMamber model: text encoder, VMamba encoder with a Twister (or other fusion) layer per stage, conv decoder."""
+"""The ReMamber model: text encoder, VMamba encoder with a Twister (or other fusion) layer per stage, conv or Mamba decoder."""
 
 from __future__ import annotations
 
@@ -111,7 +111,7 @@ class ReMamber(nn.Module, ModelHubMixin, library_name="remamber"):
             text_model or hf_text_model_from_config(config.text_config), config.text_pooling
         )
         self.encoder = ReMamberEncoder(config)
-        self.decoder = DECODERS[config.decoder](config.dims, config.decoder_dim)
+        self.decoder = DECODERS[config.decoder](config)
         self.presence = PresenceHead(config.dims[-1], config.text_dim) if config.presence_head else None
         self.tokenizer = tokenizer
 
@@ -122,7 +122,7 @@ class ReMamber(nn.Module, ModelHubMixin, library_name="remamber"):
         :class:`ReMamberOutput` of them and the presence logits."""
         words, pooled = self.text_encoder(input_ids, attention_mask)
         feats = self.encoder(images, words, pooled, attention_mask)
-        logits = self.decoder(feats)
+        logits = self.decoder(feats, words)
         if logits.shape[-2:] != images.shape[-2:]:
             logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=True)
         if not return_presence:
