@@ -223,25 +223,33 @@ def _run_refer(
     _report(result, json_out)
 
 
+def _refer_root_option(holds: str) -> Any:
+    """``--refer-root``: the folder of the REFER files (``holds`` says which)."""
+    return typer.Option(
+        None, "--refer-root", metavar="FOLDER", help=f"Folder holding {holds}.", show_default=f"{paths.refer_root()}"
+    )
+
+
+def _coco_images_option() -> Any:
+    """``--coco-images``: the folder of the COCO train2014 images."""
+    return typer.Option(
+        None,
+        "--coco-images",
+        metavar="FOLDER",
+        help="Folder of the COCO train2014 images (COCO_train2014_*.jpg).",
+        show_default=f"{paths.coco_images()}",
+    )
+
+
 def _refer_command(dataset: str) -> Callable[..., None]:
     """The command for one REFER dataset; its options show that dataset's defaults."""
     known = KNOWN_DATASETS[dataset]
 
     def command(
-        refer_root: Path | None = typer.Option(
-            None,
-            "--refer-root",
-            metavar="FOLDER",
-            help=f"Folder holding {dataset}/instances.json and {dataset}/{known.refs_file('<split-by>')}.",
-            show_default=f"{paths.refer_root()}",
+        refer_root: Path | None = _refer_root_option(
+            f"{dataset}/instances.json and {dataset}/{known.refs_file('<split-by>')}"
         ),
-        images_root: Path | None = typer.Option(
-            None,
-            "--coco-images",
-            metavar="FOLDER",
-            help="Folder of the COCO train2014 images (COCO_train2014_*.jpg).",
-            show_default=f"{paths.coco_images()}",
-        ),
+        images_root: Path | None = _coco_images_option(),
         out: Path | None = typer.Option(
             None,
             "--out",
@@ -366,20 +374,8 @@ def refcoco_mix(
         f"list): {', '.join(MIX_SOURCE_CODES)}.",
         show_default=_MIX_DEFAULT,
     ),
-    refer_root: Path | None = typer.Option(
-        None,
-        "--refer-root",
-        metavar="FOLDER",
-        help="Folder holding <name>/instances.json and <name>/refs(<split-by>).p of every source.",
-        show_default=f"{paths.refer_root()}",
-    ),
-    images_root: Path | None = typer.Option(
-        None,
-        "--coco-images",
-        metavar="FOLDER",
-        help="Folder of the COCO train2014 images (COCO_train2014_*.jpg).",
-        show_default=f"{paths.coco_images()}",
-    ),
+    refer_root: Path | None = _refer_root_option("<name>/instances.json and <name>/refs(<split-by>).p of every source"),
+    images_root: Path | None = _coco_images_option(),
     out: Path | None = typer.Option(
         None, "--out", "-o", metavar="FOLDER", help="Output folder.", show_default=f"{default_out(MIX_NAME)}"
     ),
