@@ -307,7 +307,11 @@ def _run(cfg, resume: bool) -> None:
 
             result = trainer.fit(on_step)
         if main:
-            best = f"; best val oIoU {result.best_oiou:.4f} in {result.best}" if result.best_oiou is not None else ""
+            best = (
+                f"; best val {result.best_metric} {result.best_oiou:.4f} in {result.best}"
+                if result.best_oiou is not None
+                else ""
+            )
             console.print(f"trained {result.steps} steps; last checkpoint {result.last}{best}", highlight=False)
     finally:
         D.cleanup()

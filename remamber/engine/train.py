@@ -58,9 +58,10 @@ class TrainingInterrupted(RemamberError):
 class TrainResult:
     steps: int
     epochs_done: int
-    best_oiou: float | None
+    best_oiou: float | None  # the best validation score: oIoU, or gIoU on a generalized split
     last: Path
     best: Path | None
+    best_metric: str = "oIoU"  # which of the two best_oiou is
 
 
 def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
@@ -415,6 +416,7 @@ class Trainer:
             self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
         self.step, self.epoch, self.micro = 0, 0, 0  # next optimizer step; position in data
         self.best: float | None = None
+        self.best_metric = "oIoU"
         self.last_val: dict[str, Any] | None = None  # summary of the latest validation
         if resume:
             self._restore(self.run_dir / "checkpoints" / "last")
@@ -523,6 +525,7 @@ class Trainer:
         self.log({"event": "val", "step": self.step, "epoch": self.epoch, "val": summary})
         self.last_val = {"split": self.cfg.val_split, "step": self.step, **summary}
         name, value = selection_metric(summary)
+        self.best_metric = name
         if self.best is None or value > self.best:
             self.best = value
             self.save("best")
@@ -610,7 +613,12 @@ class Trainer:
             D.barrier()
         best = self.run_dir / "checkpoints" / "best"
         return TrainResult(
-            self.step, self.epoch, self.best, self.run_dir / "checkpoints" / "last", best if best.exists() else None
+            self.step,
+            self.epoch,
+            self.best,
+            self.run_dir / "checkpoints" / "last",
+            best if best.exists() else None,
+            self.best_metric,
         )
 
     def _out_of_time(self, started: float) -> bool:
