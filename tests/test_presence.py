@@ -8,6 +8,7 @@ import io
 import json
 import math
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,6 +29,9 @@ from remamber.modeling.presets import build_model, preset_config
 from remamber.utils.errors import ConfigError, InputError, check_presence_threshold
 
 PHRASE = "the red circle"
+
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 @pytest.fixture(scope="module")
@@ -349,3 +353,23 @@ def test_init_weights_without_a_head_get_a_new_one_with_presence_head(small_shap
         *base, "--out", str(tmp_path / "run2"), "--init", str(run / "checkpoints" / "last"), "--no-presence-head"
     )
     assert_one_line_error(res, "--presence-head", "--init")
+
+
+def test_the_shipped_generalized_model_says_not_found_and_finds_all_of_them(tmp_path):
+    """`remamber-tiny-gshapes` (shipped, with a presence head): the README's "not found" example,
+    and a plural phrase that names several objects gets one mask over them."""
+    res = run_cli(
+        "segment",
+        str(EXAMPLES / "shapes-3.png"),
+        "the purple star",
+        "all the red objects",
+        "--weights",
+        "remamber-tiny-gshapes",
+        "--json",
+        "--out",
+        str(tmp_path),
+    )
+    assert res.code == 0, res.stderr
+    star, red = [json.loads(line) for line in res.stdout.splitlines()]
+    assert star["found"] is False and star["presence"] < 0.5 and star["area"] == 0
+    assert red["found"] is True and red["presence"] > 0.5 and red["area"] > 300

@@ -14,6 +14,8 @@ PRETRAINED_DIR = Path(__file__).resolve().parents[1] / "pretrained"
 # Shipped model name -> its folder. Names have no "/", so they never shadow a Hub id (owner/name).
 SHIPPED_MODELS: dict[str, Path] = {
     "remamber-tiny-shapes": PRETRAINED_DIR / "remamber-tiny-shapes",
+    # The default model with a presence head, fine-tuned on generalized scenes ("not found", "all of them").
+    "remamber-tiny-gshapes": PRETRAINED_DIR / "remamber-tiny-gshapes",
 }
 DEFAULT_MODEL = "remamber-tiny-shapes"  # what `load_pretrained()` and the CLI without --weights load
 
