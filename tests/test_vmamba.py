@@ -176,18 +176,20 @@ def test_each_released_backbone_loads_into_its_preset(tmp_path, preset, release)
     assert report.key == "model" and report.key_reason.startswith("auto")
     assert report.dropped == [k for k in shapes if k.startswith("classifier.")]
     assert report.release == rel and report.config_name == "vssm1_tiny_0230"
-    assert set(report.new_parts()) == {"twister", "decoder"}
+    assert set(report.new_parts()) == {"twister", "decoder", "presence"}
     assert report.text_encoder > 0 and not any(k.startswith("text_encoder.") for k in report.new)
     assert json.loads(json.dumps(report.to_dict()))["new"] == report.new_parts()
 
 
 def test_the_released_files_fit_exactly_their_presets_as_the_readme_says():
-    expected = ["small", "medium", "base", None, None, None]
-    for rel, preset in zip(RELEASES, expected):
+    # base-mamba is base with the Mamba decoder: the same visual backbone
+    expected = [["small"], ["medium"], ["base", "base-mamba"], [], [], []]
+    for rel, presets in zip(RELEASES, expected):
         shapes = vmamba_shapes(rel.dim, rel.depths, rel.ssm_ratio)
         arch = BackboneArch.of_state(fake_state(shapes, 0.0))
         assert arch == rel.arch, rel.file
-        assert fitting_presets(arch) == ([preset] if preset else []), rel.file
+        assert fitting_presets(arch) == presets, rel.file
+        preset = presets[0] if presets else None
         row = next(
             line for line in README.read_text(encoding="utf-8").splitlines() if f"[`{rel.file}`]({rel.url})" in line
         )
