@@ -619,12 +619,13 @@ def main() -> None:
     names = args.only or list(CONFIGS)
     command = "python benchmarks/official_parity.py " + " ".join(sys.argv[1:])
     rev = _revision(official, args.official_rev)
+    host = machine(torch_threads=args.threads, python=platform.python_version())
     results = {}
     started = time.perf_counter()
     for name in names:
         with tempfile.TemporaryDirectory(prefix=f"parity-{name}-") as tmp:
             results[name] = dict(
-                compare(name, official, Path(tmp), args.scan, args.threads, args.deps), command=command
+                compare(name, official, Path(tmp), args.scan, args.threads, args.deps), command=command, machine=host
             )
             if name in FIXTURES and not args.no_fixture:
                 write_fixture(name, Path(tmp), results[name], rev, command)
@@ -633,13 +634,15 @@ def main() -> None:
         command=command,
         official_repo="yyh-rain-song/ReMamber",
         official_revision=rev,
-        machine=machine(torch_threads=args.threads, python=platform.python_version()),
+        machine=host,
         total_s=round(time.perf_counter() - started, 1),
         results=results,
     )
     if args.out.exists() and args.only:  # keep the last results of the configurations not run
         old = json.loads(args.out.read_text())
-        record["results"] = {**old.get("results", {}), **results}
+        # each kept result with the machine it ran on (results of older runs: their file's machine)
+        kept = {k: {"machine": old.get("machine"), **v} for k, v in old.get("results", {}).items()}
+        record["results"] = {**kept, **results}
     write_json(args.out, record)
     print(f"wrote {args.out}")
 
