@@ -19,7 +19,6 @@ original). ``image_id`` and ``ann_id`` are COCO's, the same in every dataset, an
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -43,26 +42,22 @@ from remamber.data.manifest import (
     INFO_FILE,
     manifest_name,
     portable_path,
-    read_info,
     sort_splits,
     write_manifest,
 )
 from remamber.data.prepare import (
     Track,
-    _is_current,
     _missing_images,
     _missing_images_message,
     _remove_stale_manifests,
-    _sha256_text,
     _source,
     _split_counts,
     no_progress,
     ref_records,
-    writing_to,
+    write_unless_current,
 )
 from remamber.data.refer import ReferData, ReferFiles
 from remamber.utils.errors import InputError
-from remamber.utils.io import write_json
 
 #: The splits of the mixed folder.
 MIX_SPLITS = ("train", "val")
@@ -195,15 +190,7 @@ def prepare_mix(
     parts = [_split(source, data, held_out, limit) for source, data in zip(chosen, datas)]
     missing, skipped = _drop_missing_images(parts, images_root, skip_missing)
     head = _info_head(parts, images_root, out, limit, sorted(missing), skipped)
-    fingerprint = _sha256_text(json.dumps(head, sort_keys=True, ensure_ascii=False))
-    old = read_info(out)
-    up_to_date = not force and _is_current(out, old, fingerprint)
-    if up_to_date:
-        splits = old["splits"]
-    else:
-        with writing_to(out):
-            splits = _write_mix(parts, out, old, track)
-            write_json(out / INFO_FILE, {**head, "splits": splits, "fingerprint": fingerprint})
+    up_to_date, splits = write_unless_current(out, head, force, lambda old: _write_mix(parts, out, old, track))
     return MixResult(out, up_to_date, head["sources"], head["removed"], splits, len(missing), skipped)
 
 

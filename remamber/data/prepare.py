@@ -107,16 +107,27 @@ def prepare_refer(
     data.check_links()
     kept, missing, skipped = _select(data, images_root, limit, skip_missing)
     head = _info_head(files, images_root, out, limit, sorted(missing), skipped, extra)
+    up_to_date, splits = write_unless_current(
+        out, head, force, lambda old: _write_prepared(data, kept, out, old, track)
+    )
+    return PrepareResult(out, dataset, split_by, up_to_date, splits, len(missing), skipped)
+
+
+def write_unless_current(
+    out: Path, head: dict[str, Any], force: bool, write: Callable[[dict | None], dict[str, Any]]
+) -> tuple[bool, dict[str, Any]]:
+    """Write a prepared folder unless it already holds the output for ``head`` (its inputs and
+    options, fingerprinted): ``write(old_info)`` writes the manifests and returns the split counts,
+    then the info file is written last, so a folder cut off mid-write is never taken as current.
+    Returns ``(up_to_date, splits)``."""
     fingerprint = _sha256_text(json.dumps(head, sort_keys=True, ensure_ascii=False))
     old = read_info(out)
-    up_to_date = not force and _is_current(out, old, fingerprint)
-    if up_to_date:
-        splits = old["splits"]
-    else:
-        with writing_to(out):
-            splits = _write_prepared(data, kept, out, old, track)
-            write_json(out / INFO_FILE, {**head, "splits": splits, "fingerprint": fingerprint})
-    return PrepareResult(out, dataset, split_by, up_to_date, splits, len(missing), skipped)
+    if not force and _is_current(out, old, fingerprint):
+        return True, old["splits"]
+    with writing_to(out):
+        splits = write(old)
+        write_json(out / INFO_FILE, {**head, "splits": splits, "fingerprint": fingerprint})
+    return False, splits
 
 
 @contextlib.contextmanager
