@@ -261,3 +261,15 @@ def test_cli_prepares_from_the_data_home_and_names_the_source(gref, tmp_path):
     assert_one_line_error(missing, "grefs(unc).json", "github.com/henghuiding/gRefCOCO")
     gref.grefs_path.write_text("[{", encoding="utf-8")
     assert_one_line_error(run_cli("prepare", "grefcoco", "--force", env=env), "not valid JSON")
+
+
+def test_cli_offers_no_download_for_grefcoco(tmp_path):
+    """gRefCOCO has no archived zip to fetch: --download is not in its help, and given anyway it
+    is refused with where to get the files, before anything is written."""
+    env = {"REMAMBER_HOME": str(tmp_path / "home"), "COLUMNS": "200"}
+    shown = run_cli("prepare", "grefcoco", "--help", env=env)
+    assert shown.code == 0 and "--download" not in shown.stdout and "--refer-url" not in shown.stdout
+    assert "--download" in run_cli("prepare", "refcoco", "--help", env=env).stdout
+    refused = run_cli("prepare", "grefcoco", "--download", env=env)
+    assert_one_line_error(refused, "does not fetch dataset 'grefcoco'", "github.com/henghuiding/gRefCOCO")
+    assert not (tmp_path / "home").exists()

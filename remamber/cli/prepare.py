@@ -155,20 +155,24 @@ _JSON_HELP = "Print the result as one JSON object on stdout (status, out, splits
 _FORCE_HELP = "Rebuild even when the output is up to date."
 
 
-def _download_option() -> Any:
+def _download_option(hidden: bool = False) -> Any:
+    """``--download``; ``hidden`` where nothing can be fetched (gRefCOCO has no archived zip: its
+    refusal still names where to get the files)."""
     return typer.Option(
         False,
         "--download",
+        hidden=hidden,
         help="First download the REFER zip of each dataset whose files are missing (the web archive's copy, "
         "or --refer-url) and unpack it into --refer-root; a cut download resumes on the next run. "
         "COCO images are not downloaded.",
     )
 
 
-def _refer_url_option() -> Any:
+def _refer_url_option(hidden: bool = False) -> Any:
     return typer.Option(
         None,
         "--refer-url",
+        hidden=hidden,
         metavar="URL",
         help="With --download: fetch <URL>/<name>.zip (a mirror) instead of the web archive's snapshot.",
         show_default=False,
@@ -279,8 +283,8 @@ def _refer_command(dataset: str) -> Callable[..., None]:
         ),
         force: bool = typer.Option(False, "--force", help=_FORCE_HELP),
         json_out: bool = typer.Option(False, "--json", help=_JSON_HELP),
-        download: bool = _download_option(),
-        refer_url: str | None = _refer_url_option(),
+        download: bool = _download_option(hidden=known.generalized),
+        refer_url: str | None = _refer_url_option(hidden=known.generalized),
     ) -> None:
         refer_root = refer_root or paths.refer_root()
         _fetch_missing([(dataset, split_by or known.default_split_by)], refer_root, download, refer_url)
