@@ -94,27 +94,17 @@ def _flag(value, name: str) -> bool:
     raise ApiError(422, f"{name} must be true or false (got {value!r})")
 
 
-def _threshold(value) -> float:
-    if value is None or value == "":
-        return 0.5
-    try:
-        t = float(value)
-    except (TypeError, ValueError):
-        raise ApiError(422, f"threshold must be a number between 0 and 1, exclusive (got {value!r})") from None
-    if isinstance(value, bool) or not (math.isfinite(t) and 0.0 < t < 1.0):
-        raise ApiError(422, f"threshold must be between 0 and 1, exclusive (got {value!r})")
-    return t
-
-
-def _presence_threshold(value) -> float:
+def _unit_number(value, name: str, zero_ok: bool) -> float:
+    """A form or JSON number in (0, 1), or [0, 1) when ``zero_ok``; 0.5 when absent (the CLI's defaults)."""
     if value is None or value == "":
         return 0.5
     try:
         t = float(value)
     except (TypeError, ValueError):
         t = math.nan
-    if isinstance(value, bool) or not (math.isfinite(t) and 0.0 <= t < 1.0):
-        raise ApiError(422, f"presence_threshold must be a number from 0 to below 1 (got {value!r})")
+    if isinstance(value, bool) or not (math.isfinite(t) and (0.0 <= t if zero_ok else 0.0 < t) and t < 1.0):
+        what = "a number from 0 to below 1" if zero_ok else "a number between 0 and 1, exclusive"
+        raise ApiError(422, f"{name} must be {what} (got {value!r})")
     return t
 
 
@@ -156,8 +146,8 @@ def _finish(image: bytes | None, texts: list, fields: dict, max_texts: int) -> S
     return SegmentRequest(
         image=image,
         texts=_texts(texts, max_texts),
-        threshold=_threshold(fields.get("threshold")),
-        presence_threshold=_presence_threshold(fields.get("presence_threshold")),
+        threshold=_unit_number(fields.get("threshold"), "threshold", zero_ok=False),
+        presence_threshold=_unit_number(fields.get("presence_threshold"), "presence_threshold", zero_ok=True),
         mask_png=_flag(fields.get("mask_png", False), "mask_png"),
         probs_png=_probs_side(fields.get("probs_png")),
     )
