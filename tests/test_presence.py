@@ -90,8 +90,9 @@ def test_old_model_folder_loads_without_a_head_and_segments_as_before(tiny_model
     assert out.presence_logits is None and torch.equal(out.logits, logits)
     assert torch.equal(logits, with_head.logits)  # the head never touches the mask path
     assert with_head.presence_logits.shape == (2,)
-    shipped = load_pretrained()  # the shipped default model is such a folder
+    shipped = load_pretrained("remamber-tiny-shapes")  # the default before the presence head is such a folder
     assert shipped.config.presence_head is False and shipped.presence is None
+    assert load_pretrained().config.presence_head is True  # the default model has one
 
 
 def test_presence_loss_forward_backward_on_a_tiny_model():
@@ -223,7 +224,7 @@ def test_predictor_says_not_found_when_presence_is_low(absent_dir, tiny_model_di
     assert kept.found and np.array_equal(kept.mask, reference.mask) and not cut.found
     with pytest.raises(InputError, match="presence_threshold"):
         Predictor(load_pretrained(absent_dir), presence_threshold=1.0)
-    shipped = Predictor(load_pretrained()).predict(image, PHRASE)  # no head: presence null, as today
+    shipped = Predictor(load_pretrained("remamber-tiny-shapes")).predict(image, PHRASE)  # no head: presence null
     assert shipped.presence is None and shipped.found
 
 
@@ -317,13 +318,14 @@ def test_onnx_export_carries_the_presence_output(absent_dir, tiny_model, image, 
 
 
 def test_init_weights_without_a_head_get_a_new_one_with_presence_head(small_shapes, tmp_path):
-    """`train --init` of a model without a presence head (the shipped one) and `--presence-head`:
+    """`train --init` of a model without a presence head (the shipped `remamber-tiny-shapes`) and `--presence-head`:
     every weight of the init model is kept and a fresh head is added; the other way round (taking
     a head away) is an architecture change and refused."""
     from safetensors.torch import load_file
 
-    from remamber.hub.shipped import DEFAULT_MODEL, shipped_folder
+    from remamber.hub.shipped import shipped_folder
 
+    headless = "remamber-tiny-shapes"
     base = ["train", "--data", str(small_shapes), "--image-size", "64", "--batch-size", "2", "--val-split", ""]
     run = tmp_path / "run"
     res = run_cli(
@@ -331,7 +333,7 @@ def test_init_weights_without_a_head_get_a_new_one_with_presence_head(small_shap
         "--out",
         str(run),
         "--init",
-        DEFAULT_MODEL,
+        headless,
         "--presence-head",
         "--max-steps",
         "1",
@@ -343,7 +345,7 @@ def test_init_weights_without_a_head_get_a_new_one_with_presence_head(small_shap
     assert res.code == 0, res.stderr
     trained = load_pretrained(run / "checkpoints" / "last")
     assert trained.config.presence_head and trained.presence is not None
-    before = load_file(str(shipped_folder(DEFAULT_MODEL) / "model.safetensors"))
+    before = load_file(str(shipped_folder(headless) / "model.safetensors"))
     after = load_file(str(run / "checkpoints" / "last" / "model.safetensors"))
     assert set(after) - set(before) == {k for k in after if k.startswith("presence.")} != set()
     kept = [k for k in before if "running_" not in k and "num_batches" not in k]  # BatchNorm statistics move
@@ -355,16 +357,15 @@ def test_init_weights_without_a_head_get_a_new_one_with_presence_head(small_shap
     assert_one_line_error(res, "--presence-head", "--init")
 
 
-def test_the_shipped_generalized_model_says_not_found_and_finds_all_of_them(tmp_path):
-    """`remamber-tiny-gshapes` (shipped, with a presence head): the README's "not found" example,
-    and a plural phrase that names several objects gets one mask over them."""
+def test_the_default_model_says_not_found_and_finds_all_of_them(tmp_path):
+    """The shipped default model (`remamber-tiny-gshapes`, with a presence head), no --weights:
+    the README's "not found" example, and a plural phrase that names several objects gets one
+    mask over them."""
     res = run_cli(
         "segment",
         str(EXAMPLES / "shapes-3.png"),
         "the purple star",
         "all the red objects",
-        "--weights",
-        "remamber-tiny-gshapes",
         "--json",
         "--out",
         str(tmp_path),

@@ -67,11 +67,11 @@ def _post(client, path=SHAPES3, texts=(PHRASE,), **fields):
 
 def test_health_and_model(client):
     health = client.get("/health").json()
-    assert health["status"] == "ok" and health["model"] == "remamber-tiny-shapes" and health["preset"] == "tiny"
+    assert health["status"] == "ok" and health["model"] == "remamber-tiny-gshapes" and health["preset"] == "tiny"
     assert health["device"] == "cpu" and health["demo"] is True and health["auth"] is False
     assert health["queue"]["waiting"] == 0 and health["queue"]["max_batch"] == 8
     model = client.get("/v1/model").json()
-    assert model["name"] == "remamber-tiny-shapes" and model["demo"] is True and model["format"] == "pytorch"
+    assert model["name"] == "remamber-tiny-gshapes" and model["demo"] is True and model["format"] == "pytorch"
     assert model["config"]["preset"] == "tiny" and model["image_size"] == model["config"]["image_size"]
     assert "# ReMamber" in model["card"] and model["parameters"] > 1_000_000
     assert "/v1/segment" in client.get("/openapi.json").json()["paths"]

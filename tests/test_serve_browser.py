@@ -78,7 +78,7 @@ def test_page_segments_like_the_cli(tmp_path):
             page.on("requestfailed", lambda r: errors.append(f"request failed: {r.url}"))
             page.goto(url + "/")
             page.wait_for_selector("#model b")
-            assert "remamber-tiny-shapes" in page.inner_text("#model")
+            assert "remamber-tiny-gshapes" in page.inner_text("#model")
             assert page.is_visible("#demo") and "synthetic-shapes demo model" in page.inner_text("#demo")
 
             page.set_input_files("#file", str(SHAPES3))
@@ -87,7 +87,7 @@ def test_page_segments_like_the_cli(tmp_path):
             page.fill("#texts", PHRASE)
             page.click("#go")
             page.wait_for_selector("#results li", timeout=60_000)
-            assert "1 mask in" in page.inner_text("#status") and "remamber-tiny-shapes" in page.inner_text("#status")
+            assert "1 mask in" in page.inner_text("#status") and "remamber-tiny-gshapes" in page.inner_text("#status")
             assert posts == [url + "/v1/segment"]
             assert _areas(page) == [cli["area"]]
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from remamber.cli.weights import DEMO_NOTE
+from remamber.hub.shipped import SHIPPED_MODELS
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "shapes-3.png"
@@ -83,8 +84,9 @@ def test_wheel_installs_and_segments_from_anywhere(tmp_path):
     )
     (wheel,) = dist.glob("remamber-*.whl")
     with zipfile.ZipFile(wheel) as zf:
-        shipped = {Path(n).name for n in zf.namelist() if n.startswith("remamber/pretrained/remamber-tiny-shapes/")}
-    assert MODEL_FILES <= shipped
+        names = zf.namelist()
+    for model in SHIPPED_MODELS:  # every shipped model, the default first
+        assert MODEL_FILES <= {Path(n).name for n in names if n.startswith(f"remamber/pretrained/{model}/")}, model
 
     # The system's packages (torch and friends) stay visible, so nothing is downloaded; the
     # system's pip installs into the venv, which has none of its own (--without-pip is faster).
@@ -120,7 +122,8 @@ def test_wheel_installs_and_segments_from_anywhere(tmp_path):
         "assert 'torch' not in sys.modules\n"
         "print(remamber.__file__)\n" + _readme_python_snippet() + "print(pred.area)\n"
         "from remamber import ReMamber, load_pretrained\n"
-        "assert ReMamber.from_pretrained('remamber-tiny-shapes').config == load_pretrained('remamber-tiny-shapes').config\n"
+        "assert ReMamber.from_pretrained('remamber-tiny-gshapes').config == load_pretrained().config\n"
+        "assert not load_pretrained('remamber-tiny-shapes').config.presence_head\n"
     )
     res = _run(python, "-c", check, cwd=elsewhere, env=env)
     installed_at, area = res.stdout.split()[-2:]

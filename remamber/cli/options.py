@@ -16,7 +16,7 @@ from typer.core import TyperCommand, TyperGroup
 from remamber.utils.errors import InputError, check_presence_threshold, check_threshold
 
 WEIGHTS_HELP = (
-    "Model: a local folder (PyTorch or ONNX), a shipped model's name (remamber-tiny-shapes), owner/name, "
+    "Model: a local folder (PyTorch or ONNX), a shipped model's name (remamber-tiny-gshapes, the default, or remamber-tiny-shapes), owner/name, "
     "owner/name@revision or hf://owner/name. Default: the shipped default model."
 )
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from remamber.hub.shipped import DEFAULT_MODEL, is_default_model, shipped_folder
+from remamber.hub.shipped import DEFAULT_MODEL, is_shipped_model, shipped_folder
 from remamber.utils.errors import WeightsError
 
 DEMO_NOTE = (
-    "note: the default model knows synthetic shapes only; for photos pass --weights "
+    "note: the shipped models know synthetic shapes only; for photos pass --weights "
     "(a converted ReMamber checkpoint: remamber export --from-official ...) or train on RefCOCO"
 )
 _noted = False  # DEMO_NOTE is said once per process, however many models a command loads
@@ -34,9 +34,9 @@ def weights_or_default(weights: str | None) -> str:
 
 
 def _note_if_demo(folder: Path) -> None:
-    """Say on stderr (never stdout, which --json owns) what the shipped demo model cannot do."""
+    """Say on stderr (never stdout, which --json owns) what the shipped demo models cannot do."""
     global _noted
-    if not _noted and is_default_model(folder):
+    if not _noted and is_shipped_model(folder):
         _noted = True
         sys.stderr.write(DEMO_NOTE + "\n")
 

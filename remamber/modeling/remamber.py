@@ -215,7 +215,7 @@ class ReMamber(nn.Module, ModelHubMixin, library_name="remamber"):
         token: str | bool | None = None,
         **model_kwargs: Any,
     ) -> ReMamber:
-        """Load a model folder: a local path, a shipped model's name (``"remamber-tiny-shapes"``) or
+        """Load a model folder: a local path, a shipped model's name (``"remamber-tiny-gshapes"``) or
         a Hub id (``owner/name``, ``owner/name@revision``, ``hf://owner/name``), as ``--weights``.
 
         The name is resolved here (:func:`remamber.hub.folders.resolve_weights`) before the mixin

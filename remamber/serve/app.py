@@ -33,6 +33,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from remamber import __version__
+from remamber.hub.shipped import SHIPPED_MODELS
 from remamber.inference.processing import Prediction
 from remamber.inference.results import prediction_fields
 from remamber.serve.batching import Batcher, BatcherClosed, QueueFull
@@ -49,7 +50,6 @@ from remamber.serve.inputs import (
 )
 
 STATIC = Path(__file__).resolve().parent / "static"
-DEMO_NAME = "remamber-tiny-shapes"  # the shipped default model, trained on synthetic shapes only
 PAGE_CSP = (
     "default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; "
     "script-src 'self'; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
@@ -73,8 +73,8 @@ class ModelInfo:
 
     @property
     def demo(self) -> bool:
-        """The synthetic-shapes demo model: useless on photos, and the page says so."""
-        return self.preset == "tiny" and self.name == DEMO_NAME
+        """A shipped synthetic-shapes model: useless on photos, and the page says so."""
+        return self.preset == "tiny" and self.name in SHIPPED_MODELS
 
 
 @dataclass
