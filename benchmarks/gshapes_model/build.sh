@@ -17,7 +17,14 @@ remamber train --data $R/gshapes-seed7 --out $R/run10 --init remamber-tiny-shape
   --min-lr 2e-6 --warmup-steps 100 --clip-grad 1.0 --ema 0.999 --val-every 1000 --val-limit 300 \
   --ckpt-every 250 --log-every 25 --seed 8
 
-# 3. Test data from seeds no stage trained on (their test splits only).
+# 3. A second cycle from that checkpoint on the same images (it had seen 41,664 of their 77,949
+#    sentences), a new order and a full cosine from 1e-4 to 1e-6 (on 2 CPU cores).
+remamber train --data $R/gshapes-seed7 --out $R/run11 --init $R/run10/checkpoints/last \
+  --presence-weight 0.5 --epochs 100 --max-steps 5200 --time-limit 105 --batch-size 16 --lr 1e-4 \
+  --min-lr 1e-6 --warmup-steps 50 --clip-grad 1.0 --ema 0.999 --val-every 2600 --val-limit 300 \
+  --ckpt-every 250 --log-every 25 --seed 9
+
+# 4. Test data from seeds no stage trained on (their test splits only).
 remamber prepare shapes --out $R/gtest-seed1 --train 0 --val 0 --test 300 --seed 1
 remamber prepare shapes --out $R/gtest-seed8 --train 0 --val 0 --test 300 --seed 8
 
