@@ -180,6 +180,22 @@ def test_training_steps_the_presence_head_on_no_target_samples(small_shapes, tmp
     headless.fit()  # the mask loss alone
 
 
+def test_resume_keeps_the_metric_that_picked_the_best_checkpoint(small_shapes, tmp_path):
+    """A generalized validation split ranks checkpoints by gIoU; a resumed run still says so."""
+    from remamber.engine.train import Trainer
+    from remamber.engine.train_config import TrainConfig
+
+    data = _no_target_copy(small_shapes, tmp_path)  # its train split has a no-target record
+    cfg = TrainConfig(
+        data=str(data), out=str(tmp_path / "run"), preset="tiny", image_size=64, batch_size=3, max_steps=1,
+        epochs=1, limit=3, val_split="train", val_every=1, val_limit=3, device="cpu", lr=1e-3, seed=0,
+    )  # fmt: skip
+    result = Trainer(cfg).fit()
+    assert result.best_metric == "gIoU" and result.best_score is not None
+    resumed = Trainer(cfg, resume=True)
+    assert resumed.best_metric == "gIoU" and resumed.best == result.best_score
+
+
 def test_old_training_runs_resume_without_a_head(tmp_path):
     from remamber.engine.train_config import TrainConfig
 

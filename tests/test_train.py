@@ -310,7 +310,7 @@ def test_train_command_keeps_freed_memory_on_a_cpu_only(monkeypatch, device, kee
 
         def fit(self, on_step):
             on_step({"step": 1, "epoch": 0, "loss": 0.5, "lr": 1e-3})
-            return SimpleNamespace(steps=1, last="run/checkpoints/last", best_oiou=None, best=None)
+            return SimpleNamespace(steps=1, last="run/checkpoints/last", best_score=None, best=None)
 
     monkeypatch.setattr(engine_train, "Trainer", FakeTrainer)
     _run(SimpleNamespace(lr=1e-3), resume=False)

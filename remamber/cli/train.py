@@ -308,8 +308,8 @@ def _run(cfg, resume: bool) -> None:
             result = trainer.fit(on_step)
         if main:
             best = (
-                f"; best val {result.best_metric} {result.best_oiou:.4f} in {result.best}"
-                if result.best_oiou is not None
+                f"; best val {result.best_metric} {result.best_score:.4f} in {result.best}"
+                if result.best_score is not None
                 else ""
             )
             console.print(f"trained {result.steps} steps; last checkpoint {result.last}{best}", highlight=False)

@@ -58,10 +58,10 @@ class TrainingInterrupted(RemamberError):
 class TrainResult:
     steps: int
     epochs_done: int
-    best_oiou: float | None  # the best validation score: oIoU, or gIoU on a generalized split
+    best_score: float | None  # the best validation score, in best_metric
     last: Path
     best: Path | None
-    best_metric: str = "oIoU"  # which of the two best_oiou is
+    best_metric: str = "oIoU"  # oIoU, or gIoU on a generalized validation split (selection_metric)
 
 
 def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
@@ -435,7 +435,8 @@ class Trainer:
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "rng": self._boundary["rng"],
             "position": self._boundary["position"],
-            "best_oiou": self.best,
+            "best_oiou": self.best,  # the key checkpoints have always had; the score is in best_metric
+            "best_metric": self.best_metric,
         }
 
     def _mark_boundary(self) -> None:
@@ -454,6 +455,7 @@ class Trainer:
         set_rng_state(state["rng"])
         pos = state["position"]
         self.step, self.epoch, self.micro, self.best = pos["step"], pos["epoch"], pos["micro"], state["best_oiou"]
+        self.best_metric = state.get("best_metric", "oIoU")  # checkpoints before gIoU selection: oIoU
 
     def _export_model(self):
         return self.ema.module if self.ema is not None else self.model
