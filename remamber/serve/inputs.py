@@ -11,14 +11,14 @@ import base64
 import binascii
 import io
 import json
-import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from PIL import Image
 
 from remamber.inference.images import ImageDecodeError, decode_rgb
 from remamber.inference.processing import check_text
-from remamber.utils.errors import InputError
+from remamber.utils.errors import InputError, check_presence_threshold, check_threshold
 
 MAX_TEXTS = 32  # phrases in one request
 MAX_TEXT_CHARS = 1000
@@ -94,18 +94,20 @@ def _flag(value, name: str) -> bool:
     raise ApiError(422, f"{name} must be true or false (got {value!r})")
 
 
-def _unit_number(value, name: str, zero_ok: bool) -> float:
-    """A form or JSON number in (0, 1), or [0, 1) when ``zero_ok``; 0.5 when absent (the CLI's defaults)."""
+def _threshold_field(value, check: Callable[[float], float]) -> float:
+    """A form or JSON threshold through the command line's own ``check`` (:func:`check_threshold`
+    or :func:`check_presence_threshold`), so both refuse the same values with the same words; 0.5,
+    their default, when absent."""
     if value is None or value == "":
         return 0.5
     try:
-        t = float(value)
+        number = value if isinstance(value, bool) else float(value)  # a bool stays one: the checks refuse it
     except (TypeError, ValueError):
-        t = math.nan
-    if isinstance(value, bool) or not (math.isfinite(t) and (0.0 <= t if zero_ok else 0.0 < t) and t < 1.0):
-        what = "a number from 0 to below 1" if zero_ok else "a number between 0 and 1, exclusive"
-        raise ApiError(422, f"{name} must be {what} (got {value!r})")
-    return t
+        number = value  # not a number: the check refuses it and names it
+    try:
+        return check(number)
+    except InputError as e:
+        raise ApiError(422, str(e)) from None
 
 
 def _probs_side(value) -> int:
@@ -146,8 +148,8 @@ def _finish(image: bytes | None, texts: list, fields: dict, max_texts: int) -> S
     return SegmentRequest(
         image=image,
         texts=_texts(texts, max_texts),
-        threshold=_unit_number(fields.get("threshold"), "threshold", zero_ok=False),
-        presence_threshold=_unit_number(fields.get("presence_threshold"), "presence_threshold", zero_ok=True),
+        threshold=_threshold_field(fields.get("threshold"), check_threshold),
+        presence_threshold=_threshold_field(fields.get("presence_threshold"), check_presence_threshold),
         mask_png=_flag(fields.get("mask_png", False), "mask_png"),
         probs_png=_probs_side(fields.get("probs_png")),
     )
